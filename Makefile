@@ -1,0 +1,33 @@
+# The README's two commands: `make demo` (the main job) and `make test` (the whole suite).
+# Both create or reuse the virtual environment .venv with palnet installed in editable mode.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# torch is pinned so pip takes the CPU wheel instead of a multi-GB CUDA build.
+TORCH  := torch==2.13.0
+
+.PHONY: demo test clean-venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Inference needs only numpy, scipy and vtk.
+$(VENV)/.demo-deps: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+# Training and test extras in the same environment; slicer-core pins vtk, so it is
+# resolved together with the project.
+$(VENV)/.test-deps: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[train,test]" "$(TORCH)"
+	touch $@ $(VENV)/.demo-deps
+
+demo: $(VENV)/.demo-deps
+	$(BIN)/python tools/demo.py
+
+test: $(VENV)/.test-deps
+	$(BIN)/python -m pytest -q Testing
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,452 @@
+"""Landmark files: Slicer's .mrk.json and .fcsv, a plain .csv and PAL-Net's .txt.
+
+Coordinates in every landmark file are in the frame of the mesh file they
+belong to, which 3D Slicer reads as LPS (millimetres). Files are written in
+LPS; files that say they are RAS are converted to LPS when read.
+
+Confidence travels in the control point description for the Slicer formats:
+``describe("Soft tissue nasion", 0.87)`` gives ``"Soft tissue nasion;
+confidence 0.87"`` and reading splits it back into the description
+(``"Soft tissue nasion"``) and ``Landmarks.confidence``. The .csv format has
+``confidence`` and ``description`` columns instead; .txt keeps labels and
+points only.
+"""
+import csv
+import io as _stdio
+import json
+import math
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .errors import PalnetError
+from .types import Landmarks, unit_scale
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+LANDMARK_FORMATS = ("mrk.json", "fcsv", "csv", "txt")
+
+MARKUPS_SCHEMA = ("https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/"
+                  "Markups/Resources/Schema/markups-schema-v1.0.3.json#")
+FCSV_COLUMNS = "id,x,y,z,ow,ox,oy,oz,vis,sel,lock,label,desc,associatedNodeID"
+# Identity orientation in RAS, written in LPS, as Slicer writes it.
+_LPS_ORIENTATION = [-1.0, -0.0, -0.0, -0.0, -1.0, -0.0, 0.0, 0.0, 1.0]
+_CONFIDENCE = re.compile(r"(?:^|[;,]\s*|\s)confidence\s*[:=]?\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$",
+                         re.IGNORECASE)
+_TXT_POINT = re.compile(r"^(.*?)\s*\(\s*([^,()]+?)\s*,\s*([^,()]+?)\s*,\s*([^,()]+?)\s*\)\s*$")
+
+
+# ---------------------------------------------------------------- helpers
+
+def describe(name: str, confidence: Optional[float] = None) -> str:
+    """Description text for a control point: ``"Full name; confidence 0.87"``."""
+    name = " ".join(str(name or "").split())
+    if confidence is None or not math.isfinite(float(confidence)) or _CONFIDENCE.search(name):
+        return name
+    conf = "confidence {}".format(format(float(confidence), ".3g"))
+    return "{}; {}".format(name, conf) if name else conf
+
+
+def split_description(text: str) -> Tuple[str, Optional[float]]:
+    """Inverse of :func:`describe`: ``(name, confidence or None)``."""
+    text = str(text or "").strip()
+    m = _CONFIDENCE.search(text)
+    if not m:
+        return text, None
+    return text[:m.start()].rstrip(" ;,"), float(m.group(1))
+
+
+def landmark_format(path: PathLike) -> str:
+    """The landmark format of a file name (one of LANDMARK_FORMATS), or a PalnetError."""
+    name = os.path.basename(os.fspath(path)).lower()
+    if name.endswith(".mrk.json") or name.endswith(".json"):
+        return "mrk.json"
+    for fmt in ("fcsv", "csv", "txt"):
+        if name.endswith("." + fmt):
+            return fmt
+    raise PalnetError("unknown landmark file type (use .mrk.json, .fcsv, .csv or .txt)", path)
+
+
+def landmark_stem(path: PathLike) -> str:
+    """The file name without its landmark extension (``S01.mrk.json`` -> ``S01``)."""
+    name = os.path.basename(os.fspath(path))
+    for ext in (".mrk.json", ".json", ".fcsv", ".csv", ".txt"):
+        if name.lower().endswith(ext):
+            return name[:-len(ext)]
+    return os.path.splitext(name)[0]
+
+
+def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp)`` on a new file beside ``path``, then move it over ``path``.
+
+    A crash or error leaves the old file (if any) untouched, never half a file.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise PalnetError("cannot write: folder {} does not exist".format(folder), path)
+    base = os.path.basename(path)
+    # Keep the extension last: some writers choose their format from it.
+    tmp = os.path.join(folder, ".{}.{}.tmp{}".format(base, uuid.uuid4().hex[:8], _suffix(base)))
+    try:
+        # os.open with 0o666 honours the umask, unlike tempfile's 0o600.
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise PalnetError("cannot write: {}".format(e.strerror or e), path) from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _suffix(name: str) -> str:
+    lower = name.lower()
+    return ".mrk.json" if lower.endswith(".mrk.json") else os.path.splitext(name)[1]
+
+
+def _read_text(path: PathLike) -> str:
+    if not os.path.exists(path):
+        raise PalnetError("file not found", path)
+    if os.path.isdir(path):
+        raise PalnetError("is a folder, not a landmark file", path)
+    try:
+        with open(path, "r", encoding="utf-8-sig") as f:
+            return f.read()
+    except UnicodeDecodeError:
+        raise PalnetError("not a text file (cannot decode as UTF-8)", path) from None
+    except OSError as e:
+        raise PalnetError("cannot read: {}".format(e.strerror or e), path) from None
+
+
+def _number(text: str, what: str, where: str, path: PathLike) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        raise PalnetError("{}: {} {!r} is not a number".format(where, what, text), path) from None
+
+
+def _finish(labels: List[str], points: List[Sequence[float]], descriptions: List[str],
+            confidence: List[Optional[float]], where: List[str], path: PathLike,
+            units: str) -> Landmarks:
+    """Validate what a reader collected and build the Landmarks."""
+    if not labels:
+        raise PalnetError("contains no landmarks", path)
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    bad = np.flatnonzero(~np.isfinite(pts).all(axis=1))
+    if bad.size:
+        i = int(bad[0])
+        raise PalnetError("{}: landmark {!r} has a NaN or infinite coordinate".format(where[i], labels[i]), path)
+    seen, dups = set(), []
+    for lab in labels:
+        if lab in seen and lab not in dups:
+            dups.append(lab)
+        seen.add(lab)
+    if dups:
+        raise PalnetError("duplicate landmark label(s): {}".format(", ".join(repr(d) for d in dups)), path)
+    conf = None
+    if any(c is not None for c in confidence):
+        conf = np.array([np.nan if c is None else c for c in confidence], dtype=np.float64)
+    desc = list(descriptions) if any(descriptions) else None
+    return Landmarks(labels, pts, conf, desc, units)
+
+
+def _rows_for_writing(landmarks: Landmarks, path: PathLike):
+    pts = np.asarray(landmarks.points, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(pts).all(axis=1))
+    if bad.size:
+        raise PalnetError("cannot write landmark {!r}: NaN or infinite coordinate".format(
+            landmarks.labels[int(bad[0])]), path)
+    n = len(landmarks)
+    descs = landmarks.descriptions if landmarks.descriptions is not None else [""] * n
+    conf = landmarks.confidence if landmarks.confidence is not None else [None] * n
+    return pts, list(descs), list(conf)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _num(x: float) -> str:
+    return repr(float(x))  # shortest text that reads back to the same double
+
+
+# ---------------------------------------------------------------- readers
+
+def _read_mrk_json(text: str, path: PathLike, units: str) -> Landmarks:
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        line = getattr(e, "lineno", None)
+        raise PalnetError("not valid JSON{}: {}".format(
+            " (line {})".format(line) if line else "", getattr(e, "msg", e)), path) from None
+    markups = doc.get("markups") if isinstance(doc, dict) else None
+    if not isinstance(markups, list):
+        raise PalnetError("not a Slicer markups file (no \"markups\" list)", path)
+    fiducials = [m for m in markups if isinstance(m, dict) and m.get("type", "Fiducial") == "Fiducial"]
+    if not fiducials:
+        raise PalnetError("contains no point list (markups of type \"Fiducial\")", path)
+    markup = fiducials[0]
+    system = str(markup.get("coordinateSystem", "LPS")).upper()
+    if system not in ("LPS", "RAS"):
+        raise PalnetError("unknown coordinateSystem {!r} (expected LPS or RAS)".format(system), path)
+    cps = markup.get("controlPoints", [])
+    if not isinstance(cps, list):
+        raise PalnetError("\"controlPoints\" is not a list", path)
+    labels, points, descs, confs, where = [], [], [], [], []
+    for i, cp in enumerate(cps):
+        at = "control point {}".format(i + 1)
+        if not isinstance(cp, dict):
+            raise PalnetError("{} is not an object".format(at), path)
+        if str(cp.get("positionStatus", "defined")).lower() in ("undefined", "missing"):
+            continue  # placed-later or skipped points carry no position
+        pos = cp.get("position")
+        if not isinstance(pos, list) or len(pos) != 3:
+            raise PalnetError("{}: \"position\" must be a list of 3 numbers".format(at), path)
+        points.append([_number(v, "coordinate", at, path) for v in pos])
+        labels.append(str(cp.get("label", "")))
+        desc, conf = split_description(cp.get("description", ""))
+        descs.append(desc)
+        confs.append(conf)
+        where.append(at)
+    lm = _finish(labels, points, descs, confs, where, path, units)
+    if system == "RAS":
+        lm.points[:, :2] *= -1.0
+    return lm
+
+
+def _read_fcsv(text: str, path: PathLike, units: str) -> Landmarks:
+    columns = FCSV_COLUMNS.split(",")
+    system = "LPS"  # what Slicer assumes when the header does not say
+    labels, points, descs, confs, where = [], [], [], [], []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        if line.startswith("#"):
+            key, _, value = line[1:].partition("=")
+            key, value = key.strip().lower(), value.strip()
+            if key == "coordinatesystem":
+                mapped = {"0": "RAS", "1": "LPS", "RAS": "RAS", "LPS": "LPS"}.get(value.upper())
+                if mapped is None:
+                    raise PalnetError("line {}: unknown CoordinateSystem {!r}".format(lineno, value), path)
+                system = mapped
+            elif key == "columns":
+                columns = [c.strip() for c in value.split(",")]
+            continue
+        at = "line {}".format(lineno)
+        row = next(csv.reader([line]))
+        col = dict(zip(columns, row))
+        if not all(k in col for k in ("x", "y", "z")):
+            raise PalnetError("{}: expected {} comma-separated values, found {}".format(
+                at, len(columns), len(row)), path)
+        points.append([_number(col[k], k, at, path) for k in ("x", "y", "z")])
+        labels.append(col.get("label", ""))
+        desc, conf = split_description(col.get("desc", ""))
+        descs.append(desc)
+        confs.append(conf)
+        where.append(at)
+    lm = _finish(labels, points, descs, confs, where, path, units)
+    if system == "RAS":
+        lm.points[:, :2] *= -1.0
+    return lm
+
+
+def _read_csv(text: str, path: PathLike, units: str) -> Landmarks:
+    rows = [(n, r) for n, r in enumerate(csv.reader(_stdio.StringIO(text)), 1)
+            if r and any(c.strip() for c in r) and not r[0].lstrip().startswith("#")]
+    columns = ["label", "x", "y", "z", "confidence", "description"]
+    if rows and {"x", "y", "z"} <= {c.strip().lower() for c in rows[0][1]}:
+        columns = [c.strip().lower() for c in rows[0][1]]
+        columns = ["label" if c in ("name", "landmark") else c for c in columns]
+        rows = rows[1:]
+    labels, points, descs, confs, where = [], [], [], [], []
+    for lineno, row in rows:
+        at = "line {}".format(lineno)
+        col = dict(zip(columns, (c.strip() for c in row)))
+        if not all(k in col for k in ("label", "x", "y", "z")):
+            raise PalnetError("{}: expected label,x,y,z, found {} value(s)".format(at, len(row)), path)
+        points.append([_number(col[k], k, at, path) for k in ("x", "y", "z")])
+        labels.append(col["label"])
+        conf = col.get("confidence", "")
+        confs.append(_number(conf, "confidence", at, path) if conf else None)
+        descs.append(col.get("description", ""))
+        where.append(at)
+    return _finish(labels, points, descs, confs, where, path, units)
+
+
+def _read_txt(text: str, path: PathLike, units: str) -> Landmarks:
+    labels, points, where = [], [], []
+    first = True
+    for lineno, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if first and stripped.lower().startswith("landmark name"):
+            first = False
+            continue
+        first = False
+        at = "line {}".format(lineno)
+        m = _TXT_POINT.match(stripped)
+        if m:
+            name, xyz = m.group(1), m.group(2, 3, 4)
+        else:  # also accept "name<TAB>x<TAB>y<TAB>z" / "name x y z"
+            parts = stripped.split("\t") if "\t" in stripped else stripped.split()
+            if len(parts) < 4:
+                raise PalnetError("{}: expected 'name<TAB>(x, y, z)', found {!r}".format(at, stripped[:60]), path)
+            name, xyz = " ".join(parts[:-3]), parts[-3:]
+        points.append([_number(v, "coordinate", at, path) for v in xyz])
+        labels.append(name.strip())
+        where.append(at)
+    n = len(labels)
+    return _finish(labels, points, [""] * n, [None] * n, where, path, units)
+
+
+_READERS = {"mrk.json": _read_mrk_json, "fcsv": _read_fcsv, "csv": _read_csv, "txt": _read_txt}
+
+
+def read_landmarks(path: PathLike, units: str = "mm") -> Landmarks:
+    """Read a landmark file (.mrk.json, .fcsv, .csv, .txt) into LPS coordinates.
+
+    ``units`` is the length unit of the file's numbers (Slicer files are mm).
+    Slicer control points whose position is undefined or missing are skipped.
+    """
+    unit_scale(units, "mm")  # unknown units fail before reading
+    fmt = landmark_format(path)
+    return _READERS[fmt](_read_text(path), path, units)
+
+
+# ---------------------------------------------------------------- writers
+
+def _mrk_json_text(landmarks: Landmarks, path: PathLike) -> str:
+    pts, descs, conf = _rows_for_writing(landmarks, path)
+    control_points = [{
+        "id": str(i + 1),
+        "label": landmarks.labels[i],
+        "description": describe(descs[i], conf[i]),
+        "associatedNodeID": "",
+        "position": [float(v) for v in pts[i]],
+        "orientation": list(_LPS_ORIENTATION),
+        "selected": True,
+        "locked": False,
+        "visibility": True,
+        "positionStatus": "defined",
+    } for i in range(len(landmarks))]
+    doc = {
+        "@schema": MARKUPS_SCHEMA,
+        "markups": [{
+            "type": "Fiducial",
+            "coordinateSystem": "LPS",
+            "coordinateUnits": "mm",
+            "locked": False,
+            "fixedNumberOfControlPoints": False,
+            "labelFormat": "%N-%d",
+            "lastUsedControlPointNumber": len(control_points),
+            "controlPoints": control_points,
+            "measurements": [],
+            "display": {
+                "visibility": True, "opacity": 1.0,
+                "color": [0.4, 1.0, 1.0], "selectedColor": [1.0, 0.5, 0.5], "activeColor": [0.4, 1.0, 0.0],
+                "propertiesLabelVisibility": False, "pointLabelsVisibility": True, "textScale": 3.0,
+                "glyphType": "Sphere3D", "glyphScale": 3.0, "glyphSize": 5.0, "useGlyphScale": True,
+                "sliceProjection": False, "snapMode": "toVisibleSurface",
+            },
+        }],
+    }
+    text = json.dumps(doc, indent=4, ensure_ascii=False, allow_nan=False)
+    # Short lists of numbers on one line, as Slicer writes them.
+    return re.sub(r"\[\s+([-+0-9.eE,\s]+?)\s+\]",
+                  lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", text) + "\n"
+
+
+def _fcsv_text(landmarks: Landmarks, path: PathLike) -> str:
+    pts, descs, conf = _rows_for_writing(landmarks, path)
+    out = _stdio.StringIO()
+    out.write("# Markups fiducial file version = 4.11\n# CoordinateSystem = LPS\n")
+    out.write("# columns = {}\n".format(FCSV_COLUMNS))
+    writer = csv.writer(out, lineterminator="\n")
+    for i, label in enumerate(landmarks.labels):
+        writer.writerow([str(i + 1)] + [_num(v) for v in pts[i]] + ["0", "0", "0", "1", "1", "1", "0",
+                        _one_line(label), describe(descs[i], conf[i]), ""])
+    return out.getvalue()
+
+
+def _csv_text(landmarks: Landmarks, path: PathLike) -> str:
+    pts, descs, conf = _rows_for_writing(landmarks, path)
+    has_conf = landmarks.confidence is not None
+    has_desc = landmarks.descriptions is not None
+    out = _stdio.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["label", "x", "y", "z"] + (["confidence"] if has_conf else [])
+                    + (["description"] if has_desc else []))
+    for i, label in enumerate(landmarks.labels):
+        row = [label] + [_num(v) for v in pts[i]]
+        if has_conf:
+            row.append(_num(conf[i]) if conf[i] is not None and math.isfinite(conf[i]) else "")
+        if has_desc:
+            row.append(_one_line(descs[i]))
+        writer.writerow(row)
+    return out.getvalue()
+
+
+def _txt_text(landmarks: Landmarks, path: PathLike) -> str:
+    pts, _, _ = _rows_for_writing(landmarks, path)
+    lines = ["{}\t({}, {}, {})".format(_one_line(label), *(_num(v) for v in pts[i]))
+             for i, label in enumerate(landmarks.labels)]
+    return "\n".join(lines) + "\n"
+
+
+_WRITERS = {"mrk.json": _mrk_json_text, "fcsv": _fcsv_text, "csv": _csv_text, "txt": _txt_text}
+
+
+def write_landmarks(landmarks: Landmarks, path: PathLike, fmt: Optional[str] = None) -> Path:
+    """Write landmarks (LPS, the mesh file's frame) atomically; ``fmt`` defaults to the extension.
+
+    Numbers are written as they are (``landmarks.units`` is not converted);
+    Slicer formats say ``mm``. Returns the path written.
+    """
+    if fmt is None:
+        fmt = landmark_format(path)
+    fmt = fmt.lower().lstrip(".")
+    if fmt == "json":
+        fmt = "mrk.json"
+    if fmt not in _WRITERS:
+        raise PalnetError("unknown landmark format {!r} (use {})".format(fmt, ", ".join(LANDMARK_FORMATS)), path)
+    if len(landmarks) == 0:
+        raise PalnetError("no landmarks to write", path)
+    text = _WRITERS[fmt](landmarks, path)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+
+    atomic_write(path, write)
+    return Path(path)
+
+
+# ---------------------------------------------------------------- checks
+
+def _short_list(items: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (" (+{} more)".format(len(items) - limit) if len(items) > limit else "")
+
+
+def check_labels(landmarks: Landmarks, expected_labels: Sequence[str], path: Optional[PathLike] = None,
+                 allow_extra: bool = False) -> Landmarks:
+    """The landmarks reordered to ``expected_labels``; missing or unknown labels are an error."""
+    expected = list(expected_labels)
+    have = set(landmarks.labels)
+    missing = [lab for lab in expected if lab not in have]
+    wanted = set(expected)
+    unknown = [] if allow_extra else [lab for lab in landmarks.labels if lab not in wanted]
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append("missing landmark(s) {}".format(_short_list(missing)))
+        if unknown:
+            parts.append("unknown landmark(s) {}".format(_short_list(unknown)))
+        raise PalnetError("; ".join(parts) + " (expected {} labels)".format(len(expected)), path)
+    return landmarks.select(expected, None if path is None else os.fspath(path))

@@ -1,0 +1,361 @@
+"""How far predicted landmarks are from the true ones: the PAL-Net error figures.
+
+- point-wise error: Euclidean distance between predicted and true position of each
+  landmark, averaged over scans per landmark, then averaged over landmarks;
+- distance-wise error: per scan, the mean over all landmark pairs i < j of
+  ``|d_pred(i, j) - d_true(i, j)|``, then averaged over scans. It ignores where the
+  face sits and looks only at its shape, so a rigid shift of all landmarks costs 0;
+- per-landmark statistics, per-region means, success detection rates (SDR).
+
+Array functions take stacked points ``(S, L, 3)`` in millimetres. A NaN point is a
+landmark that is not there: missing in a prediction it is counted in ``missing``;
+missing in the truth it is not evaluated at all. Either way it is left out of every
+mean. Reports are plain dicts of floats, ints, strings and lists (NaN becomes None),
+ready for ``json.dumps``.
+"""
+import os
+import warnings
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .errors import PalnetError
+
+SDR_RADII_MM = (2.0, 3.0, 4.0)
+OTHER_REGION = "other"
+
+
+# ---------------------------------------------------------------------------
+# Array level
+# ---------------------------------------------------------------------------
+
+def _as_points(a, name: str) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim < 2 or a.shape[-1] != 3:
+        raise ValueError("{} must have shape (..., L, 3), got {}".format(name, a.shape))
+    return a
+
+
+def _check_pair(pred, truth):
+    pred = _as_points(pred, "pred")
+    truth = _as_points(truth, "truth")
+    if pred.shape != truth.shape:
+        raise ValueError("pred {} and truth {} differ in shape".format(pred.shape, truth.shape))
+    return pred, truth
+
+
+def pointwise_errors(pred, truth) -> np.ndarray:
+    """Distance between each predicted and true landmark: ``(..., L, 3) -> (..., L)``.
+
+    NaN where either point is NaN.
+    """
+    pred, truth = _check_pair(pred, truth)
+    return np.linalg.norm(pred - truth, axis=-1)
+
+
+def distancewise_errors(pred, truth) -> np.ndarray:
+    """Distance-wise error of each scan: ``(S, L, 3) -> (S,)``.
+
+    For each scan, the mean of ``|d_pred(i, j) - d_true(i, j)|`` over the pairs
+    i < j whose four points are all present; NaN for a scan with no such pair.
+    """
+    pred, truth = _check_pair(pred, truth)
+    if pred.ndim != 3:
+        raise ValueError("expected stacked points (S, L, 3), got {}".format(pred.shape))
+    i, j = np.triu_indices(pred.shape[1], k=1)
+    d_pred = np.linalg.norm(pred[:, i] - pred[:, j], axis=-1)  # (S, P)
+    d_true = np.linalg.norm(truth[:, i] - truth[:, j], axis=-1)
+    diff = np.abs(d_pred - d_true)
+    valid = np.isfinite(diff)
+    count = valid.sum(axis=1)
+    total = np.where(valid, diff, 0.0).sum(axis=1)
+    out = np.full(pred.shape[0], np.nan)
+    np.divide(total, count, out=out, where=count > 0)
+    return out
+
+
+def distancewise_error(pred, truth) -> float:
+    """Distance-wise error of one scan, points ``(L, 3)``: mean over pairs of the
+    absolute difference of inter-landmark distances (NaN if no complete pair)."""
+    pred, truth = _check_pair(pred, truth)
+    if pred.ndim != 2:
+        raise ValueError("expected one scan's points (L, 3), got {}".format(pred.shape))
+    return float(distancewise_errors(pred[None], truth[None])[0])
+
+
+def success_detection_rates(errors, radii_mm: Sequence[float] = SDR_RADII_MM) -> Dict[str, Optional[float]]:
+    """Fraction of the present (non-NaN) errors that are <= each radius, keyed ``'2mm'``..."""
+    e = np.asarray(errors, dtype=np.float64).reshape(-1)
+    e = e[np.isfinite(e)]
+    r = np.asarray(radii_mm, dtype=np.float64)
+    if e.size == 0:
+        return {_radius_key(x): None for x in r}
+    rates = (e[None, :] <= r[:, None]).mean(axis=1)
+    return {_radius_key(x): float(v) for x, v in zip(r, rates)}
+
+
+def _radius_key(r: float) -> str:
+    return "{:g}mm".format(float(r))
+
+
+# ---------------------------------------------------------------------------
+# Reports
+# ---------------------------------------------------------------------------
+
+def _num(x) -> Optional[float]:
+    """A JSON-safe float: NaN and infinities become None."""
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+def _nan_stats(errors: np.ndarray):
+    """Column-wise mean, std (population), median, max, ignoring NaN, without
+    the warnings NumPy gives for all-NaN columns (those come back NaN)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return (np.nanmean(errors, axis=0), np.nanstd(errors, axis=0),
+                np.nanmedian(errors, axis=0), np.nanmax(errors, axis=0))
+
+
+def _nanmean(a: np.ndarray, axis=None):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(a, axis=axis)
+
+
+def _resolve_protocol(protocol):
+    """``protocol``, else the shipped default one, else None (everything is 'other')."""
+    if protocol is not None:
+        return protocol
+    try:
+        from .protocol import default_protocol
+    except ImportError:
+        return None
+    return default_protocol()
+
+
+def _regions_for(labels: Sequence[str], protocol):
+    """Region of each label and the order regions are reported in."""
+    if protocol is None:
+        return [OTHER_REGION] * len(labels), [OTHER_REGION]
+    known = set(protocol.labels)
+    regions = [protocol.region_of(lab) if lab in known else OTHER_REGION for lab in labels]
+    regions = [OTHER_REGION if r is None else str(r) for r in regions]
+    order = []  # the protocol's own order first, then any others, 'other' last
+    try:
+        declared = [str(r) for r in protocol.regions]
+    except TypeError:
+        declared = []
+    for r in declared + regions:
+        if r in regions and r not in order and r != OTHER_REGION:
+            order.append(r)
+    if OTHER_REGION in regions:
+        order.append(OTHER_REGION)
+    return regions, order
+
+
+def evaluate_arrays(pred, truth, labels: Sequence[str], protocol=None,
+                    scan_ids: Optional[Sequence[str]] = None,
+                    radii_mm: Sequence[float] = SDR_RADII_MM) -> Dict[str, Any]:
+    """All error figures for stacked predictions and truths ``(S, L, 3)`` in mm.
+
+    ``labels`` names the L landmarks; ``protocol`` assigns them to regions (default:
+    the shipped protocol; labels it does not know go to region 'other').
+    ``scan_ids`` names the S scans in ``per_scan`` (default '0', '1', ...).
+    """
+    pred, truth = _check_pair(pred, truth)
+    if pred.ndim != 3:
+        raise ValueError("expected stacked points (S, L, 3), got {}".format(pred.shape))
+    n_scans, n_landmarks = pred.shape[:2]
+    labels = [str(x) for x in labels]
+    if len(labels) != n_landmarks:
+        raise ValueError("{} labels for {} landmarks".format(len(labels), n_landmarks))
+    if scan_ids is None:
+        scan_ids = [str(s) for s in range(n_scans)]
+    scan_ids = [str(x) for x in scan_ids]
+    if len(scan_ids) != n_scans:
+        raise ValueError("{} scan ids for {} scans".format(len(scan_ids), n_scans))
+
+    truth_present = np.isfinite(truth).all(axis=-1)  # (S, L): evaluated at all
+    missing = truth_present & ~np.isfinite(pred).all(axis=-1)  # (S, L): prediction absent
+    errors = pointwise_errors(pred, truth)  # NaN where either side is absent
+    dist = distancewise_errors(pred, truth)
+
+    mean, std, median, maxi = _nan_stats(errors)
+    n_present = np.isfinite(errors).sum(axis=0)
+    n_missing = missing.sum(axis=0)
+
+    regions, region_order = _regions_for(labels, _resolve_protocol(protocol))
+    region_index = np.array([region_order.index(r) for r in regions], dtype=np.int64)
+    # A region's figure is the mean of its landmarks' means, like the overall point-wise error.
+    has_mean = np.isfinite(mean)
+    sums = np.bincount(region_index[has_mean], weights=mean[has_mean], minlength=len(region_order))
+    counts = np.bincount(region_index[has_mean], minlength=len(region_order))
+    region_means = np.full(len(region_order), np.nan)
+    np.divide(sums, counts, out=region_means, where=counts > 0)
+
+    per_landmark = {}
+    for k, lab in enumerate(labels):
+        per_landmark[lab] = {
+            "mean": _num(mean[k]), "std": _num(std[k]),
+            "median": _num(median[k]), "max": _num(maxi[k]),
+            "n": int(n_present[k]), "missing": int(n_missing[k]), "region": regions[k],
+        }
+
+    scan_pointwise = _nanmean(errors, axis=1)
+    per_scan = [
+        {"scan": scan_ids[s], "pointwise_mm": _num(scan_pointwise[s]),
+         "distancewise_mm": _num(dist[s]), "missing": int(missing[s].sum())}
+        for s in range(n_scans)
+    ]
+
+    return {
+        "n_scans": int(n_scans),
+        "n_landmarks": int(n_landmarks),
+        "n_predictions": int(np.isfinite(errors).sum()),
+        "missing": int(missing.sum()),
+        "units": "mm",
+        "pointwise_mm": _num(_nanmean(mean)) if has_mean.any() else None,
+        "distancewise_mm": _num(_nanmean(dist)) if np.isfinite(dist).any() else None,
+        "sdr": success_detection_rates(errors, radii_mm),
+        "per_region": {r: _num(v) for r, v in zip(region_order, region_means)},
+        "per_landmark": per_landmark,
+        "per_scan": per_scan,
+    }
+
+
+# Same order of preference as palnet.io uses when one folder holds a scan in several formats.
+_FORMAT_PREFERENCE = (".mrk.json", ".fcsv", ".csv", ".txt")
+
+
+def _format_rank(path) -> int:
+    name = os.path.basename(os.fspath(path)).lower()
+    return next((k for k, ext in enumerate(_FORMAT_PREFERENCE) if name.endswith(ext)),
+                len(_FORMAT_PREFERENCE))
+
+
+def _files_by_scan(directory, find_landmark_files, scan_id_for) -> Dict[str, str]:
+    """One landmark file per scan id. Several formats of a scan in one folder (e.g.
+    ``S01.mrk.json`` and ``S01.csv``) -> the preferred one; the same id in two
+    folders is ambiguous and an error."""
+    by_id = {}  # type: Dict[str, str]
+    for path in find_landmark_files(directory):
+        sid = scan_id_for(path)
+        other = by_id.get(sid)
+        if other is None:
+            by_id[sid] = path
+        elif os.path.dirname(os.fspath(other)) == os.path.dirname(os.fspath(path)):
+            by_id[sid] = min(other, path, key=lambda p: (_format_rank(p), os.fspath(p)))
+        else:
+            raise PalnetError("two landmark files for scan {!r}: {} and {}".format(
+                sid, os.fspath(other), os.fspath(path)), directory)
+    return by_id
+
+
+def evaluate_dirs(pred_dir, truth_dir, protocol=None,
+                  radii_mm: Sequence[float] = SDR_RADII_MM) -> Dict[str, Any]:
+    """Compare every predicted landmark file with the true one of the same scan.
+
+    Scans are paired by id (file name without the landmark extension, or the folder
+    name for generic names), landmarks by label; only labels found in the truth are
+    evaluated, and a prediction lacking one counts as missing. Both sides are
+    converted to mm. Scans on one side only are listed in ``unmatched_truth`` /
+    ``unmatched_pred``.
+    """
+    from .io import find_landmark_files, read_landmarks, scan_id_for
+
+    for d in (pred_dir, truth_dir):
+        if not os.path.isdir(d):
+            raise PalnetError("not a directory", d)
+    truth_files = _files_by_scan(truth_dir, find_landmark_files, scan_id_for)
+    pred_files = _files_by_scan(pred_dir, find_landmark_files, scan_id_for)
+    if not truth_files:
+        raise PalnetError("no landmark files found", truth_dir)
+    if not pred_files:
+        raise PalnetError("no landmark files found", pred_dir)
+    matched = sorted(set(truth_files) & set(pred_files))
+    if not matched:
+        raise PalnetError("no scan in the predictions {} has the same name as a scan in the truth {}"
+                          .format(os.fspath(pred_dir), os.fspath(truth_dir)))
+
+    truths = [read_landmarks(truth_files[s]).in_units("mm") for s in matched]
+    preds = [read_landmarks(pred_files[s]).in_units("mm") for s in matched]
+
+    protocol = _resolve_protocol(protocol)
+    seen = {}  # type: Dict[str, None]
+    for t in truths:
+        seen.update((lab, None) for lab in t.labels)
+    # Protocol order first so tables read like the protocol; user labels after, as found.
+    in_protocol = [] if protocol is None else [lab for lab in protocol.labels if lab in seen]
+    taken = set(in_protocol)
+    labels = in_protocol + [lab for lab in seen if lab not in taken]
+    column = {lab: k for k, lab in enumerate(labels)}
+
+    shape = (len(matched), len(labels), 3)
+    truth_pts = np.full(shape, np.nan)
+    pred_pts = np.full(shape, np.nan)
+    for s, (t, p) in enumerate(zip(truths, preds)):  # a loop over files, not landmarks
+        truth_pts[s, [column[lab] for lab in t.labels]] = t.points
+        wanted = [k for k, lab in enumerate(p.labels) if lab in column]
+        pred_pts[s, [column[p.labels[k]] for k in wanted]] = p.points[wanted]
+
+    report = evaluate_arrays(pred_pts, truth_pts, labels, protocol=protocol,
+                             scan_ids=matched, radii_mm=radii_mm)
+    report["pred_dir"] = os.fspath(pred_dir)
+    report["truth_dir"] = os.fspath(truth_dir)
+    report["unmatched_truth"] = sorted(set(truth_files) - set(pred_files))
+    report["unmatched_pred"] = sorted(set(pred_files) - set(truth_files))
+    return report
+
+
+# ---------------------------------------------------------------------------
+# Text
+# ---------------------------------------------------------------------------
+
+def _fmt(x, width: int = 8, digits: int = 3) -> str:
+    return ("{:>%d.%df}" % (width, digits)).format(x) if x is not None else "{:>{}}".format("-", width)
+
+
+def _name_list(names: List[str], limit: int = 10) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (", ... ({} more)".format(len(names) - limit) if len(names) > limit else "")
+
+
+def format_report(report: Dict[str, Any]) -> str:
+    """The report as text: the two figures and SDRs, then region and landmark tables."""
+    lines = []
+    head = "PAL-Net evaluation: {} scan(s), {} landmark(s)".format(report["n_scans"], report["n_landmarks"])
+    if report.get("missing"):
+        head += ", {} missing prediction(s)".format(report["missing"])
+    lines.append(head)
+    if report.get("truth_dir") is not None:
+        lines.append("  predictions: {}".format(report.get("pred_dir")))
+        lines.append("  truth:       {}".format(report.get("truth_dir")))
+    lines.append("Point-wise error:    {} mm".format(_fmt(report["pointwise_mm"], 0)))
+    lines.append("Distance-wise error: {} mm".format(_fmt(report["distancewise_mm"], 0)))
+    sdr = ["{} {}".format(k, "-" if v is None else "{:.1f}%".format(100.0 * v))
+           for k, v in report["sdr"].items()]
+    lines.append("Success detection rate: " + "   ".join(sdr))
+    for key, what in (("unmatched_truth", "true scans without a prediction"),
+                      ("unmatched_pred", "predicted scans without a truth")):
+        names = report.get(key) or []
+        if names:
+            lines.append("{} {}: {}".format(len(names), what, _name_list(names)))
+
+    per_landmark = report["per_landmark"]
+    n_in_region = {}  # type: Dict[str, int]
+    for row in per_landmark.values():
+        n_in_region[row.get("region")] = n_in_region.get(row.get("region"), 0) + 1
+    rw = max([len("Region")] + [len(r) for r in report["per_region"]])
+    lines += ["", "{:<{w}}  {:>9}  {:>9}".format("Region", "Landmarks", "Mean (mm)", w=rw)]
+    for region, value in report["per_region"].items():
+        lines.append("{:<{w}}  {:>9d}  {}".format(region, n_in_region.get(region, 0), _fmt(value, 9), w=rw))
+
+    lw = max([len("Landmark")] + [len(lab) for lab in per_landmark])
+    lines += ["", "{:<{w}}  {:>8}  {:>8}  {:>8}  {:>8}  {:>7}".format(
+        "Landmark", "Mean", "Std", "Median", "Max", "Missing", w=lw)]
+    for lab, row in per_landmark.items():
+        lines.append("{:<{w}}  {}  {}  {}  {}  {:>7d}".format(
+            lab, _fmt(row["mean"]), _fmt(row["std"]), _fmt(row["median"]), _fmt(row["max"]),
+            int(row.get("missing", 0)), w=lw))
+    return "\n".join(lines) + "\n"
