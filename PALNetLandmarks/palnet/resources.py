@@ -25,6 +25,11 @@ def default_model_path() -> Path:
     return resources_dir() / "Models" / "palnet_default.npz"
 
 
+def face_template_path() -> Path:
+    """Canonical face surface points used to align scans when training without a model."""
+    return resources_dir() / "Models" / "face_template.npz"
+
+
 def sample_scan_path() -> Path:
     return resources_dir() / "Samples" / "sample_face.ply"
 

@@ -57,9 +57,19 @@ def closest_points_on_surface(mesh: Mesh, points: np.ndarray, candidates: int = 
         idx = cKDTree(mesh.vertices).query(pts)[1]
         q = mesh.vertices[idx]
         return q, np.full(len(pts), -1), np.linalg.norm(q - pts, axis=1)
-    centroids = mesh.vertices[mesh.triangles].mean(axis=1)
-    k = min(candidates, mesh.n_triangles)
-    cand = cKDTree(centroids).query(pts, k=k)[1].reshape(len(pts), k)
+    # Only triangles with a vertex within (nearest-vertex distance + longest edge) of a
+    # query can hold its closest point: a small tree of the queries filters a large mesh
+    # cheaply before the real search.
+    v, t = mesh.vertices, mesh.triangles
+    longest = max(np.linalg.norm(v[t[:, a]] - v[t[:, b]], axis=1).max() for a, b in ((0, 1), (1, 2), (2, 0)))
+    reach = cKDTree(v).query(pts)[0].max() + longest + 1e-9  # every vertex of the closest triangle is nearer
+    near_vertex = np.isfinite(cKDTree(pts).query(mesh.vertices, distance_upper_bound=reach)[0])
+    pool = np.flatnonzero(near_vertex[mesh.triangles].any(axis=1))
+    if len(pool) == 0:
+        pool = np.arange(mesh.n_triangles)
+    centroids = mesh.vertices[mesh.triangles[pool]].mean(axis=1)
+    k = min(candidates, len(pool))
+    cand = pool[cKDTree(centroids).query(pts, k=k)[1].reshape(len(pts), k)]
     tri = mesh.triangles[cand]  # (n, k, 3)
     v = mesh.vertices
     q = closest_point_on_triangles(np.repeat(pts[:, None], k, 1), v[tri[..., 0]], v[tri[..., 1]], v[tri[..., 2]])

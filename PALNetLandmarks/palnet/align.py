@@ -1,0 +1,214 @@
+"""Automatic coarse alignment of a scan to the canonical face frame, and unit detection.
+
+The canonical frame is the one the default model was trained in (x to the
+subject's left, y up, z out of the face, millimetres). A scan is aligned by
+fitting a face template (a point cloud in that frame, shipped in the model
+file) into the scan from many candidate orientations at once: trimmed
+iterative closest point, template -> scan, so that extra scanned parts (neck,
+back of the head, hair) do not pull the fit. No vertex order or topology is used.
+"""
+from dataclasses import dataclass, field
+from itertools import permutations
+from typing import Optional
+
+import numpy as np
+from scipy.spatial import cKDTree
+from scipy.spatial.transform import Rotation
+
+from .errors import PalnetError
+from .types import UNITS_PER_MM
+
+TYPICAL_FACE_RADIUS_MM = 80.0  # RMS distance of scan points from their centroid, roughly
+
+
+@dataclass
+class Alignment:
+    """``canonical = rotation @ scan_mm + translation``; template fitted with ``scale``."""
+
+    rotation: np.ndarray = field(default_factory=lambda: np.eye(3))
+    translation: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    scale: float = 1.0          # size of this face relative to the template
+    rms_mm: float = float("nan")  # trimmed RMS distance template -> scan after the fit
+    inlier_fraction: float = 0.0  # template points within 5 mm of the scan
+
+    @property
+    def matrix(self) -> np.ndarray:
+        m = np.eye(4)
+        m[:3, :3] = self.rotation
+        m[:3, 3] = self.translation
+        return m
+
+    def to_canonical(self, points: np.ndarray) -> np.ndarray:
+        return np.asarray(points) @ self.rotation.T + self.translation
+
+    def to_scan(self, points: np.ndarray) -> np.ndarray:
+        return (np.asarray(points) - self.translation) @ self.rotation
+
+
+def detect_units(vertices: np.ndarray) -> str:
+    """mm, cm or m: the unit in which this scan has the size of a face or head."""
+    v = np.asarray(vertices, dtype=np.float64)
+    radius = float(np.sqrt(((v - v.mean(axis=0)) ** 2).sum(axis=1).mean()))
+    if not np.isfinite(radius) or radius <= 0:
+        raise PalnetError("cannot detect units of a scan with no extent")
+    # The unit whose conversion to mm brings the radius closest to a face's.
+    return min(UNITS_PER_MM, key=lambda u: abs(np.log(radius / UNITS_PER_MM[u] / TYPICAL_FACE_RADIUS_MM)))
+
+
+def grid_subsample(points: np.ndarray, cell: float) -> np.ndarray:
+    """One point (the first) per occupied cubic cell: an even density whatever the triangulation."""
+    q = np.floor(points / cell).astype(np.int64)
+    q -= q.min(axis=0)
+    span = q.max(axis=0) + 1
+    keys = (q[:, 0] * span[1] + q[:, 1]) * span[2] + q[:, 2]
+    _, first = np.unique(keys, return_index=True)
+    return points[np.sort(first)]
+
+
+SCORE_CAP_MM = 8.0
+
+
+def robust_score(dist: np.ndarray) -> np.ndarray:
+    """RMS of template-to-scan distances capped at SCORE_CAP_MM, per row.
+
+    Unlike a trimmed mean, the cap still charges a template point that finds no
+    scan near it (a nose floating over the back of a head), yet one far-off
+    point cannot dominate.
+    """
+    return np.sqrt((np.minimum(dist, SCORE_CAP_MM) ** 2).mean(axis=1))
+
+
+def _kabsch_batch(src: np.ndarray, dst: np.ndarray, w: np.ndarray, with_scale: bool):
+    """Best similarity dst ~ s R src + t for each batch row; src, dst (B, n, 3), w (B, n)."""
+    ws = w.sum(axis=1, keepdims=True)[..., None]
+    ms = (w[..., None] * src).sum(axis=1, keepdims=True) / ws
+    md = (w[..., None] * dst).sum(axis=1, keepdims=True) / ws
+    a, b = src - ms, dst - md
+    cov = np.einsum("bn,bni,bnj->bij", w, b, a)
+    u, sv, vt = np.linalg.svd(cov)
+    d = np.sign(np.linalg.det(u @ vt))
+    fix = np.ones_like(sv)
+    fix[:, 2] = d
+    rot = u @ (fix[:, :, None] * vt)
+    if with_scale:
+        var = np.einsum("bn,bni,bni->b", w, a, a)
+        s = np.clip((sv * fix).sum(axis=1) / var, 0.8, 1.25)
+    else:
+        s = np.ones(len(src))
+    t = md[:, 0] - s[:, None] * np.einsum("bij,bj->bi", rot, ms[:, 0])
+    return rot, s, t
+
+
+def _icp(tree: cKDTree, template: np.ndarray, rot, s, t, iters: int, keep: float, with_scale: bool):
+    """Trimmed ICP from the template into the scan for a batch of starting poses."""
+    b = len(rot)
+    for _ in range(iters):
+        moved = s[:, None, None] * np.einsum("bij,nj->bni", rot, template) + t[:, None]
+        dist, idx = tree.query(moved.reshape(-1, 3))
+        dist = dist.reshape(b, -1)
+        cut = np.quantile(dist, keep, axis=1)
+        w = (dist <= cut[:, None]).astype(np.float64)
+        rot, s, t = _kabsch_batch(np.broadcast_to(template, moved.shape), tree.data[idx].reshape(moved.shape),
+                                  w, with_scale)
+    moved = s[:, None, None] * np.einsum("bij,nj->bni", rot, template) + t[:, None]
+    dist = tree.query(moved.reshape(-1, 3))[0].reshape(b, -1)
+    return rot, s, t, robust_score(dist), (dist < 5.0).mean(axis=1)
+
+
+def _candidate_rotations(scan: np.ndarray, template: np.ndarray, n_random: int, seed: int) -> np.ndarray:
+    """Rotations taking scan directions to template directions: principal-axis matches plus random ones."""
+    def axes(p):
+        return np.linalg.svd(p - p.mean(axis=0), full_matrices=False)[2]  # rows = principal axes
+    a_s, a_t = axes(scan), axes(template)
+    cands = []
+    for perm in permutations(range(3)):
+        for signs in ((1, 1, 1), (1, -1, -1), (-1, 1, -1), (-1, -1, 1), (-1, -1, -1), (1, 1, -1), (1, -1, 1), (-1, 1, 1)):
+            r = a_t.T @ (np.array(signs)[:, None] * a_s[list(perm)])
+            if np.linalg.det(r) > 0:
+                cands.append(r)
+    cands.extend(Rotation.random(n_random, random_state=seed).as_matrix())
+    return np.array(cands)
+
+
+def _shift_only(tree: cKDTree, template: np.ndarray, rot: np.ndarray, t: np.ndarray, iters: int, keep: float):
+    """Translation-only trimmed ICP for many fixed orientations at once; returns (t, trimmed rms)."""
+    turned = np.einsum("bij,nj->bni", rot, template)
+    for it in range(iters + 1):
+        moved = turned + t[:, None]
+        dist, idx = tree.query(moved.reshape(-1, 3))
+        dist = dist.reshape(len(rot), -1)
+        cut = np.quantile(dist, keep, axis=1)[:, None]
+        if it == iters:
+            return t, robust_score(dist)
+        w = (dist <= cut)[..., None]
+        delta = (tree.data[idx].reshape(moved.shape) - moved) * w
+        t = t + delta.sum(axis=1) / w.sum(axis=1)
+    return t, None
+
+
+def _distinct_best(score: np.ndarray, rot: np.ndarray, t: np.ndarray, n: int,
+                   min_degrees: float = 15.0, min_mm: float = 15.0) -> np.ndarray:
+    """Indices of the ``n`` best-scoring poses, skipping near-duplicates of better ones.
+
+    Without this the survivors of a sweep crowd into one (possibly wrong) basin.
+    """
+    chosen = []
+    cos_min = 1.0 + 2.0 * np.cos(np.radians(min_degrees))  # trace of a rotation by min_degrees
+    for i in np.argsort(score):
+        if chosen:
+            c = np.array(chosen)
+            same = (np.einsum("bij,ij->b", rot[c], rot[i]) > cos_min) & (np.linalg.norm(t[c] - t[i], axis=1) < min_mm)
+            if same.any():
+                continue
+        chosen.append(i)
+        if len(chosen) == n:
+            break
+    return np.array(chosen)
+
+
+# Coarse-to-fine search after the orientation sweep: (candidates kept, template points, ICP iterations).
+SEARCH_STAGES = ((48, 150, 6), (3, 800, 15))
+KICK_DEGREES = 12.0
+TRIM = 0.7  # fraction of template points that must find the scan: parts of a face may be cut off
+
+
+def align_scan(vertices_mm: np.ndarray, template: np.ndarray, n_random: int = 400, seed: int = 0) -> Alignment:
+    """Find the rigid pose of a face scan (millimetres) in the template's canonical frame."""
+    v = np.asarray(vertices_mm, dtype=np.float64)
+    if len(v) < 10:
+        raise PalnetError("too few points to align ({})".format(len(v)))
+    pts = grid_subsample(v, 4.0)
+    tree = cKDTree(pts)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(template))  # nested random subsets of the template
+
+    # Candidates move the template into the scan: x_scan = s R x_template + t. For every
+    # orientation of a dense sweep, the template's most anterior point (the nasal tip)
+    # starts on the scan's most anterior point in that direction: whatever else was
+    # scanned (neck, back of the head) is never in front of the nose. Only the position
+    # is fitted for all of them; the best few are then refined fully.
+    rot = np.transpose(_candidate_rotations(pts, template, n_random, seed), (0, 2, 1))
+    forward = rot[:, :, 2]  # template +z (out of the face) in scan coordinates
+    tip = template[np.argmax(template[:, 2])]
+    front = pts[np.argmax(pts @ forward.T, axis=0)]
+    t = front - np.einsum("bij,j->bi", rot, tip)
+    t, rms = _shift_only(tree, template[order[:40]], rot, t, iters=3, keep=TRIM)
+    s = np.ones(len(rot))
+    for keep_n, n_tpl, iters in SEARCH_STAGES:
+        best = _distinct_best(rms, rot, t, keep_n)
+        rot, s, t = rot[best], s[best], t[best]
+        tpl = template[order[: min(n_tpl, len(template))]]
+        rot, s, t, rms, inl = _icp(tree, tpl, rot, s, t, iters=iters, keep=TRIM, with_scale=False)
+    # Basin hopping: restart from the best pose turned by small rotations, since
+    # closest-point fits stop short in shallow minima a few degrees off.
+    i = int(np.argmin(rms))
+    kicks = Rotation.from_rotvec(np.radians(KICK_DEGREES) * np.vstack([np.eye(3), -np.eye(3)])).as_matrix()
+    rot2 = np.concatenate([rot[i:i + 1], rot[i] @ kicks])
+    s2 = np.repeat(s[i:i + 1], len(rot2))
+    t2 = t[i] + np.einsum("bij,j->bi", rot[i] - rot2, template.mean(axis=0))  # turn about the template's centre
+    tpl = template[order[: min(SEARCH_STAGES[-1][1], len(template))]]
+    rot, s, t, rms, inl = _icp(tree, tpl, rot2, s2, t2, iters=SEARCH_STAGES[-1][2], keep=TRIM, with_scale=False)
+    i = int(np.argmin(rms))
+    r = rot[i]
+    return Alignment(rotation=r.T, translation=-r.T @ t[i], scale=float(s[i]), rms_mm=float(rms[i]),
+                     inlier_fraction=float(inl[i]))

@@ -1,0 +1,114 @@
+"""Predicting many scans: one output file each, a summary CSV, and no stop at a bad scan.
+
+Outputs are written atomically (temporary file, then rename) and an existing
+output is kept unless ``overwrite`` is set, so re-running a folder after
+fixing a few scans only does those.
+"""
+import csv
+import io as _io
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, List, Optional
+
+import numpy as np
+
+from .errors import PalnetError
+from .io import MESH_EXTENSIONS, read_mesh, scan_id_for
+from .landmark_io import LANDMARK_FORMATS, atomic_write, write_landmarks
+from .modelfile import Model
+from .pipeline import Prediction, predict
+
+SUMMARY_NAME = "palnet_summary.csv"
+SUMMARY_FIELDS = ("scan", "input", "output", "status", "fit_rms_mm", "units", "seconds", "message")
+
+
+@dataclass
+class BatchItem:
+    scan: str
+    input: str
+    output: str = ""
+    status: str = ""
+    fit_rms_mm: float = float("nan")
+    units: str = ""
+    seconds: float = 0.0
+    message: str = ""
+
+
+def find_meshes(inputs: Iterable[str]) -> List[Path]:
+    """Mesh files named directly or found (recursively) in folders, in a stable order."""
+    found: List[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in MESH_EXTENSIONS))
+        else:
+            found.append(p)  # a missing or odd file is reported for that item, not here
+    return found
+
+
+def output_path(out_dir: Path, mesh_path: Path, fmt: str) -> Path:
+    return Path(out_dir) / "{}.{}".format(scan_id_for(mesh_path), fmt)
+
+
+def predict_one(mesh_path: Path, out_file: Path, model: Model, fmt: str, snap: str, units: str,
+                png: Optional[Path] = None) -> Prediction:
+    mesh = read_mesh(mesh_path)
+    pred = predict(mesh, model, snap=snap, units=units)
+    write_landmarks(pred.landmarks, out_file, fmt)
+    if png is not None:
+        from .render import render_landmarks
+        rot = pred.alignment.rotation  # canonical axes (y up, z front) seen in the scan's frame
+        render_landmarks(mesh, pred.landmarks, png, views=("front", "side"), up=rot[1], front=rot[2],
+                         title="{} ({})".format(mesh_path.name, pred.status))
+    return pred
+
+
+def predict_files(inputs: Iterable[str], out_dir, model: Model, fmt: str = "mrk.json", snap: str = "nearest",
+                  units: str = "auto", overwrite: bool = False, png: Optional[str] = None,
+                  progress: Optional[Callable] = None) -> List[BatchItem]:
+    """Predict every scan; returns one row per scan and writes the summary CSV into ``out_dir``."""
+    if fmt not in LANDMARK_FORMATS:
+        raise PalnetError("unknown output format {!r} (use {})".format(fmt, ", ".join(LANDMARK_FORMATS)))
+    meshes = find_meshes(inputs)
+    if not meshes:
+        raise PalnetError("no mesh files ({}) found".format(" ".join(MESH_EXTENSIONS)), ", ".join(map(str, inputs)))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows: List[BatchItem] = []
+    for n, mesh_path in enumerate(meshes, 1):
+        out_file = output_path(out_dir, mesh_path, fmt)
+        row = BatchItem(scan=scan_id_for(mesh_path), input=str(mesh_path), output=str(out_file))
+        t0 = time.perf_counter()
+        if out_file.exists() and not overwrite:
+            row.status, row.message = "skipped", "output exists (use --overwrite to replace it)"
+        else:
+            picture = None
+            if png:
+                picture = Path(png) if len(meshes) == 1 else Path(png).with_name(
+                    "{}_{}.png".format(Path(png).stem, row.scan))
+            try:
+                pred = predict_one(mesh_path, out_file, model, fmt, snap, units, picture)
+                row.status, row.fit_rms_mm, row.units = pred.status, pred.fit_rms_mm, pred.units
+            except PalnetError as exc:
+                row.status, row.message = "error", str(exc)
+            except Exception as exc:  # a batch never dies on one scan; the row says what happened
+                row.status, row.message = "error", "{}: {}: {}".format(mesh_path, type(exc).__name__, exc)
+        row.seconds = time.perf_counter() - t0
+        rows.append(row)
+        if progress:
+            progress(n, len(meshes), row.scan, row.message if row.status == "error" else None)
+    write_summary(rows, out_dir / SUMMARY_NAME)
+    return rows
+
+
+def write_summary(rows: List[BatchItem], path: Path) -> None:
+    buf = _io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(SUMMARY_FIELDS)
+    for r in rows:
+        w.writerow([r.scan, r.input, r.output, r.status,
+                    "" if not np.isfinite(r.fit_rms_mm) else "{:.3f}".format(r.fit_rms_mm),
+                    r.units, "{:.3f}".format(r.seconds), r.message])
+    text = buf.getvalue()
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

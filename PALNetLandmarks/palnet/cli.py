@@ -1,0 +1,146 @@
+"""The ``palnet`` command line: argument parsing only; the work is done by the modules it calls."""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+from .errors import PalnetError
+
+
+def _cmd_synth(args) -> int:
+    from .progress import ProgressBar
+    from .synth import HELD_OUT_SEED, generate_dataset
+    if args.n < 1:
+        raise PalnetError("--n must be at least 1")
+    if args.seed < HELD_OUT_SEED < args.seed + args.n:
+        print("note: seeds {}..{} mix training seeds (< {}) with held-out test seeds".format(
+            args.seed, args.seed + args.n - 1, HELD_OUT_SEED), file=sys.stderr)
+    t0 = time.monotonic()
+    failed = generate_dataset(args.output, args.n, args.seed, args.pose, args.units, args.ict,
+                              args.jobs, ProgressBar("synth"))
+    print("wrote {} scans to {} in {:.1f} s".format(args.n - len(failed), args.output, time.monotonic() - t0))
+    if failed:
+        print("failed seeds: {}".format(", ".join(map(str, failed))), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from .metrics import evaluate_dirs, format_report
+    from .protocol import Protocol, default_protocol
+    protocol = Protocol.load(args.protocol) if args.protocol else default_protocol()
+    report = evaluate_dirs(args.pred, args.truth, protocol)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(format_report(report))
+    return 0
+
+
+def _load_model_arg(path):
+    from .modelfile import load_model
+    from .resources import default_model_path
+    return load_model(path or default_model_path())
+
+
+def _cmd_predict(args) -> int:
+    from .batch import predict_files
+    from .progress import ProgressBar
+    model = _load_model_arg(args.model)
+    rows = predict_files(args.inputs, args.output, model, args.format, args.snap, args.units,
+                         args.overwrite, args.png, ProgressBar("predict") if not args.quiet else None)
+    for r in rows:
+        if r.status in ("ok", "low fit", "not a face"):
+            print("{:<24} {:<10} fit {:5.2f} mm  {:6.3f} s  -> {}".format(r.scan, r.status, r.fit_rms_mm, r.seconds, r.output))
+        else:
+            print("{:<24} {:<10} {}".format(r.scan, r.status, r.message))
+    bad = [r for r in rows if r.status == "error"]
+    print("{} scans: {} done, {} skipped, {} failed; summary in {}".format(
+        len(rows), sum(r.status not in ("error", "skipped") for r in rows),
+        sum(r.status == "skipped" for r in rows), len(bad), Path(args.output) / "palnet_summary.csv"))
+    return 1 if bad else 0
+
+
+def _cmd_train(args) -> int:
+    from .progress import ProgressBar
+    from .train import train
+    config = None
+    if args.config:
+        try:
+            config = json.loads(Path(args.config).read_text())
+        except (OSError, ValueError) as exc:
+            raise PalnetError("cannot read training configuration ({})".format(exc), args.config)
+    report = train(args.data, args.output, config, args.epochs, args.val_split, args.init, args.cache,
+                   args.jobs, args.units, progress=ProgressBar("preprocess"))
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    p = argparse.ArgumentParser(prog="palnet", description="Automatic anatomical landmarks on 3D face scans (PAL-Net).")
+    p.add_argument("--version", action="version", version="palnet " + __version__)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    s = sub.add_parser("synth", help="generate synthetic face scans with ground-truth landmarks (ICT-FaceKit)")
+    s.add_argument("--n", type=int, default=10, help="number of scans (default 10)")
+    s.add_argument("--seed", type=int, default=0,
+                   help="seed of the first scan; scan i gets seed+i. Seeds < 1000 train, >= 1000 test (default 0)")
+    s.add_argument("-o", "--output", required=True, help="output folder: one sub-folder per scan")
+    s.add_argument("--pose", choices=("realistic", "any"), default="realistic",
+                   help="realistic: upright within +-30 degrees; any: uniformly random rotation")
+    s.add_argument("--units", choices=("mm", "cm", "m"), default="mm")
+    s.add_argument("--ict", default=None, help="ICT-FaceKit model file (default: $PALNET_ICT or ../shared/data/ict-facekit/ict_facekit.npz)")
+    s.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
+    s.set_defaults(func=_cmd_synth)
+
+    e = sub.add_parser("evaluate", help="compare predicted landmark files with ground truth")
+    e.add_argument("--pred", required=True, help="folder of predicted landmark files")
+    e.add_argument("--truth", required=True, help="folder of ground-truth landmark files")
+    e.add_argument("--protocol", default=None, help="protocol JSON for region names (default: the 50-landmark protocol)")
+    e.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    e.set_defaults(func=_cmd_evaluate)
+    pr = sub.add_parser("predict", help="place landmarks on scans (files or folders)")
+    pr.add_argument("inputs", nargs="+", metavar="INPUT", help="mesh files (.ply .obj .stl .vtk .vtp) or folders")
+    pr.add_argument("-o", "--output", required=True, help="output folder: one landmark file per scan + palnet_summary.csv")
+    pr.add_argument("--model", default=None, help="model file (default: the shipped model)")
+    pr.add_argument("--format", default="mrk.json", choices=("mrk.json", "fcsv", "csv", "txt"))
+    pr.add_argument("--snap", default="nearest", choices=("nearest", "mean-k", "surface", "none"),
+                    help="put each landmark on the nearest vertex, the mean of the 12 nearest, or the closest surface point")
+    pr.add_argument("--units", default="auto", choices=("auto", "mm", "cm", "m"))
+    pr.add_argument("--png", default=None, help="also render each scan with its landmarks to this PNG")
+    pr.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    pr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    pr.set_defaults(func=_cmd_predict)
+
+    t = sub.add_parser("train", help="train a model on a folder of annotated scans (needs torch)")
+    t.add_argument("data", help="folder of (mesh, landmark file) pairs: ID/scan.ply + ID/landmarks.mrk.json, or NAME.ply + NAME.mrk.json")
+    t.add_argument("-o", "--output", required=True, help="model file to write (.npz)")
+    t.add_argument("--config", default=None, help="JSON file overriding training settings")
+    t.add_argument("--epochs", type=int, default=None)
+    t.add_argument("--val-split", type=float, default=0.2)
+    t.add_argument("--init", default=None, help="fine-tune from this model file")
+    t.add_argument("--cache", default=None, help="preprocessing cache folder (default: OUTPUT.cache)")
+    t.add_argument("--units", default="auto", choices=("auto", "mm", "cm", "m"))
+    t.add_argument("--jobs", type=int, default=1, help="processes for preprocessing")
+    t.set_defaults(func=_cmd_train)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except PalnetError as exc:
+        print("palnet {}: error: {}".format(args.command, exc), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("palnet {}: interrupted".format(args.command), file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Training data: (scan, landmark file) pairs aligned, sampled and cached on disk.
+
+Every scan goes through the same alignment and sampling as at prediction
+time, so the network learns from what the aligner hands it. The result per
+scan (even surface samples of the region of interest and the true landmarks,
+both in the canonical frame) is cached under a key made of the two files'
+contents and the preprocessing settings: editing a landmark file or changing a
+setting recomputes exactly what changed.
+"""
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import PalnetError
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class TrainingScan:
+    scan_id: str
+    samples: np.ndarray  # (N, 3) float32, canonical mm
+    truth: np.ndarray    # (L, 3) float64, canonical mm
+    fit_rms_mm: float
+
+
+def _digest(paths: Sequence[Path], settings: dict) -> str:
+    h = hashlib.sha1(json.dumps(settings, sort_keys=True).encode())
+    for p in paths:
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def preprocess_pair(mesh_path: Path, landmark_path: Path, labels: Sequence[str], template: np.ndarray,
+                    spacing: float, units: str = "auto") -> Tuple[np.ndarray, np.ndarray, float]:
+    """Align one annotated scan and sample it: (samples, canonical truth, fit RMS)."""
+    from .align import align_scan, detect_units
+    from .io import read_mesh
+    from .landmark_io import check_labels, read_landmarks
+    from .patches import roi_samples
+    from .types import Mesh, unit_scale
+    mesh = read_mesh(mesh_path)
+    lms = check_labels(read_landmarks(landmark_path), labels, landmark_path)
+    if not np.isfinite(lms.points).all():
+        raise PalnetError("landmark file has undefined points", landmark_path)
+    units = detect_units(mesh.vertices) if units == "auto" else units
+    s = unit_scale(units, "mm")
+    alignment = align_scan(mesh.vertices * s, template)
+    canonical = Mesh(alignment.to_canonical(mesh.vertices * s), mesh.triangles, "mm", str(mesh_path))
+    truth = alignment.to_canonical(lms.points * s)
+    samples = roi_samples(canonical, truth, spacing)
+    return samples.astype(np.float32), truth, float(alignment.rms_mm)
+
+
+def _job(args):
+    scan_id, mesh_path, lm_path, labels, template, spacing, units, cache_file = args
+    try:
+        if cache_file and Path(cache_file).exists():
+            with np.load(cache_file, allow_pickle=False) as d:
+                return TrainingScan(scan_id, d["samples"], d["truth"], float(d["fit_rms_mm"])), None
+        samples, truth, rms = preprocess_pair(Path(mesh_path), Path(lm_path), labels, template, spacing, units)
+        if cache_file:
+            tmp = str(cache_file) + ".tmp.npz"
+            np.savez(tmp, samples=samples, truth=truth, fit_rms_mm=rms)
+            os.replace(tmp, cache_file)
+        return TrainingScan(scan_id, samples, truth, rms), None
+    except PalnetError as exc:
+        return None, "{}: {}".format(scan_id, exc)
+    except Exception as exc:  # one unreadable pair never stops a data set
+        return None, "{}: {}: {}".format(scan_id, type(exc).__name__, exc)
+
+
+def load_training_scans(pairs: List[Tuple[str, Path, Path]], labels: Sequence[str], template: np.ndarray,
+                        spacing: float, cache_dir: Optional[Path], units: str = "auto", jobs: int = 1,
+                        progress: Optional[Callable] = None) -> Tuple[List[TrainingScan], List[str]]:
+    """Preprocess (or load from cache) every pair; returns (scans, problems)."""
+    import multiprocessing as mp
+    settings = {"v": CACHE_VERSION, "labels": list(labels), "spacing": spacing, "units": units,
+                "template": hashlib.sha1(np.ascontiguousarray(template, np.float64).tobytes()).hexdigest()}
+    if cache_dir:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    tasks = []
+    for scan_id, mesh_path, lm_path in pairs:
+        key = _digest([mesh_path, lm_path], settings) if cache_dir else None
+        cache_file = str(Path(cache_dir) / (key + ".npz")) if cache_dir else None
+        tasks.append((scan_id, str(mesh_path), str(lm_path), list(labels), template, spacing, units, cache_file))
+    scans, problems = [], []
+    pool = mp.get_context("spawn" if os.name == "nt" else "fork").Pool(jobs) if jobs > 1 else None
+    results = pool.imap(_job, tasks, chunksize=4) if pool else map(_job, tasks)
+    try:
+        for i, (scan, err) in enumerate(results, 1):
+            if scan is not None:
+                scans.append(scan)
+            else:
+                problems.append(err)
+            if progress:
+                progress(i, len(tasks), None, err)
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
+    return scans, problems

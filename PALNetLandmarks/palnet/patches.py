@@ -1,0 +1,84 @@
+"""Region of interest, even surface sampling, and the per-landmark patches the network reads.
+
+PAL-Net takes the P scan vertices nearest to each approximate landmark. Scans
+here range from 10k to 2M vertices, so the same P vertices would cover a
+thumbnail on one scan and half a cheek on another; the surface is therefore
+first sampled evenly (one point per ``spacing`` mm, about), and patches are
+taken from those samples. Points in a patch are ordered by their distance to
+the patch centre, which fixes the order the network's pooling and attention see.
+"""
+from typing import Optional, Tuple
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from .types import Mesh
+
+ROI_MARGIN_MM = 40.0
+
+
+def region_of_interest(vertices: np.ndarray, anchors: np.ndarray, margin: float = ROI_MARGIN_MM) -> np.ndarray:
+    """Mask of vertices within ``margin`` of any anchor (the approximate landmarks): the face,
+    without the shoulders, the back of the head or stray fragments far from it."""
+    d = cKDTree(anchors).query(vertices, distance_upper_bound=margin)[0]
+    return np.isfinite(d)
+
+
+def sample_surface(vertices: np.ndarray, triangles: np.ndarray, spacing: float,
+                   seed: int = 0, max_points: int = 400_000) -> np.ndarray:
+    """About one point per ``spacing`` x ``spacing`` mm of surface, spread evenly.
+
+    Each triangle gets floor(area / spacing^2 + u) points with u uniform, placed at
+    random barycentric positions; a point cloud without triangles is thinned on a grid.
+    """
+    rng = np.random.default_rng(seed)
+    if len(triangles) == 0:
+        from .align import grid_subsample
+        return grid_subsample(vertices, spacing)
+    a, b, c = (vertices[triangles[:, k]] for k in range(3))
+    area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
+    density = 1.0 / spacing ** 2
+    total = area.sum() * density
+    if total > max_points:  # keep memory and time bounded on huge regions
+        density *= max_points / total
+    counts = np.floor(area * density + rng.random(len(area))).astype(np.int64)
+    tri = np.repeat(np.arange(len(area)), counts)
+    r1, r2 = rng.random(len(tri)), rng.random(len(tri))
+    s = np.sqrt(r1)
+    w = np.stack([1 - s, s * (1 - r2), s * r2], axis=1)
+    pts = w[:, :1] * a[tri] + w[:, 1:2] * b[tri] + w[:, 2:] * c[tri]
+    # Tiny triangles may all round to zero points: keep their vertices so no part is lost.
+    used = np.zeros(len(vertices), bool)
+    used[triangles[counts > 0].ravel()] = True
+    lonely = np.setdiff1d(np.unique(triangles[counts == 0]), np.flatnonzero(used))
+    return np.vstack([pts, vertices[lonely]]) if len(lonely) else pts
+
+
+def roi_samples(mesh_canonical: Mesh, anchors: np.ndarray, spacing: float, seed: int = 0) -> np.ndarray:
+    """Even samples of the part of an (aligned) scan near the approximate landmarks."""
+    keep = region_of_interest(mesh_canonical.vertices, anchors)
+    if mesh_canonical.n_triangles:
+        tri = mesh_canonical.triangles[keep[mesh_canonical.triangles].all(axis=1)]
+        return sample_surface(mesh_canonical.vertices, tri, spacing, seed)
+    return sample_surface(mesh_canonical.vertices[keep], np.zeros((0, 3), np.int64), spacing, seed)
+
+
+def extract_patches(tree: cKDTree, centres: np.ndarray, size: int, scale: float
+                    ) -> Tuple[np.ndarray, np.ndarray]:
+    """(L, P, 3) patches of the ``size`` samples nearest each centre, relative to it and
+    divided by ``scale``; also returns the centres moved onto their nearest sample."""
+    n = tree.n
+    k = min(size, n)
+    _, idx = tree.query(centres, k=k)
+    idx = np.asarray(idx).reshape(len(centres), k)
+    pts = tree.data[idx]
+    if k < size:  # a scan with fewer samples than a patch: repeat the farthest point
+        pts = np.concatenate([pts, np.repeat(pts[:, -1:], size - k, axis=1)], axis=1)
+    snapped = pts[:, 0]
+    return ((pts - centres[:, None]) / scale).astype(np.float32), snapped
+
+
+def initial_approximation(tree: cKDTree, mean_landmarks: np.ndarray, jitter: Optional[np.ndarray] = None) -> np.ndarray:
+    """The mean landmarks (optionally jittered for training), each moved to its nearest sample."""
+    centres = mean_landmarks if jitter is None else mean_landmarks + jitter
+    return tree.data[tree.query(centres)[1]]

@@ -1,0 +1,414 @@
+"""Synthetic stereo-photogrammetry-like face scans with exact landmark ground truth.
+
+Heads come from the ICT-FaceKit morphable model (MIT licence): random identity,
+mild expression, only the skin a scanner sees, random crops and holes, a new
+irregular triangulation, surface noise, random pose and units. Each scan is a
+pure function of its seed, so a data set is reproducible from ``--seed`` and
+``--n`` alone. Seeds below 1000 are for training, 1000 and above for tests.
+"""
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+from scipy.spatial import cKDTree
+from scipy.spatial.transform import Rotation
+
+from .errors import PalnetError
+from .snap import closest_points_on_surface
+from .types import Landmarks, Mesh, unit_scale
+
+GENERATOR_VERSION = 1
+NARROW_FACE_END = 6706  # ICT vertex range [0, 6706): the face without ears and neck
+HELD_OUT_SEED = 1000  # seeds >= this are never used for training
+
+# ICT frame: x to the subject's left, y up, z out of the face. Scans in the
+# "realistic" pose start upright in LPS (x left, y posterior, z superior), the
+# frame 3D Slicer gives a headerless mesh file, so they open facing the viewer.
+ICT_TO_LPS = np.array([[1.0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]])
+
+# Mild expressions a sitter may show during a scan (eye-gaze shapes only move
+# the eyeballs and are left out).
+MILD_EXPRESSIONS = ("jawOpen", "mouthSmile_L", "mouthSmile_R", "mouthFrown_L", "mouthFrown_R",
+                    "browInnerUp_L", "browInnerUp_R", "browDown_L", "browDown_R", "eyeSquint_L",
+                    "eyeSquint_R", "eyeBlink_L", "eyeBlink_R", "mouthPucker", "mouthPress_L",
+                    "mouthPress_R", "cheekSquint_L", "cheekSquint_R", "noseSneer_L", "noseSneer_R",
+                    "mouthDimple_L", "mouthDimple_R")  # not mouthClose: alone it pushes the lips into each other
+
+
+@dataclass
+class IctModel:
+    neutral: np.ndarray          # (V, 3) mm
+    identity: np.ndarray         # (100, V, 3)
+    expression: np.ndarray       # (53, V, 3)
+    expression_names: List[str]
+    triangles: np.ndarray        # (T, 3) skin + eyeball-front triangles only
+    skin_vertices: np.ndarray    # indices of the scanned skin
+    eyeball_vertices: np.ndarray
+
+
+_ICT_CACHE: Dict[str, IctModel] = {}
+
+
+def load_ict(path: Optional[os.PathLike] = None) -> IctModel:
+    """The ICT-FaceKit model restricted to what a surface scanner sees (cached per path)."""
+    from .resources import default_ict_path
+    path = Path(path) if path else default_ict_path()
+    key = str(path)
+    if key in _ICT_CACHE:
+        return _ICT_CACHE[key]
+    if not path.is_file():
+        raise PalnetError("ICT-FaceKit model file not found (pass --ict PATH or set PALNET_ICT)", path)
+    try:
+        d = np.load(path, allow_pickle=False)
+        names = [str(x) for x in d["region_names"]]
+        ranges = {n: tuple(int(v) for v in r) for n, r in zip(names, d["region_ranges"])}
+        neutral = d["neutral_mm"].astype(np.float64)
+        identity = d["identity_modes_mm"].astype(np.float32)
+        expression = d["expression_modes_mm"].astype(np.float32)
+        triangles = d["triangles"].astype(np.int64)
+        expression_names = [str(x) for x in d["expression_names"]]
+    except (KeyError, ValueError, OSError) as exc:
+        raise PalnetError("not a usable ICT-FaceKit model file ({})".format(exc), path)
+    skin = np.arange(ranges["face"][0], ranges["head_and_neck"][1])
+    eyeballs = np.concatenate([np.arange(*ranges["eyeball_left"]), np.arange(*ranges["eyeball_right"])])
+    # Only the front cap of each eyeball shows between the lids.
+    front = np.zeros(len(neutral), bool)
+    for name in ("eyeball_left", "eyeball_right"):
+        idx = np.arange(*ranges[name])
+        centre = neutral[idx].mean(axis=0)
+        radial = neutral[idx] - centre
+        cos_fwd = radial[:, 2] / np.linalg.norm(radial, axis=1)
+        front[idx[cos_fwd > 0.55]] = True
+    seen = np.zeros(len(neutral), bool)
+    seen[skin] = True
+    seen |= front
+    tri = triangles[seen[triangles].all(axis=1)]
+    model = IctModel(neutral, identity, expression, expression_names, tri, skin, np.flatnonzero(front))
+    _ICT_CACHE[key] = model
+    return model
+
+
+def vertex_normals(v: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Area-weighted unit vertex normals."""
+    fn = np.cross(v[t[:, 1]] - v[t[:, 0]], v[t[:, 2]] - v[t[:, 0]])
+    n = np.zeros_like(v)
+    for k in range(3):
+        for c in range(3):
+            n[:, c] += np.bincount(t[:, k], fn[:, c], minlength=len(v))
+    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+
+
+def smooth_noise(t: np.ndarray, n: int, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Per-vertex noise of standard deviation ``sigma``, averaged once over each vertex's
+    neighbours: scanners' noise is correlated over a few samples, not independent."""
+    x = rng.normal(0.0, 1.0, n)
+    i, j = np.concatenate([t[:, 0], t[:, 1], t[:, 2]]), np.concatenate([t[:, 1], t[:, 2], t[:, 0]])
+    total = x + np.bincount(i, x[j], minlength=n) + np.bincount(j, x[i], minlength=n)
+    count = 1.0 + np.bincount(i, minlength=n) + np.bincount(j, minlength=n)
+    y = total / count
+    return y * (sigma / max(float(y.std()), 1e-12))
+
+
+def subdivide(v: np.ndarray, t: np.ndarray):
+    """Split every triangle into four at its edge midpoints."""
+    n = len(v)
+    e = np.concatenate([t[:, [0, 1]], t[:, [1, 2]], t[:, [2, 0]]])
+    e.sort(axis=1)
+    keys = e[:, 0] * n + e[:, 1]
+    uniq, inv = np.unique(keys, return_inverse=True)
+    mid = (v[uniq // n] + v[uniq % n]) * 0.5
+    m = len(t)
+    a, b, c = (inv[:m] + n, inv[m:2 * m] + n, inv[2 * m:] + n)
+    nt = np.concatenate([np.stack([t[:, 0], a, c], 1), np.stack([a, t[:, 1], b], 1),
+                         np.stack([c, b, t[:, 2]], 1), np.stack([a, b, c], 1)])
+    return np.vstack([v, mid]), nt
+
+
+def _bisect_long_edges(v: np.ndarray, t: np.ndarray, wanted: int, rng: np.random.Generator):
+    """Split up to ``wanted`` edges, each the longest edge of an area-weighted random triangle.
+
+    No triangle is touched by two splits in one call, so every split turns its
+    one or two triangles into two each, without T-junctions.
+    """
+    n = len(v)
+    e = np.stack([t[:, [1, 2]], t[:, [2, 0]], t[:, [0, 1]]], axis=1)  # edge k is opposite corner k
+    length = np.linalg.norm(v[e[..., 0]] - v[e[..., 1]], axis=2)
+    longest = np.argmax(length, axis=1)
+    es = np.sort(e, axis=2)
+    _, edge_id = np.unique((es[..., 0] * n + es[..., 1]).ravel(), return_inverse=True)
+    edge_id = edge_id.reshape(-1, 3)
+    area = length.max(axis=1) ** 2  # proportional enough to area for the choice, and cheap
+    keys = np.log(np.maximum(area, 1e-12)) - np.log(-np.log(rng.random(len(t))))  # Gumbel top-k
+    m = min(wanted, len(t) // 3)
+    pick = np.argpartition(-keys, m - 1)[:m]
+    cand = edge_id[pick, longest[pick]]
+    prio = np.full(edge_id.max() + 1, -1.0)
+    prio[cand] = rng.random(len(cand))
+    tri_best = prio[edge_id].max(axis=1)  # the strongest candidate edge touching each triangle
+    ok_tri = np.ones(len(prio), bool)
+    touched = prio[edge_id] >= 0
+    # An edge is accepted when it is the strongest candidate on every triangle it borders.
+    lose = touched & (prio[edge_id] < tri_best[:, None])
+    ok_tri[edge_id[lose]] = False
+    accepted = np.flatnonzero((prio >= 0) & ok_tri)
+    new_index = np.full(len(prio), -1)
+    new_index[accepted] = n + np.arange(len(accepted))
+    split_at = new_index[edge_id]  # (T, 3): new vertex on edge k, or -1
+    k = np.argmax(split_at >= 0, axis=1)
+    hit = (split_at >= 0).any(axis=1)
+    rows = np.flatnonzero(hit)
+    kk = k[rows]
+    c0 = t[rows, kk]
+    c1 = t[rows, (kk + 1) % 3]
+    c2 = t[rows, (kk + 2) % 3]
+    mid = split_at[rows, kk]
+    # Each accepted edge gets one random point; both its triangles use the same one.
+    a_end = np.zeros((len(accepted), 2), np.int64)
+    first_row = np.unique(mid, return_index=True)[1]
+    a_end[mid[first_row] - n] = np.stack([c1[first_row], c2[first_row]], axis=1)
+    frac = rng.uniform(0.35, 0.65, size=(len(accepted), 1))
+    new_pts = v[a_end[:, 0]] + frac * (v[a_end[:, 1]] - v[a_end[:, 0]])
+    t_new = np.concatenate([t[~hit], np.stack([c0, c1, mid], 1), np.stack([c0, mid, c2], 1)])
+    return np.vstack([v, new_pts]), t_new
+
+
+def random_retriangulate(v: np.ndarray, t: np.ndarray, target: int, rng: np.random.Generator):
+    """An irregular triangulation of the same surface with about ``target`` vertices.
+
+    Midpoint subdivision up to the largest level below the target, then the
+    longest edges of randomly chosen triangles (in proportion to their area) are
+    split at random points until the target is met (longest-edge bisection keeps
+    triangles from turning into slivers), then every vertex slides a little
+    inside one of its triangles. The result stays a manifold on the original
+    surface, and no vertex keeps the template's position.
+    """
+    used = np.zeros(len(v), bool)
+    used[t.ravel()] = True
+    keep = np.flatnonzero(used)
+    remap = np.full(len(v), -1)
+    remap[keep] = np.arange(len(keep))
+    v, t = v[keep], remap[t]
+    while 4 * len(v) <= target:  # each subdivision adds one vertex per edge, about three per vertex
+        v, t = subdivide(v, t)
+    while len(v) < target:
+        v, t = _bisect_long_edges(v, t, target - len(v), rng)
+    # Slide each vertex toward the inside of one of its triangles (a point still on the surface).
+    owner = np.zeros(len(v), np.int64)
+    for k in range(3):  # any triangle that has the vertex as a corner
+        owner[t[:, k]] = np.arange(len(t))
+    corner = t[owner]
+    first = np.where(corner[:, 0] == np.arange(len(v)), 0, np.where(corner[:, 1] == np.arange(len(v)), 1, 2))
+    others = corner[np.arange(len(v))[:, None], (first[:, None] + np.array([1, 2])) % 3]
+    amount = rng.uniform(0.05, 0.25, size=(len(v), 1))
+    split = rng.random((len(v), 1))
+    target_pt = split * v[others[:, 0]] + (1 - split) * v[others[:, 1]]
+    v = v + amount * (target_pt - v)
+    return v, t
+
+
+def _tilted(axis: np.ndarray, rng: np.random.Generator, degrees: float) -> np.ndarray:
+    r = Rotation.from_rotvec(rng.normal(size=3) * np.radians(degrees) / np.sqrt(3))
+    return r.apply(axis)
+
+
+def _crop_mask(v: np.ndarray, lm: np.ndarray, labels: Sequence[str], rng: np.random.Generator, info: dict):
+    """Vertices kept by random forehead, back-of-head and neck cuts (landmarks always kept)."""
+    lab = {name: i for i, name in enumerate(labels)}
+    keep = np.ones(len(v), bool)
+    top_y = lm[lab["tr"], 1] if "tr" in lab else lm[:, 1].max()
+    if rng.random() < 0.8:  # hairline / forehead cut
+        off = rng.uniform(4.0, 45.0)
+        nrm = _tilted(np.array([0.0, 1.0, 0.0]), rng, 8)
+        keep &= (v - [0, top_y + off, 0]) @ nrm < 0
+        info["forehead_cut_mm"] = round(off, 2)
+    back_z = lm[:, 2].min()
+    if rng.random() < 0.75:  # behind the ears, or further back
+        off = rng.uniform(6.0, 110.0)
+        nrm = _tilted(np.array([0.0, 0.0, -1.0]), rng, 8)
+        keep &= (v - [0, 0, back_z - off]) @ nrm < 0
+        info["back_cut_mm"] = round(off, 2)
+    low_y = lm[:, 1].min()
+    off = rng.uniform(8.0, 100.0)  # under the chin, or down the neck
+    nrm = _tilted(np.array([0.0, -1.0, 0.0]), rng, 10)
+    keep &= (v - [0, low_y - off, 0]) @ nrm < 0
+    info["neck_cut_mm"] = round(off, 2)
+    return keep
+
+
+def _hole_mask(v: np.ndarray, nrm: np.ndarray, lm: np.ndarray, labels: Sequence[str],
+               eyeballs: np.ndarray, rng: np.random.Generator, info: dict):
+    """Vertices lost to holes: nostrils, under the chin, the eyes, random patches."""
+    lab = {name: i for i, name in enumerate(labels)}
+    tree = cKDTree(v)
+    drop = np.zeros(len(v), bool)
+    holes = []
+    if "sn" in lab and rng.random() < 0.6:  # nostril openings face downwards
+        near = np.array(tree.query_ball_point(lm[lab["sn"]] + [0, 2, -6], 14.0), dtype=np.int64)
+        drop[near[nrm[near, 1] < -0.6]] = True
+        holes.append("nostrils")
+    if rng.random() < 0.5:  # under the chin, where the scanner does not look
+        below = (v[:, 1] < lm[:, 1].min() - rng.uniform(3, 15)) & (nrm[:, 1] < -0.5)
+        drop |= below
+        holes.append("under_chin")
+    for side in (0, 1):  # shiny eyes often come back empty
+        if rng.random() < 0.3:
+            eye = eyeballs[(v[eyeballs, 0] > 0) == bool(side)]
+            drop[eye] = True
+            holes.append("eye_{}".format("left" if side else "right"))
+    for _ in range(rng.poisson(1.5)):
+        centre = v[rng.integers(len(v))]
+        drop[tree.query_ball_point(centre, rng.uniform(2.0, 9.0))] = True
+        holes.append("patch")
+    protect = cKDTree(lm).query(v, distance_upper_bound=3.5)[0] < np.inf
+    info["holes"] = holes
+    return drop & ~protect
+
+
+def _pose(rng: np.random.Generator, pose: str):
+    if pose == "realistic":
+        jitter = Rotation.from_euler("xyz", rng.uniform(-30, 30, size=3), degrees=True).as_matrix()
+        rot = jitter @ ICT_TO_LPS
+    elif pose == "any":
+        rot = Rotation.random(random_state=rng).as_matrix()
+    elif pose == "canonical":
+        rot = ICT_TO_LPS
+    else:
+        raise PalnetError("unknown pose {!r} (use realistic or any)".format(pose))
+    m = np.eye(4)
+    m[:3, :3] = rot
+    m[:3, 3] = rng.uniform(-150, 150, size=3) if pose != "canonical" else 0.0
+    return m
+
+
+def generate_scan(seed: int, ict: Optional[IctModel] = None, pose: str = "realistic", units: str = "mm",
+                  labels: Optional[Sequence[str]] = None):
+    """One synthetic scan: (Mesh, Landmarks, meta dict), a pure function of ``seed``."""
+    from .ict_landmarks import LABELS, anatomical_order_violations, ict_landmark_positions
+    ict = ict or load_ict()
+    labels = list(labels or LABELS)
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), GENERATOR_VERSION]))
+    info: dict = {"seed": int(seed), "generator_version": GENERATOR_VERSION}
+
+    # About 1 % of draws at large spread give impossible anatomy (upper lip behind the
+    # lower one): draw again, deterministically, until the landmarks are in order.
+    for attempt in range(20):
+        sigma = rng.uniform(0.7, 1.6)
+        w = rng.normal(0.0, sigma, size=ict.identity.shape[0])
+        e = np.zeros(ict.expression.shape[0])
+        chosen = rng.choice(len(MILD_EXPRESSIONS), size=rng.integers(0, 4), replace=False)
+        for i in chosen:
+            e[ict.expression_names.index(MILD_EXPRESSIONS[i])] = rng.uniform(0.0, 0.35)
+        verts = ict.neutral + np.tensordot(w.astype(np.float32), ict.identity, 1) \
+            + np.tensordot(e.astype(np.float32), ict.expression, 1)
+        lm = ict_landmark_positions(verts, labels)
+        if labels != list(LABELS) or not anatomical_order_violations(lm):
+            break
+    info["draws"] = attempt + 1
+    info.update(identity_sigma=round(float(sigma), 4), identity_weights=[round(float(x), 5) for x in w],
+                expression={ict.expression_names[i]: round(float(e[i]), 4) for i in np.flatnonzero(e)})
+
+    tri = ict.triangles
+    nrm = vertex_normals(verts, tri)
+    keep = _crop_mask(verts, lm, labels, rng, info)
+    keep &= ~_hole_mask(verts, nrm, lm, labels, ict.eyeball_vertices, rng, info)
+    tri = tri[keep[tri].all(axis=1)]
+
+    target = int(np.exp(rng.uniform(np.log(10_000), np.log(200_000))))
+    v, t = random_retriangulate(verts, tri, target, rng)
+
+    noise = rng.uniform(0.0, 0.3)
+    v = v + vertex_normals(v, t) * smooth_noise(t, len(v), noise, rng)[:, None]
+    scan = Mesh(v, t, "mm")
+    lm = closest_points_on_surface(scan, lm)[0]  # ground truth lies on the scanned surface
+
+    m = _pose(rng, pose)
+    s = unit_scale("mm", units)
+    scan = Mesh((v @ m[:3, :3].T + m[:3, 3]) * s, t, units)
+    lm = (lm @ m[:3, :3].T + m[:3, 3]) * s
+    info.update(target_vertices=target, n_vertices=scan.n_vertices, n_triangles=scan.n_triangles,
+                noise_sigma_mm=round(float(noise), 4), pose=pose, pose_matrix_mm=m.round(6).tolist(),
+                units=units, source="ICT-FaceKit (c) 2020 USC Institute for Creative Technologies, MIT licence")
+    return scan, Landmarks(labels, lm, units=units), info
+
+
+def scan_id(seed: int) -> str:
+    return "synth_{:05d}".format(int(seed))
+
+
+def write_scan(out_dir: Path, seed: int, ict: IctModel, pose: str, units: str) -> Path:
+    from .io import write_landmarks, write_mesh
+    scan, lms, info = generate_scan(seed, ict, pose, units)
+    folder = Path(out_dir) / scan_id(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_mesh(scan, folder / "scan.ply")
+    write_landmarks(lms, folder / "landmarks.mrk.json")
+    tmp = folder / "meta.json.tmp"
+    tmp.write_text(json.dumps(info, indent=1))
+    os.replace(tmp, folder / "meta.json")
+    return folder
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(ict_path, pose, units):
+    _WORKER.update(ict=load_ict(ict_path), pose=pose, units=units)
+
+
+def _worker_run(args):
+    out_dir, seed = args
+    try:
+        write_scan(out_dir, seed, _WORKER["ict"], _WORKER["pose"], _WORKER["units"])
+        return seed, None
+    except Exception as exc:  # reported per scan; one bad draw never stops a data set
+        return seed, "{}: {}".format(type(exc).__name__, exc)
+
+
+def generate_dataset(out_dir, n: int, seed: int = 0, pose: str = "realistic", units: str = "mm",
+                     ict_path=None, jobs: Optional[int] = None, progress=None) -> List[int]:
+    """Write scans for seeds ``seed .. seed+n-1`` into ``out_dir``; returns the seeds that failed."""
+    import multiprocessing as mp
+    if units not in ("mm", "cm", "m"):
+        raise PalnetError("unknown units {!r} (use mm, cm or m)".format(units))
+    if pose not in ("realistic", "any", "canonical"):
+        raise PalnetError("unknown pose {!r} (use realistic or any)".format(pose))
+    load_ict(ict_path)  # fail early, in this process, with a clear message
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    tasks = [(str(out_dir), s) for s in range(seed, seed + n)]
+    jobs = max(1, min(jobs or os.cpu_count() or 1, n))
+    failed = []
+    if jobs == 1:
+        _worker_init(ict_path, pose, units)
+        results = map(_worker_run, tasks)
+        pool = None
+    else:
+        pool = mp.get_context("spawn" if os.name == "nt" else "fork").Pool(
+            jobs, initializer=_worker_init, initargs=(ict_path, pose, units))
+        results = pool.imap_unordered(_worker_run, tasks)
+    try:
+        for done, (s, err) in enumerate(results, 1):
+            if err:
+                failed.append(s)
+            if progress:
+                progress(done, n, scan_id(s), err)
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+    return sorted(failed)
+
+
+def face_template(ict: Optional[IctModel] = None, spacing: float = 4.0) -> np.ndarray:
+    """Points on the central face of the neutral ICT head (canonical frame, mm) for alignment.
+
+    Brows to chin and cheek to cheek, without ears, neck or hairline: the part
+    that every face scan shows.
+    """
+    from .align import grid_subsample
+    ict = ict or load_ict()
+    d_face = ict.neutral[ict.skin_vertices[ict.skin_vertices < NARROW_FACE_END]]
+    core = d_face[(d_face[:, 1] > -85.0) & (d_face[:, 1] < 88.0)]
+    return grid_subsample(core, spacing)

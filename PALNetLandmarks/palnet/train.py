@@ -1,0 +1,240 @@
+"""Training PAL-Net on any folder of annotated scans, with any landmark protocol (needs torch).
+
+Paper settings: loss 0.6 x mean landmark error + 0.4 x mean absolute error of
+all inter-landmark distances, Adam (lr 1e-3), ReduceLROnPlateau (factor 0.5,
+patience 8), early stopping (patience 30) keeping the best weights, batch 16.
+The network regresses each landmark's offset from its initial approximation;
+training jitters that approximation (and turns each sample slightly) so the
+network also corrects the residual error of the automatic alignment.
+"""
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from .dataset import TrainingScan, load_training_scans
+from .engine import NetworkConfig
+from .errors import PalnetError
+from .modelfile import Model, load_model, save_model
+from .patches import extract_patches, initial_approximation
+
+DEFAULT_CONFIG = {
+    "network": {"patch_size": 200, "fc": 512, "widths": [32, 64, 128], "pools": [5, 5, 4],
+                "dropout": 0.1, "attention": "soft", "attention_topk": 16},
+    "patch": {"spacing_mm": 1.0, "scale_mm": 20.0},
+    "refine_steps": 2,
+    "epochs": 100, "batch_size": 16, "lr": 1e-3, "plateau_factor": 0.5, "plateau_patience": 8,
+    "early_stop_patience": 30, "loss_weights": [0.6, 0.4], "seed": 0,
+    "jitter": {"landmark_mm": 2.0, "shift_mm": 2.5, "rotate_deg": 4.0},
+}
+
+
+def merge_config(user: Optional[dict]) -> dict:
+    cfg = copy.deepcopy(DEFAULT_CONFIG)
+    for key, value in (user or {}).items():
+        if key not in cfg:
+            raise PalnetError("unknown training setting {!r} (known: {})".format(key, ", ".join(sorted(cfg))))
+        if isinstance(cfg[key], dict):
+            cfg[key].update(value)
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def _random_rotations(rng: np.random.Generator, n: int, degrees: float) -> np.ndarray:
+    from scipy.spatial.transform import Rotation
+    return Rotation.from_rotvec(rng.normal(size=(n, 3)) * np.radians(degrees) / np.sqrt(3)).as_matrix()
+
+
+def make_batch(scans: List[TrainingScan], trees: List[cKDTree], idx: np.ndarray, mean: np.ndarray, cfg: dict,
+               rng: Optional[np.random.Generator]):
+    """Patches, initial approximations and truths for scans ``idx``; jittered when ``rng`` is given."""
+    size, scale = cfg["network"]["patch_size"], cfg["patch"]["scale_mm"]
+    jit = cfg["jitter"]
+    patches, inits, truths = [], [], []
+    for i in idx:
+        jitter = None
+        if rng is not None:
+            jitter = rng.normal(0, jit["landmark_mm"], mean.shape) + rng.normal(0, jit["shift_mm"], 3)
+        init = initial_approximation(trees[i], mean, jitter)
+        p, init = extract_patches(trees[i], init, size, scale)
+        patches.append(p)
+        inits.append(init)
+        truths.append(scans[i].truth)
+    patches, inits, truths = np.stack(patches), np.stack(inits), np.stack(truths)
+    if rng is not None:  # a small turn of the whole face, as a slightly different alignment would give
+        rot = _random_rotations(rng, len(idx), jit["rotate_deg"]).astype(np.float32)
+        patches = np.einsum("blpj,bij->blpi", patches, rot)
+        inits = np.einsum("blj,bij->bli", inits, rot)
+        truths = np.einsum("blj,bij->bli", truths, rot)
+    return patches.astype(np.float32), inits.astype(np.float32), truths.astype(np.float32)
+
+
+def _loss(torch, pred, truth, weights):
+    point = torch.linalg.norm(pred - truth, dim=-1).mean()
+    dp, dt = torch.cdist(pred, pred), torch.cdist(truth, truth)
+    dist = (dp - dt).abs().mean() * pred.shape[1] / max(pred.shape[1] - 1, 1)  # mean over pairs i != j
+    return weights[0] * point + weights[1] * dist, point, dist
+
+
+def evaluate_scans(model: Model, scans: List[TrainingScan], trees: List[cKDTree], mean: np.ndarray,
+                   cfg: dict, steps: int) -> Dict[str, float]:
+    """Point-wise and distance-wise error (mm) on scans, predicting exactly as palnet predict does."""
+    from .metrics import distancewise_errors, pointwise_errors
+    scale, size = cfg["patch"]["scale_mm"], cfg["network"]["patch_size"]
+    preds, truths = [], []
+    for s, tree in zip(scans, trees):
+        c = initial_approximation(tree, mean)
+        for _ in range(steps):
+            p, c = extract_patches(tree, c, size, scale)
+            c = c + model.forward(p).astype(np.float64) * scale
+        preds.append(c)
+        truths.append(s.truth)
+    preds, truths = np.stack(preds), np.stack(truths)
+    return {"pointwise_mm": float(np.mean(pointwise_errors(preds, truths))),
+            "distancewise_mm": float(np.mean(distancewise_errors(preds, truths)))}
+
+
+def _export(net, cfg_net: NetworkConfig, metadata: dict) -> Model:
+    from .network import export_weights
+    return Model(export_weights(net), cfg_net, copy.deepcopy(metadata))
+
+
+def fit(train_scans: List[TrainingScan], val_scans: List[TrainingScan], labels: List[str], template: np.ndarray,
+        cfg: dict, metadata: dict, init_model: Optional[Model] = None, checkpoint: Optional[Path] = None,
+        log: Callable[[str], None] = print, should_stop: Callable[[], bool] = lambda: False) -> Model:
+    """Train on ``train_scans``, keep the weights best on ``val_scans``; resumable through ``checkpoint``."""
+    import torch
+    from .network import PalNet, load_weights
+    torch.manual_seed(cfg["seed"])
+    rng = np.random.default_rng(cfg["seed"])
+    mean = np.mean([s.truth for s in train_scans], axis=0)
+    net_cfg = init_model.config if init_model else NetworkConfig(n_landmarks=len(labels), **cfg["network"])
+    net = PalNet(net_cfg)
+    if init_model:
+        load_weights(net, init_model.weights)
+        mean = np.asarray(init_model.metadata["mean_landmarks"], dtype=np.float64)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg["lr"])
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg["plateau_factor"], patience=cfg["plateau_patience"])
+    trees = [cKDTree(s.samples) for s in train_scans]
+    vtrees = [cKDTree(s.samples) for s in val_scans]
+    meta = dict(metadata, mean_landmarks=mean.tolist(), template=np.round(template, 4).tolist(),
+                patch=cfg["patch"], refine_steps=cfg["refine_steps"])
+    start, best, best_state, history, since_best = 0, float("inf"), None, [], 0
+    if checkpoint and Path(checkpoint).exists():
+        ck = torch.load(checkpoint, weights_only=True)
+        net.load_state_dict(ck["net"])
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        start, best, since_best = int(ck["epoch"]), float(ck["best"]), int(ck["since_best"])
+        best_state, history = ck["best_state"], json.loads(ck["history"])
+        rng = np.random.default_rng([cfg["seed"], start])
+        log("resumed from {} at epoch {}".format(checkpoint, start))
+    for epoch in range(start, cfg["epochs"]):
+        t0 = time.monotonic()
+        net.train()
+        order = rng.permutation(len(train_scans))
+        losses = []
+        for b in range(0, len(order), cfg["batch_size"]):
+            idx = order[b:b + cfg["batch_size"]]
+            patches, inits, truths = make_batch(train_scans, trees, idx, mean, cfg, rng)
+            out = net(torch.from_numpy(patches)) * cfg["patch"]["scale_mm"]
+            loss, _, _ = _loss(torch, torch.from_numpy(inits) + out, torch.from_numpy(truths), cfg["loss_weights"])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+            if should_stop():
+                break
+        net.eval()
+        with torch.no_grad():
+            model = _export(net, net_cfg, meta)
+        val = evaluate_scans(model, val_scans or train_scans[:50], vtrees or trees[:50], mean, cfg, cfg["refine_steps"])
+        sched.step(val["pointwise_mm"])
+        improved = val["pointwise_mm"] < best
+        if improved:
+            best, since_best = val["pointwise_mm"], 0
+            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        else:
+            since_best += 1
+        row = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_pointwise_mm": val["pointwise_mm"],
+               "val_distancewise_mm": val["distancewise_mm"], "lr": opt.param_groups[0]["lr"],
+               "seconds": time.monotonic() - t0}
+        history.append(row)
+        log("epoch {epoch:3d}  loss {loss:.3f}  val point-wise {val_pointwise_mm:.3f} mm  distance-wise "
+            "{val_distancewise_mm:.3f} mm  lr {lr:.2g}  {seconds:.1f} s".format(**row) + ("  *" if improved else ""))
+        if checkpoint:
+            tmp = Path(str(checkpoint) + ".tmp")
+            torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                        "epoch": epoch + 1, "best": best, "since_best": since_best, "best_state": best_state,
+                        "history": json.dumps(history)}, tmp)
+            tmp.replace(checkpoint)
+        if since_best >= cfg["early_stop_patience"] or should_stop():
+            log("stopping: {}".format("no improvement for {} epochs".format(since_best) if not should_stop() else "asked to stop"))
+            break
+    net.load_state_dict(best_state)
+    net.eval()
+    meta["training_history"] = history
+    return _export(net, net_cfg, meta)
+
+
+def train(data_dir, output, config: Optional[dict] = None, epochs: Optional[int] = None, val_split: float = 0.2,
+          init: Optional[str] = None, cache_dir: Optional[str] = None, jobs: int = 1, units: str = "auto",
+          log: Callable[[str], None] = print, progress: Optional[Callable] = None, half: bool = True,
+          description: str = "", should_stop: Callable[[], bool] = lambda: False) -> dict:
+    """``palnet train``: preprocess, split, fit, evaluate, save. Returns the final report."""
+    from .io import find_scan_pairs
+    from .landmark_io import read_landmarks
+    from .protocol import Protocol, default_protocol
+    from .resources import default_model_path, face_template_path
+    cfg = merge_config(config)
+    if epochs is not None:
+        cfg["epochs"] = int(epochs)
+    pairs = find_scan_pairs(data_dir)
+    if len(pairs) < 2:
+        raise PalnetError("found {} (scan, landmark file) pairs; training needs at least 2".format(len(pairs)), data_dir)
+    init_model = load_model(init) if init else None
+    first = read_landmarks(pairs[0][2]).labels
+    protocol = default_protocol() if set(first) == set(default_protocol().labels) else Protocol.from_labels(first)
+    labels = protocol.labels
+    if init_model and list(init_model.metadata["protocol"]["labels"]) != labels:
+        raise PalnetError("--init model has a different landmark protocol than the data set", init)
+    if init_model:
+        template = np.asarray(init_model.metadata["template"], dtype=np.float64)
+    elif default_model_path().exists():
+        template = np.asarray(load_model(default_model_path()).metadata["template"], dtype=np.float64)
+    else:
+        with np.load(face_template_path(), allow_pickle=False) as d:
+            template = d["points"].astype(np.float64)
+    log("{} pairs in {}; protocol {} ({} landmarks)".format(len(pairs), data_dir, protocol.name, len(labels)))
+    scans, problems = load_training_scans(pairs, labels, template, cfg["patch"]["spacing_mm"],
+                                          Path(cache_dir) if cache_dir else Path(str(output) + ".cache"),
+                                          units, jobs, progress)
+    for p in problems:
+        log("skipped " + p)
+    if len(scans) < 2:
+        raise PalnetError("fewer than 2 usable scans", data_dir)
+    rng = np.random.default_rng(cfg["seed"])
+    order = rng.permutation(len(scans))
+    n_val = int(round(len(scans) * val_split)) if val_split > 0 else 0
+    val = [scans[i] for i in order[:n_val]]
+    tr = [scans[i] for i in order[n_val:]]
+    log("training on {} scans, validating on {}".format(len(tr), len(val)))
+    metadata = {"protocol": dict(protocol.to_dict(), labels=labels), "units": "mm",
+                "training": {"data": description or str(data_dir), "n_train": len(tr), "n_val": len(val),
+                             "config": cfg, "fine_tuned_from": str(init) if init else None}}
+    model = fit(tr, val, labels, template, cfg, metadata, init_model, Path(str(output) + ".ckpt"), log, should_stop)
+    mean = np.asarray(model.metadata["mean_landmarks"])
+    report = {"n_train": len(tr), "n_val": len(val), "skipped": problems}
+    if val:
+        vt = [cKDTree(s.samples) for s in val]
+        report["validation"] = evaluate_scans(model, val, vt, mean, cfg, cfg["refine_steps"])
+        model.metadata["accuracy"] = {"validation": report["validation"], "n": len(val)}
+        log("validation: point-wise {pointwise_mm:.3f} mm, distance-wise {distancewise_mm:.3f} mm".format(**report["validation"]))
+    save_model(output, model, half=half)
+    log("saved {}".format(output))
+    return report

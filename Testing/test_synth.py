@@ -1,0 +1,108 @@
+"""Synthetic scans: exact ground truth on the surface, variety, determinism, files and messages."""
+import json
+
+import numpy as np
+import pytest
+from scipy.spatial import cKDTree
+
+from palnet import PalnetError
+from palnet.cli import main
+from palnet.io import read_mesh
+from palnet.landmark_io import read_landmarks
+from palnet.snap import closest_points_on_surface
+
+
+@pytest.fixture(scope="module")
+def ict(ict_path):
+    from palnet.synth import load_ict
+    return load_ict(ict_path)
+
+
+@pytest.fixture(scope="module")
+def five(tmp_path_factory, ict_path):
+    out = tmp_path_factory.mktemp("synth")
+    assert main(["synth", "--n", "5", "--seed", "1000", "-o", str(out), "--ict", str(ict_path), "--jobs", "2"]) == 0
+    return out
+
+
+def test_five_scans_differ_and_landmarks_lie_on_the_surface(five):
+    folders = sorted(p for p in five.iterdir() if p.is_dir())
+    assert [p.name for p in folders] == ["synth_{:05d}".format(s) for s in range(1000, 1005)]
+    sizes, centroids = set(), []
+    for folder in folders:
+        mesh = read_mesh(folder / "scan.ply")
+        lms = read_landmarks(folder / "landmarks.mrk.json")
+        meta = json.loads((folder / "meta.json").read_text())
+        assert len(lms) == 50 and meta["seed"] == int(folder.name.split("_")[1])
+        # PLY stores float32: the surface distance is within float precision of 0
+        dist = closest_points_on_surface(mesh, lms.points)[2]
+        assert dist.max() <= 0.05, (folder.name, dist.max())
+        sizes.add(mesh.n_vertices)
+        centroids.append(mesh.vertices.mean(axis=0))
+        assert 8_000 <= mesh.n_vertices <= 220_000
+        for key in ("identity_weights", "expression", "pose_matrix_mm", "units", "holes", "noise_sigma_mm"):
+            assert key in meta
+    assert len(sizes) == 5  # five different triangulations
+    assert np.min(np.linalg.norm(np.diff(centroids, axis=0), axis=1)) > 1.0  # different poses
+
+
+def test_scan_is_a_pure_function_of_its_seed(ict):
+    from palnet.synth import generate_scan
+    a, la, ma = generate_scan(1234, ict)
+    b, lb, mb = generate_scan(1234, ict)
+    c, _, _ = generate_scan(1235, ict)
+    assert np.array_equal(a.vertices, b.vertices) and np.array_equal(a.triangles, b.triangles)
+    assert np.array_equal(la.points, lb.points) and ma == mb
+    assert a.n_vertices != c.n_vertices or not np.allclose(a.vertices[:100], c.vertices[:100])
+
+
+def test_no_scan_vertex_sits_on_a_template_vertex(ict):
+    from palnet.synth import generate_scan
+    scan, lms, meta = generate_scan(1001, ict, pose="canonical")
+    m = np.asarray(meta["pose_matrix_mm"])
+    head_frame = (scan.vertices - m[:3, 3]) @ m[:3, :3]  # back into the ICT frame
+    w = np.asarray(meta["identity_weights"], dtype=np.float32)
+    e = np.zeros(ict.expression.shape[0], np.float32)
+    for name, value in meta["expression"].items():
+        e[ict.expression_names.index(name)] = value
+    head = ict.neutral + np.tensordot(w, ict.identity, 1) + np.tensordot(e, ict.expression, 1)
+    d = cKDTree(head[ict.skin_vertices]).query(head_frame)[0]
+    assert d.min() > 1e-4
+    # ...while the surface is the same: every scan vertex lies close to the head
+    assert np.percentile(d, 99) < 6.0
+
+
+@pytest.mark.parametrize("units,factor", [("cm", 0.1), ("m", 0.001)])
+def test_units(ict, units, factor):
+    from palnet.synth import generate_scan
+    mm, lmm, _ = generate_scan(1002, ict, pose="canonical")
+    other, lo, meta = generate_scan(1002, ict, pose="canonical", units=units)
+    assert meta["units"] == units and lo.units == units
+    np.testing.assert_allclose(other.vertices, mm.vertices * factor, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(lo.points, lmm.points * factor, rtol=1e-9, atol=1e-9)
+
+
+def test_any_pose_covers_rotations(ict):
+    from palnet.synth import generate_scan
+    zs = []
+    for seed in range(1010, 1016):
+        _, _, meta = generate_scan(seed, ict, pose="any")
+        zs.append(np.asarray(meta["pose_matrix_mm"])[:3, 2])  # where the face points
+    zs = np.array(zs)
+    assert (zs @ zs.T).min() < 0.0  # some faces point in opposite half-spaces
+
+
+def test_missing_model_file_is_one_clear_line(tmp_path, capsys):
+    missing = tmp_path / "nope.npz"
+    assert main(["synth", "--n", "1", "-o", str(tmp_path / "o"), "--ict", str(missing)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(missing) in err and "not found" in err
+
+
+def test_bad_model_file_is_one_clear_line(tmp_path):
+    from palnet.synth import load_ict
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(PalnetError) as info:
+        load_ict(bad)
+    assert str(bad) in str(info.value) and "\n" not in str(info.value)
