@@ -23,8 +23,12 @@ $(VENV)/.test-deps: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[train,test]" "$(TORCH)"
 	touch $@ $(VENV)/.demo-deps
 
+SAMPLE := PALNetLandmarks/Resources/Samples
+
+# The main job: the shipped model on the shipped sample scan, then the error against its known landmarks.
 demo: $(VENV)/.demo-deps
-	$(BIN)/python tools/demo.py
+	$(BIN)/palnet predict $(SAMPLE)/sample_face.ply -o out/demo --png out/demo/sample_face.png --overwrite --show
+	$(BIN)/palnet evaluate --pred out/demo --truth $(SAMPLE)
 
 test: $(VENV)/.test-deps
 	$(BIN)/python -m pytest -q Testing

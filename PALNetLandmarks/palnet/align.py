@@ -8,7 +8,6 @@ iterative closest point, template -> scan, so that extra scanned parts (neck,
 back of the head, hair) do not pull the fit. No vertex order or topology is used.
 """
 from dataclasses import dataclass, field
-from itertools import permutations
 from typing import Optional
 
 import numpy as np
@@ -115,19 +114,25 @@ def _icp(tree: cKDTree, template: np.ndarray, rot, s, t, iters: int, keep: float
     return rot, s, t, robust_score(dist), (dist < 5.0).mean(axis=1)
 
 
-def _candidate_rotations(scan: np.ndarray, template: np.ndarray, n_random: int, seed: int) -> np.ndarray:
-    """Rotations taking scan directions to template directions: principal-axis matches plus random ones."""
-    def axes(p):
-        return np.linalg.svd(p - p.mean(axis=0), full_matrices=False)[2]  # rows = principal axes
-    a_s, a_t = axes(scan), axes(template)
-    cands = []
-    for perm in permutations(range(3)):
-        for signs in ((1, 1, 1), (1, -1, -1), (-1, 1, -1), (-1, -1, 1), (-1, -1, -1), (1, 1, -1), (1, -1, 1), (-1, 1, 1)):
-            r = a_t.T @ (np.array(signs)[:, None] * a_s[list(perm)])
-            if np.linalg.det(r) > 0:
-                cands.append(r)
-    cands.extend(Rotation.random(n_random, random_state=seed).as_matrix())
-    return np.array(cands)
+def rotation_grid(n_directions: int = 120, n_rolls: int = 18) -> np.ndarray:
+    """Rotations spread evenly over SO(3): the template's +z (out of the face) sent to
+    ``n_directions`` Fibonacci-sphere directions, each with ``n_rolls`` turns about it.
+
+    Every rotation lies within about 15 degrees of one of them (for the defaults),
+    inside the reach of the closest-point refinement; random sampling of the same
+    size leaves gaps of 30 degrees and more.
+    """
+    i = np.arange(n_directions) + 0.5
+    polar = np.arccos(1.0 - 2.0 * i / n_directions)
+    azimuth = np.pi * (1.0 + 5.0 ** 0.5) * i
+    f = np.stack([np.cos(azimuth) * np.sin(polar), np.sin(azimuth) * np.sin(polar), np.cos(polar)], axis=1)
+    axis = np.cross([0.0, 0.0, 1.0], f)
+    norm = np.linalg.norm(axis, axis=1, keepdims=True)
+    axis = np.where(norm > 1e-9, axis / np.maximum(norm, 1e-12), [1.0, 0.0, 0.0])
+    to_f = Rotation.from_rotvec(axis * polar[:, None])  # polar angle = angle between z and f
+    rolls = np.arange(n_rolls) * (2 * np.pi / n_rolls)
+    roll = Rotation.from_rotvec((f[:, None, :] * rolls[None, :, None]).reshape(-1, 3))
+    return (roll * Rotation.concatenate([to_f[k] for k in np.repeat(np.arange(n_directions), n_rolls)])).as_matrix()
 
 
 def _shift_only(tree: cKDTree, template: np.ndarray, rot: np.ndarray, t: np.ndarray, iters: int, keep: float):
@@ -166,13 +171,16 @@ def _distinct_best(score: np.ndarray, rot: np.ndarray, t: np.ndarray, n: int,
     return np.array(chosen)
 
 
+_GRID = None  # filled on first use
+
+
 # Coarse-to-fine search after the orientation sweep: (candidates kept, template points, ICP iterations).
 SEARCH_STAGES = ((48, 150, 6), (3, 800, 15))
 KICK_DEGREES = 12.0
 TRIM = 0.7  # fraction of template points that must find the scan: parts of a face may be cut off
 
 
-def align_scan(vertices_mm: np.ndarray, template: np.ndarray, n_random: int = 400, seed: int = 0) -> Alignment:
+def align_scan(vertices_mm: np.ndarray, template: np.ndarray, seed: int = 0) -> Alignment:
     """Find the rigid pose of a face scan (millimetres) in the template's canonical frame."""
     v = np.asarray(vertices_mm, dtype=np.float64)
     if len(v) < 10:
@@ -183,16 +191,25 @@ def align_scan(vertices_mm: np.ndarray, template: np.ndarray, n_random: int = 40
     order = rng.permutation(len(template))  # nested random subsets of the template
 
     # Candidates move the template into the scan: x_scan = s R x_template + t. For every
-    # orientation of a dense sweep, the template's most anterior point (the nasal tip)
+    # orientation of an even grid, the template's most anterior point (the nasal tip)
     # starts on the scan's most anterior point in that direction: whatever else was
-    # scanned (neck, back of the head) is never in front of the nose. Only the position
-    # is fitted for all of them; the best few are then refined fully.
-    rot = np.transpose(_candidate_rotations(pts, template, n_random, seed), (0, 2, 1))
+    # scanned (neck, back of the head) is never in front of the nose. All are scored
+    # as they stand; the best distinct ones get their position fitted, and the best
+    # of those are refined fully.
+    global _GRID
+    if _GRID is None:
+        _GRID = rotation_grid()
+    rot = _GRID
     forward = rot[:, :, 2]  # template +z (out of the face) in scan coordinates
     tip = template[np.argmax(template[:, 2])]
     front = pts[np.argmax(pts @ forward.T, axis=0)]
     t = front - np.einsum("bij,j->bi", rot, tip)
-    t, rms = _shift_only(tree, template[order[:40]], rot, t, iters=3, keep=TRIM)
+    probe = template[order[:30]]
+    moved = np.einsum("bij,nj->bni", rot, probe) + t[:, None]
+    score = robust_score(tree.query(moved.reshape(-1, 3))[0].reshape(len(rot), -1))
+    best = _distinct_best(score, rot, t, 150)
+    rot, t = rot[best], t[best]
+    t, rms = _shift_only(tree, template[order[:60]], rot, t, iters=3, keep=TRIM)
     s = np.ones(len(rot))
     for keep_n, n_tpl, iters in SEARCH_STAGES:
         best = _distinct_best(rms, rot, t, keep_n)
@@ -206,9 +223,12 @@ def align_scan(vertices_mm: np.ndarray, template: np.ndarray, n_random: int = 40
     rot2 = np.concatenate([rot[i:i + 1], rot[i] @ kicks])
     s2 = np.repeat(s[i:i + 1], len(rot2))
     t2 = t[i] + np.einsum("bij,j->bi", rot[i] - rot2, template.mean(axis=0))  # turn about the template's centre
-    tpl = template[order[: min(SEARCH_STAGES[-1][1], len(template))]]
-    rot, s, t, rms, inl = _icp(tree, tpl, rot2, s2, t2, iters=SEARCH_STAGES[-1][2], keep=TRIM, with_scale=False)
+    rot, s, t, rms, inl = _icp(tree, template[order[:300]], rot2, s2, t2, iters=10, keep=TRIM, with_scale=False)
     i = int(np.argmin(rms))
+    tpl = template[order[: min(SEARCH_STAGES[-1][1], len(template))]]
+    rot, s, t, rms, inl = _icp(tree, tpl, rot[i:i + 1], s[i:i + 1], t[i:i + 1], iters=SEARCH_STAGES[-1][2],
+                               keep=TRIM, with_scale=False)
+    i = 0
     r = rot[i]
     return Alignment(rotation=r.T, translation=-r.T @ t[i], scale=float(s[i]), rms_mm=float(rms[i]),
                      inlier_fraction=float(inl[i]))

@@ -14,12 +14,13 @@ from typing import Callable, Iterable, List, Optional
 import numpy as np
 
 from .errors import PalnetError
-from .io import MESH_EXTENSIONS, read_mesh, scan_id_for
+from .io import MESH_EXTENSIONS, NOT_LANDMARK_FILES, read_mesh, scan_id_for
 from .landmark_io import LANDMARK_FORMATS, atomic_write, write_landmarks
 from .modelfile import Model
 from .pipeline import Prediction, predict
 
 SUMMARY_NAME = "palnet_summary.csv"
+assert SUMMARY_NAME in NOT_LANDMARK_FILES  # evaluate must not take it for a landmark file
 SUMMARY_FIELDS = ("scan", "input", "output", "status", "fit_rms_mm", "units", "seconds", "message")
 
 

@@ -56,6 +56,14 @@ def _cmd_predict(args) -> int:
             print("{:<24} {:<10} fit {:5.2f} mm  {:6.3f} s  -> {}".format(r.scan, r.status, r.fit_rms_mm, r.seconds, r.output))
         else:
             print("{:<24} {:<10} {}".format(r.scan, r.status, r.message))
+    if args.show:
+        from .landmark_io import read_landmarks
+        for r in rows:
+            if r.status in ("ok", "low fit", "not a face"):
+                lms = read_landmarks(r.output)
+                print("\n{} ({}):".format(r.scan, lms.units))
+                for label, p in zip(lms.labels, lms.points):
+                    print("  {:<6} {:10.3f} {:10.3f} {:10.3f}".format(label, *p))
     bad = [r for r in rows if r.status == "error"]
     print("{} scans: {} done, {} skipped, {} failed; summary in {}".format(
         len(rows), sum(r.status not in ("error", "skipped") for r in rows),
@@ -113,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--units", default="auto", choices=("auto", "mm", "cm", "m"))
     pr.add_argument("--png", default=None, help="also render each scan with its landmarks to this PNG")
     pr.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    pr.add_argument("--show", action="store_true", help="print the landmarks of each scan")
     pr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=_cmd_predict)
 

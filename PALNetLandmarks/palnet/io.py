@@ -201,6 +201,10 @@ def _is_landmark_file(name: str, formats: Sequence[str]) -> bool:
         return False
 
 
+# Files palnet writes next to landmark files that are not landmark files.
+NOT_LANDMARK_FILES = frozenset(["palnet_summary.csv"])
+
+
 def find_landmark_files(directory: PathLike, formats: Optional[Sequence[str]] = None,
                         recursive: bool = True) -> List[Path]:
     """Landmark files under ``directory`` (sorted); ``formats`` limits them, e.g. ``("mrk.json",)``."""
@@ -209,7 +213,8 @@ def find_landmark_files(directory: PathLike, formats: Optional[Sequence[str]] = 
         raise PalnetError("folder not found", root)
     formats = tuple(LANDMARK_FORMATS if formats is None else formats)
     found = root.rglob("*") if recursive else root.iterdir()
-    return sorted(p for p in found if p.is_file() and _is_landmark_file(p.name, formats))
+    return sorted(p for p in found if p.is_file() and _is_landmark_file(p.name, formats)
+                  and p.name not in NOT_LANDMARK_FILES)
 
 
 def scan_id_for(path: PathLike) -> str:

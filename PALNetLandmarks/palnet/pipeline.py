@@ -18,8 +18,8 @@ from .snap import snap_to_surface
 from .types import Landmarks, Mesh, unit_scale
 
 # Above this trimmed template-to-scan RMS the face fit is doubtful; well above, it is no face.
-LOW_FIT_RMS_MM = 3.5
-NOT_A_FACE_RMS_MM = 6.0
+LOW_FIT_RMS_MM = 5.0
+NOT_A_FACE_RMS_MM = 6.5
 
 
 @dataclass

@@ -50,6 +50,17 @@ def _random_rotations(rng: np.random.Generator, n: int, degrees: float) -> np.nd
     return Rotation.from_rotvec(rng.normal(size=(n, 3)) * np.radians(degrees) / np.sqrt(3)).as_matrix()
 
 
+def drop_misaligned(scans: List[TrainingScan], limit_mm: float = 25.0):
+    """Scans whose aligned landmarks lie, on average, within ``limit_mm`` of the median
+    shape, and the ids of the others: a failed alignment must not teach the network."""
+    if len(scans) < 5:
+        return scans, []
+    truths = np.stack([s.truth for s in scans])
+    dev = np.linalg.norm(truths - np.median(truths, axis=0), axis=2).mean(axis=1)
+    keep = dev <= limit_mm
+    return [s for s, k in zip(scans, keep) if k], [s.scan_id for s, k in zip(scans, keep) if not k]
+
+
 def make_batch(scans: List[TrainingScan], trees: List[cKDTree], idx: np.ndarray, mean: np.ndarray, cfg: dict,
                rng: Optional[np.random.Generator]):
     """Patches, initial approximations and truths for scans ``idx``; jittered when ``rng`` is given."""
@@ -216,6 +227,10 @@ def train(data_dir, output, config: Optional[dict] = None, epochs: Optional[int]
                                           units, jobs, progress)
     for p in problems:
         log("skipped " + p)
+    scans, misaligned = drop_misaligned(scans)
+    for sid in misaligned:
+        log("skipped {}: the automatic alignment failed (landmarks far from the others')".format(sid))
+    problems += ["{}: alignment failed".format(sid) for sid in misaligned]
     if len(scans) < 2:
         raise PalnetError("fewer than 2 usable scans", data_dir)
     rng = np.random.default_rng(cfg["seed"])
