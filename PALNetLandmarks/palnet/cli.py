@@ -80,8 +80,13 @@ def _cmd_train(args) -> int:
             config = json.loads(Path(args.config).read_text())
         except (OSError, ValueError) as exc:
             raise PalnetError("cannot read training configuration ({})".format(exc), args.config)
+    import signal
+    stop = []
+    # SIGTERM (the Slicer module's Stop button, a batch system's time limit) ends the
+    # current epoch and still saves the best model so far.
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
     report = train(args.data, args.output, config, args.epochs, args.val_split, args.init, args.cache,
-                   args.jobs, args.units, progress=ProgressBar("preprocess"))
+                   args.jobs, args.units, progress=ProgressBar("preprocess"), should_stop=lambda: bool(stop))
     print(json.dumps(report, indent=1))
     return 0
 

@@ -136,8 +136,14 @@ def fit(train_scans: List[TrainingScan], val_scans: List[TrainingScan], labels: 
     meta = dict(metadata, mean_landmarks=mean.tolist(), template=np.round(template, 4).tolist(),
                 patch=cfg["patch"], refine_steps=cfg["refine_steps"])
     start, best, best_state, history, since_best = 0, float("inf"), None, [], 0
+    # A checkpoint resumes only the same run: same data, same settings.
+    fingerprint = json.dumps({"cfg": cfg, "train": [s.scan_id for s in train_scans],
+                              "val": [s.scan_id for s in val_scans]}, sort_keys=True)
     if checkpoint and Path(checkpoint).exists():
         ck = torch.load(checkpoint, weights_only=True)
+        if ck.get("fingerprint") != fingerprint:
+            raise PalnetError("a checkpoint of a different training run is in the way; delete it or choose "
+                              "another output file", checkpoint)
         net.load_state_dict(ck["net"])
         opt.load_state_dict(ck["opt"])
         sched.load_state_dict(ck["sched"])
@@ -158,7 +164,7 @@ def fit(train_scans: List[TrainingScan], val_scans: List[TrainingScan], labels: 
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             if should_stop():
                 break
         net.eval()
@@ -182,7 +188,7 @@ def fit(train_scans: List[TrainingScan], val_scans: List[TrainingScan], labels: 
             tmp = Path(str(checkpoint) + ".tmp")
             torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                         "epoch": epoch + 1, "best": best, "since_best": since_best, "best_state": best_state,
-                        "history": json.dumps(history)}, tmp)
+                        "history": json.dumps(history), "fingerprint": fingerprint}, tmp)
             tmp.replace(checkpoint)
         if since_best >= cfg["early_stop_patience"] or should_stop():
             log("stopping: {}".format("no improvement for {} epochs".format(since_best) if not should_stop() else "asked to stop"))
@@ -251,5 +257,8 @@ def train(data_dir, output, config: Optional[dict] = None, epochs: Optional[int]
         model.metadata["accuracy"] = {"validation": report["validation"], "n": len(val)}
         log("validation: point-wise {pointwise_mm:.3f} mm, distance-wise {distancewise_mm:.3f} mm".format(**report["validation"]))
     save_model(output, model, half=half)
+    checkpoint = Path(str(output) + ".ckpt")
+    if checkpoint.exists():
+        checkpoint.unlink()  # the run is complete; a later run must start afresh
     log("saved {}".format(output))
     return report
