@@ -26,7 +26,7 @@ slicer = pytest.importorskip("slicer")
 
 from palnet.engine import NetworkConfig, expected_weight_shapes  # noqa: E402
 from palnet.io import mesh_to_polydata, write_mesh  # noqa: E402
-from palnet.landmark_io import describe, read_landmarks  # noqa: E402
+from palnet.landmark_io import read_landmarks, split_description  # noqa: E402
 from palnet.modelfile import Model, save_model  # noqa: E402
 from palnet.protocol import Protocol, default_protocol  # noqa: E402
 from palnet.resources import default_model_path, face_template_path, sample_landmarks_path, sample_scan_path  # noqa
@@ -179,7 +179,9 @@ def test_model_read_from_file_gets_landmarks_on_its_surface(plm, mrml_scene, fac
     labels, descriptions, world, locked = point_list(node)
     protocol = default_protocol()
     assert labels == protocol.labels
-    assert descriptions == [describe(protocol.definition(lab).name) for lab in labels]
+    # each description is "<full name>; confidence <c>", as palnet writes into files
+    assert [split_description(d)[0] for d in descriptions] == [protocol.definition(lab).name for lab in labels]
+    assert all(0.0 <= split_description(d)[1] <= 1.0 for d in descriptions)
     assert not any(locked)
     assert distances_to_surface(world, world_surface(model_node)).max() < 0.01
     assert logic.lastPrediction.status == "ok"
@@ -333,7 +335,7 @@ def test_results_rows_and_model_info(plm, mrml_scene, face, model_path):
     assert len(rows) == 50
     assert rows[3]["label"] == "prn" and rows[3]["name"] == protocol.definition("prn").name
     assert rows[3]["definition"] == protocol.definition("prn").definition
-    assert rows[3]["color"] == protocol.color_of("prn") and rows[3]["confidence"] is None
+    assert rows[3]["color"] == protocol.color_of("prn") and 0.0 <= rows[3]["confidence"] <= 1.0
     info = logic.modelInfo(model_path)
     assert info["landmarks"] == 50 and info["patchSize"] == 100 and "1.50 mm point-wise" in info["accuracy"]
     html = plm.PALNetLandmarksLogic.modelInfoHtml(info)

@@ -65,6 +65,7 @@ def grid_subsample(points: np.ndarray, cell: float) -> np.ndarray:
 
 
 SCORE_CAP_MM = 8.0
+SHAPE_RIDGE = 200.0  # penalty on shape coefficients (modes are 1-sigma displacements)
 
 
 def robust_score(dist: np.ndarray) -> np.ndarray:
@@ -105,13 +106,45 @@ def _icp(tree: cKDTree, template: np.ndarray, rot, s, t, iters: int, keep: float
         moved = s[:, None, None] * np.einsum("bij,nj->bni", rot, template) + t[:, None]
         dist, idx = tree.query(moved.reshape(-1, 3))
         dist = dist.reshape(b, -1)
-        cut = np.quantile(dist, keep, axis=1)
-        w = (dist <= cut[:, None]).astype(np.float64)
+        if ROBUST_WEIGHTS:
+            # Geman-McClure weights: near pairs count fully, far ones fade smoothly, which
+            # lets a fit that starts a little off slide into place instead of locking.
+            sigma = np.maximum(np.median(dist, axis=1, keepdims=True) * 1.5, 2.0)
+            w = (sigma ** 2 / (sigma ** 2 + dist ** 2)) ** 2
+        else:
+            cut = np.quantile(dist, keep, axis=1)
+            w = (dist <= cut[:, None]).astype(np.float64)
         rot, s, t = _kabsch_batch(np.broadcast_to(template, moved.shape), tree.data[idx].reshape(moved.shape),
                                   w, with_scale)
     moved = s[:, None, None] * np.einsum("bij,nj->bni", rot, template) + t[:, None]
     dist = tree.query(moved.reshape(-1, 3))[0].reshape(b, -1)
     return rot, s, t, robust_score(dist), (dist < 5.0).mean(axis=1)
+
+
+def _icp_shape(tree: cKDTree, template: np.ndarray, modes: np.ndarray, rot, t, iters: int, keep: float,
+               ridge: float = SHAPE_RIDGE):
+    """Trimmed ICP in which the template also takes on the scanned face's shape:
+    x = R (template + sum_k b_k modes_k) + t, with b kept small by a ridge penalty.
+    Returns (rot, t, shape coefficients, score, inlier fraction)."""
+    b_n, k = len(rot), len(modes)
+    m = np.transpose(modes, (1, 2, 0))  # (N, 3, K)
+    coef = np.zeros((b_n, k))
+    for _ in range(iters):
+        shaped = template + np.einsum("nik,bk->bni", m, coef)
+        moved = np.einsum("bij,bnj->bni", rot, shaped) + t[:, None]
+        dist, idx = tree.query(moved.reshape(-1, 3))
+        dist = dist.reshape(b_n, -1)
+        w = (dist <= np.quantile(dist, keep, axis=1)[:, None]).astype(np.float64)
+        target = tree.data[idx].reshape(moved.shape)
+        rot, _, t = _kabsch_batch(shaped, target, w, False)
+        local = np.einsum("bji,bnj->bni", rot, target - t[:, None]) - template  # residual in template frame
+        lhs = np.einsum("bn,nik,nil->bkl", w, m, m) + ridge * np.eye(k)
+        rhs = np.einsum("bn,nik,bni->bk", w, m, local)
+        coef = np.linalg.solve(lhs, rhs[..., None])[..., 0]
+    shaped = template + np.einsum("nik,bk->bni", m, coef)
+    moved = np.einsum("bij,bnj->bni", rot, shaped) + t[:, None]
+    dist = tree.query(moved.reshape(-1, 3))[0].reshape(b_n, -1)
+    return rot, t, coef, robust_score(dist), (dist < 5.0).mean(axis=1)
 
 
 def rotation_grid(n_directions: int = 120, n_rolls: int = 18) -> np.ndarray:
@@ -172,16 +205,25 @@ def _distinct_best(score: np.ndarray, rot: np.ndarray, t: np.ndarray, n: int,
 
 
 _GRID = None  # filled on first use
+ROBUST_WEIGHTS = False
+SWEEP_KEEP = 150  # orientations of the sweep whose position is fitted
 
 
 # Coarse-to-fine search after the orientation sweep: (candidates kept, template points, ICP iterations).
 SEARCH_STAGES = ((48, 150, 6), (3, 800, 15))
 KICK_DEGREES = 12.0
+KICK_SHIFTS = ((0, 20, 0), (0, -20, 0), (0, 40, 0), (0, -40, 0), (15, 0, 0), (-15, 0, 0))  # template mm
+HOP_POSES = 3
 TRIM = 0.7  # fraction of template points that must find the scan: parts of a face may be cut off
 
 
-def align_scan(vertices_mm: np.ndarray, template: np.ndarray, seed: int = 0) -> Alignment:
-    """Find the rigid pose of a face scan (millimetres) in the template's canonical frame."""
+def align_scan(vertices_mm: np.ndarray, template: np.ndarray, seed: int = 0,
+               modes: Optional[np.ndarray] = None) -> Alignment:
+    """Find the rigid pose of a face scan (millimetres) in the template's canonical frame.
+
+    ``modes`` (K, N, 3), shape modes at the template points, let the final fits bend
+    the template to the scanned face (the pose stays rigid).
+    """
     v = np.asarray(vertices_mm, dtype=np.float64)
     if len(v) < 10:
         raise PalnetError("too few points to align ({})".format(len(v)))
@@ -207,28 +249,44 @@ def align_scan(vertices_mm: np.ndarray, template: np.ndarray, seed: int = 0) -> 
     probe = template[order[:30]]
     moved = np.einsum("bij,nj->bni", rot, probe) + t[:, None]
     score = robust_score(tree.query(moved.reshape(-1, 3))[0].reshape(len(rot), -1))
-    best = _distinct_best(score, rot, t, 150)
+    best = _distinct_best(score, rot, t, SWEEP_KEEP)
     rot, t = rot[best], t[best]
     t, rms = _shift_only(tree, template[order[:60]], rot, t, iters=3, keep=TRIM)
     s = np.ones(len(rot))
     for keep_n, n_tpl, iters in SEARCH_STAGES:
         best = _distinct_best(rms, rot, t, keep_n)
         rot, s, t = rot[best], s[best], t[best]
-        tpl = template[order[: min(n_tpl, len(template))]]
-        rot, s, t, rms, inl = _icp(tree, tpl, rot, s, t, iters=iters, keep=TRIM, with_scale=False)
-    # Basin hopping: restart from the best pose turned by small rotations, since
-    # closest-point fits stop short in shallow minima a few degrees off.
-    i = int(np.argmin(rms))
+        sub = order[: min(n_tpl, len(template))]
+        if modes is None:
+            rot, s, t, rms, inl = _icp(tree, template[sub], rot, s, t, iters=iters, keep=TRIM, with_scale=False)
+        else:
+            rot, t, _, rms, inl = _icp_shape(tree, template[sub], modes[:, sub], rot, t, iters=iters, keep=TRIM)
+    # Basin hopping: restart the best few poses turned by small rotations and moved up,
+    # down and sideways, since closest-point fits stop in shallow minima a few degrees
+    # or a feature (nose on lips) off.
+    top = np.argsort(rms)[:HOP_POSES]
     kicks = Rotation.from_rotvec(np.radians(KICK_DEGREES) * np.vstack([np.eye(3), -np.eye(3)])).as_matrix()
-    rot2 = np.concatenate([rot[i:i + 1], rot[i] @ kicks])
-    s2 = np.repeat(s[i:i + 1], len(rot2))
-    t2 = t[i] + np.einsum("bij,j->bi", rot[i] - rot2, template.mean(axis=0))  # turn about the template's centre
-    rot, s, t, rms, inl = _icp(tree, template[order[:300]], rot2, s2, t2, iters=10, keep=TRIM, with_scale=False)
+    kicks = np.concatenate([np.eye(3)[None], kicks, np.repeat(np.eye(3)[None], len(KICK_SHIFTS), 0)])
+    shifts = np.concatenate([np.zeros((7, 3)), np.asarray(KICK_SHIFTS, dtype=np.float64)])
+    centre = template.mean(axis=0)
+    rot2 = np.einsum("aij,bjk->abik", rot[top], kicks).reshape(-1, 3, 3)
+    t2 = (t[top][:, None] + np.einsum("aij,j->ai", rot[top], centre)[:, None]
+          - np.einsum("abij,j->abi", rot2.reshape(len(top), -1, 3, 3), centre)
+          + np.einsum("aij,bj->abi", rot[top], shifts)).reshape(-1, 3)
+    sub = order[:300]
+    if modes is None:
+        rot, _, t, rms, inl = _icp(tree, template[sub], rot2, np.ones(len(rot2)), t2, iters=10, keep=TRIM,
+                                   with_scale=False)
+    else:  # judged with the template bent to each candidate's face: a real face fits far better
+        rot, t, _, rms, inl = _icp_shape(tree, template[sub], modes[:, sub], rot2, t2, iters=10, keep=TRIM)
     i = int(np.argmin(rms))
-    tpl = template[order[: min(SEARCH_STAGES[-1][1], len(template))]]
-    rot, s, t, rms, inl = _icp(tree, tpl, rot[i:i + 1], s[i:i + 1], t[i:i + 1], iters=SEARCH_STAGES[-1][2],
-                               keep=TRIM, with_scale=False)
-    i = 0
-    r = rot[i]
-    return Alignment(rotation=r.T, translation=-r.T @ t[i], scale=float(s[i]), rms_mm=float(rms[i]),
-                     inlier_fraction=float(inl[i]))
+    sub = order[: min(SEARCH_STAGES[-1][1], len(template))]
+    if modes is None:
+        rot, _, t, rms, inl = _icp(tree, template[sub], rot[i:i + 1], np.ones(1), t[i:i + 1],
+                                   iters=SEARCH_STAGES[-1][2], keep=TRIM, with_scale=False)
+    else:
+        rot, t, _, rms, inl = _icp_shape(tree, template[sub], modes[:, sub], rot[i:i + 1], t[i:i + 1],
+                                         iters=SEARCH_STAGES[-1][2], keep=TRIM)
+    r = rot[0]
+    return Alignment(rotation=r.T, translation=-r.T @ t[0], scale=1.0, rms_mm=float(rms[0]),
+                     inlier_fraction=float(inl[0]))

@@ -86,7 +86,8 @@ def _cmd_train(args) -> int:
     # current epoch and still saves the best model so far.
     signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
     report = train(args.data, args.output, config, args.epochs, args.val_split, args.init, args.cache,
-                   args.jobs, args.units, progress=ProgressBar("preprocess"), should_stop=lambda: bool(stop))
+                   args.jobs, args.units, progress=ProgressBar("preprocess"), should_stop=lambda: bool(stop),
+                   folds=args.folds)
     print(json.dumps(report, indent=1))
     return 0
 
@@ -135,7 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-o", "--output", required=True, help="model file to write (.npz)")
     t.add_argument("--config", default=None, help="JSON file overriding training settings")
     t.add_argument("--epochs", type=int, default=None)
-    t.add_argument("--val-split", type=float, default=0.2)
+    split = t.add_mutually_exclusive_group()
+    split.add_argument("--val-split", type=float, default=0.2, help="fraction of scans held out for validation")
+    split.add_argument("--folds", type=int, default=None,
+                       help="K-fold cross-validation report, then a final model trained on all scans")
     t.add_argument("--init", default=None, help="fine-tune from this model file")
     t.add_argument("--cache", default=None, help="preprocessing cache folder (default: OUTPUT.cache)")
     t.add_argument("--units", default="auto", choices=("auto", "mm", "cm", "m"))

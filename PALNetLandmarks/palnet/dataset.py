@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import PalnetError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # bump when alignment or sampling changes what a scan preprocesses to
 
 
 @dataclass
@@ -52,7 +52,8 @@ def preprocess_pair(mesh_path: Path, landmark_path: Path, labels: Sequence[str],
         raise PalnetError("landmark file has undefined points", landmark_path)
     units = detect_units(mesh.vertices) if units == "auto" else units
     s = unit_scale(units, "mm")
-    alignment = align_scan(mesh.vertices * s, template)
+    from .pipeline import template_modes
+    alignment = align_scan(mesh.vertices * s, template, modes=template_modes(template))
     canonical = Mesh(alignment.to_canonical(mesh.vertices * s), mesh.triangles, "mm", str(mesh_path))
     truth = alignment.to_canonical(lms.points * s)
     samples = roi_samples(canonical, truth, spacing)

@@ -65,17 +65,19 @@ def roi_samples(mesh_canonical: Mesh, anchors: np.ndarray, spacing: float, seed:
 
 def extract_patches(tree: cKDTree, centres: np.ndarray, size: int, scale: float
                     ) -> Tuple[np.ndarray, np.ndarray]:
-    """(L, P, 3) patches of the ``size`` samples nearest each centre, relative to it and
-    divided by ``scale``; also returns the centres moved onto their nearest sample."""
-    n = tree.n
-    k = min(size, n)
-    _, idx = tree.query(centres, k=k)
-    idx = np.asarray(idx).reshape(len(centres), k)
+    """(..., P, 3) patches of the ``size`` samples nearest each centre (..., 3), relative to
+    it and divided by ``scale``; also returns the centres moved onto their nearest sample."""
+    lead = centres.shape[:-1]
+    flat = centres.reshape(-1, 3)
+    k = min(size, tree.n)
+    _, idx = tree.query(flat, k=k)
+    idx = np.asarray(idx).reshape(len(flat), k)
     pts = tree.data[idx]
     if k < size:  # a scan with fewer samples than a patch: repeat the farthest point
         pts = np.concatenate([pts, np.repeat(pts[:, -1:], size - k, axis=1)], axis=1)
     snapped = pts[:, 0]
-    return ((pts - centres[:, None]) / scale).astype(np.float32), snapped
+    rel = ((pts - flat[:, None]) / scale).astype(np.float32)
+    return rel.reshape(lead + (size, 3)), snapped.reshape(lead + (3,))
 
 
 def initial_approximation(tree: cKDTree, mean_landmarks: np.ndarray, jitter: Optional[np.ndarray] = None) -> np.ndarray:

@@ -13,6 +13,7 @@ from scipy.spatial import cKDTree
 from .align import Alignment, align_scan, detect_units
 from .errors import PalnetError
 from .modelfile import Model
+from .landmark_io import describe
 from .patches import extract_patches, initial_approximation, roi_samples
 from .snap import snap_to_surface
 from .types import Landmarks, Mesh, unit_scale
@@ -20,6 +21,7 @@ from .types import Landmarks, Mesh, unit_scale
 # Above this trimmed template-to-scan RMS the face fit is doubtful; well above, it is no face.
 LOW_FIT_RMS_MM = 5.0
 NOT_A_FACE_RMS_MM = 6.5
+CONFIDENCE_SAMPLES = 6  # perturbed extra runs of the network per scan
 
 
 @dataclass
@@ -33,6 +35,7 @@ class Prediction:
     seconds: float
     initial: Optional[Landmarks] = None  # the mean shape after alignment, snapped (a baseline)
     timings: dict = field(default_factory=dict)
+    spread_mm: Optional[np.ndarray] = None  # per landmark: how far perturbed runs land from the answer
 
     @property
     def fit_rms_mm(self) -> float:
@@ -65,8 +68,27 @@ def model_arrays(model: Model):
     return template, mean, spacing, scale
 
 
+def template_modes(template: np.ndarray) -> Optional[np.ndarray]:
+    """Shape modes for ``template`` when it is the shipped face template (see align_scan)."""
+    from .resources import face_template_path
+    path = face_template_path()
+    key = (str(path), template.shape)
+    if key not in _MODES_CACHE:
+        modes = None
+        if path.exists():
+            with np.load(path, allow_pickle=False) as d:
+                if "modes" in d.files and d["points"].shape == template.shape and \
+                        np.allclose(d["points"], template, atol=1e-3):
+                    modes = d["modes"].astype(np.float64)
+        _MODES_CACHE[key] = modes
+    return _MODES_CACHE[key]
+
+
+_MODES_CACHE: dict = {}
+
+
 def prepare_scan(mesh: Mesh, template: np.ndarray, mean_landmarks: np.ndarray, spacing: float,
-                 units: str = "auto") -> PreparedScan:
+                 units: str = "auto", modes: Optional[np.ndarray] = None) -> PreparedScan:
     """Units to mm, automatic alignment, region of interest and even sampling."""
     if mesh.n_vertices < 3:
         raise PalnetError("the scan has {} vertices: nothing to place landmarks on".format(mesh.n_vertices),
@@ -75,7 +97,7 @@ def prepare_scan(mesh: Mesh, template: np.ndarray, mean_landmarks: np.ndarray, s
         raise PalnetError("the scan has NaN or infinite coordinates", mesh.source)
     units = detect_units(mesh.vertices) if units == "auto" else units
     mm = Mesh(mesh.vertices * unit_scale(units, "mm"), mesh.triangles, "mm", mesh.source)
-    alignment = align_scan(mm.vertices, template)
+    alignment = align_scan(mm.vertices, template, modes=modes)
     canonical = Mesh(alignment.to_canonical(mm.vertices), mm.triangles, "mm", mesh.source)
     samples = roi_samples(canonical, mean_landmarks, spacing)
     if len(samples) < 10:
@@ -83,19 +105,75 @@ def prepare_scan(mesh: Mesh, template: np.ndarray, mean_landmarks: np.ndarray, s
     return PreparedScan(units, alignment, samples, cKDTree(samples))
 
 
+def run_network(tree: cKDTree, model: Model, starts: np.ndarray, steps: int, scale: float,
+                turns: Optional[np.ndarray] = None) -> np.ndarray:
+    """Landmarks (B, L, 3) from B sets of starting points (B, L, 3), each refined ``steps`` times.
+
+    ``turns`` (B, 3, 3) shows each set its patches slightly rotated (the answer is
+    turned back), as a slightly different alignment would.
+    """
+    centres = starts
+    for _ in range(max(1, steps)):
+        patches, centres = extract_patches(tree, centres, model.config.patch_size, scale)
+        if turns is not None:
+            patches = np.einsum("blpj,bij->blpi", patches, turns.astype(np.float32))
+        offsets = model.forward(patches).astype(np.float64)
+        if turns is not None:
+            offsets = np.einsum("blj,bji->bli", offsets, turns)
+        centres = centres + offsets * scale
+    return centres
+
+
+def predict_with_spread(tree: cKDTree, model: Model, init: np.ndarray, steps: int, scale: float,
+                        samples: int = CONFIDENCE_SAMPLES):
+    """The network's answer (L, 3) and, per landmark, the RMS distance (mm) from it of
+    ``samples`` extra runs started from jittered points with slightly turned patches:
+    how sure the network is. One batched pass; deterministic."""
+    rng = np.random.default_rng(0)
+    k = max(0, int(samples))
+    starts = np.concatenate([init[None], init + rng.normal(0, 2.0, (k,) + init.shape)])
+    turns = np.concatenate([np.eye(3)[None], _small_rotations(rng, k, 3.0)])
+    runs = run_network(tree, model, starts, steps, scale, turns)
+    spread = np.sqrt(((runs[1:] - runs[0]) ** 2).sum(axis=2).mean(axis=0)) if k else np.zeros(len(init))
+    return runs[0], spread
+
+
+def calibrate_confidence(spread_mm: np.ndarray, error_mm: np.ndarray, bins: int = 12) -> dict:
+    """Table for :func:`landmark_confidence` from held-out (spread, error) pairs: the
+    fraction of landmarks within 2 mm of the truth in each spread quantile, made
+    non-increasing so that a larger spread never means more confidence."""
+    spread_mm, error_mm = np.ravel(spread_mm), np.ravel(error_mm)
+    edges = np.quantile(spread_mm, np.linspace(0, 1, bins + 1))
+    which = np.clip(np.searchsorted(edges, spread_mm, side="right") - 1, 0, bins - 1)
+    centres = np.array([np.median(spread_mm[which == b]) for b in range(bins)])
+    p = np.array([np.mean(error_mm[which == b] <= 2.0) for b in range(bins)])
+    p = np.minimum.accumulate(p)
+    return {"spread_mm": [round(float(x), 4) for x in centres], "p_within_2mm": [round(float(x), 4) for x in p],
+            "n": int(spread_mm.size)}
+
+
+def landmark_confidence(spread_mm: np.ndarray, model: Model) -> np.ndarray:
+    """Confidence in [0, 1] from the spread of perturbed predictions.
+
+    A calibrated model carries a table mapping spread to the observed chance that a
+    landmark lies within 2 mm of the truth; without one, 1 / (1 + spread / 1 mm).
+    """
+    table = model.metadata.get("confidence")
+    if table:
+        return np.interp(spread_mm, table["spread_mm"], table["p_within_2mm"])
+    return 1.0 / (1.0 + spread_mm)
+
+
 def predict(mesh: Mesh, model: Model, snap: str = "nearest", units: str = "auto",
-            refine_steps: Optional[int] = None) -> Prediction:
+            refine_steps: Optional[int] = None, confidence_samples: int = CONFIDENCE_SAMPLES) -> Prediction:
     """Place the model's landmarks on ``mesh`` (any pose, units mm/cm/m or "auto")."""
     t0 = time.perf_counter()
     template, mean, spacing, scale = model_arrays(model)
-    prep = prepare_scan(mesh, template, mean, spacing, units)
+    prep = prepare_scan(mesh, template, mean, spacing, units, template_modes(template))
     t1 = time.perf_counter()
     init = initial_approximation(prep.tree, mean)
-    centres = init
     steps = refine_steps if refine_steps is not None else int(model.metadata.get("refine_steps", 1))
-    for _ in range(max(1, steps)):
-        patches, centres = extract_patches(prep.tree, centres, model.config.patch_size, scale)
-        centres = centres + model.forward(patches).astype(np.float64) * scale
+    centres, spread = predict_with_spread(prep.tree, model, init, steps, scale, confidence_samples)
     t2 = time.perf_counter()
 
     to_file = unit_scale("mm", prep.units)
@@ -106,6 +184,21 @@ def predict(mesh: Mesh, model: Model, snap: str = "nearest", units: str = "auto"
     status = "ok" if rms <= LOW_FIT_RMS_MM else ("low fit" if rms <= NOT_A_FACE_RMS_MM else "not a face")
     initial = Landmarks(labels, snap_to_surface(mesh, prep.alignment.to_scan(init) * to_file, "nearest"),
                         units=prep.units)
+    conf = landmark_confidence(spread, model)
+    names = _landmark_names(model)
+    descriptions = [describe(names.get(lab, lab), c) for lab, c in zip(labels, conf)]
     t3 = time.perf_counter()
-    return Prediction(Landmarks(labels, pts, units=prep.units), status, prep.units, prep.alignment, t3 - t0,
-                      initial, {"prepare": t1 - t0, "network": t2 - t1, "snap": t3 - t2})
+    return Prediction(Landmarks(labels, pts, conf, descriptions, prep.units), status, prep.units, prep.alignment,
+                      t3 - t0, initial, {"prepare": t1 - t0, "network": t2 - t1, "snap": t3 - t2}, spread)
+
+
+def _small_rotations(rng: np.random.Generator, n: int, degrees: float) -> np.ndarray:
+    from scipy.spatial.transform import Rotation
+    if n == 0:
+        return np.zeros((0, 3, 3))
+    return Rotation.from_rotvec(rng.normal(size=(n, 3)) * np.radians(degrees) / np.sqrt(3)).as_matrix()
+
+
+def _landmark_names(model: Model) -> dict:
+    return {d.get("label"): d.get("name") or d.get("label")
+            for d in model.metadata.get("protocol", {}).get("landmarks", []) if isinstance(d, dict)}

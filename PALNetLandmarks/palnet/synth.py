@@ -401,14 +401,18 @@ def generate_dataset(out_dir, n: int, seed: int = 0, pose: str = "realistic", un
     return sorted(failed)
 
 
-def face_template(ict: Optional[IctModel] = None, spacing: float = 4.0) -> np.ndarray:
-    """Points on the central face of the neutral ICT head (canonical frame, mm) for alignment.
+def face_template(ict: Optional[IctModel] = None, spacing: float = 4.0, n_modes: int = 10):
+    """Points on the central face of the neutral ICT head (canonical frame, mm) for alignment,
+    and the first identity modes at those points (n_modes, N, 3), so the aligner can let the
+    template take the scanned face's shape.
 
     Brows to chin and cheek to cheek, without ears, neck or hairline: the part
     that every face scan shows.
     """
     from .align import grid_subsample
     ict = ict or load_ict()
-    d_face = ict.neutral[ict.skin_vertices[ict.skin_vertices < NARROW_FACE_END]]
-    core = d_face[(d_face[:, 1] > -85.0) & (d_face[:, 1] < 88.0)]
-    return grid_subsample(core, spacing)
+    idx = ict.skin_vertices[ict.skin_vertices < NARROW_FACE_END]
+    idx = idx[(ict.neutral[idx, 1] > -85.0) & (ict.neutral[idx, 1] < 88.0)]
+    pts = grid_subsample(ict.neutral[idx], spacing)
+    chosen = idx[cKDTree(ict.neutral[idx]).query(pts)[1]]
+    return ict.neutral[chosen], ict.identity[:n_modes, chosen].astype(np.float64)

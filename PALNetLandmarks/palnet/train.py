@@ -25,7 +25,7 @@ from .patches import extract_patches, initial_approximation
 DEFAULT_CONFIG = {
     "network": {"patch_size": 200, "fc": 512, "widths": [32, 64, 128], "pools": [5, 5, 4],
                 "dropout": 0.1, "attention": "soft", "attention_topk": 16},
-    "patch": {"spacing_mm": 1.0, "scale_mm": 20.0},
+    "patch": {"spacing_mm": 1.5, "scale_mm": 20.0},
     "refine_steps": 2,
     "epochs": 100, "batch_size": 16, "lr": 1e-3, "plateau_factor": 0.5, "plateau_patience": 8,
     "early_stop_patience": 30, "loss_weights": [0.6, 0.4], "seed": 0,
@@ -110,6 +110,18 @@ def evaluate_scans(model: Model, scans: List[TrainingScan], trees: List[cKDTree]
             "distancewise_mm": float(np.mean(distancewise_errors(preds, truths)))}
 
 
+def calibrate_on(model: Model, scans: List[TrainingScan], trees: List[cKDTree], mean: np.ndarray, cfg: dict) -> dict:
+    """Confidence table from scans the network did not train on (see pipeline.calibrate_confidence)."""
+    from .pipeline import calibrate_confidence, predict_with_spread
+    spreads, errors = [], []
+    for s, tree in zip(scans, trees):
+        answer, spread = predict_with_spread(tree, model, initial_approximation(tree, mean),
+                                             cfg["refine_steps"], cfg["patch"]["scale_mm"])
+        spreads.append(spread)
+        errors.append(np.linalg.norm(answer - s.truth, axis=1))
+    return calibrate_confidence(np.concatenate(spreads), np.concatenate(errors))
+
+
 def _export(net, cfg_net: NetworkConfig, metadata: dict) -> Model:
     from .network import export_weights
     return Model(export_weights(net), cfg_net, copy.deepcopy(metadata))
@@ -136,8 +148,8 @@ def fit(train_scans: List[TrainingScan], val_scans: List[TrainingScan], labels: 
     meta = dict(metadata, mean_landmarks=mean.tolist(), template=np.round(template, 4).tolist(),
                 patch=cfg["patch"], refine_steps=cfg["refine_steps"])
     start, best, best_state, history, since_best = 0, float("inf"), None, [], 0
-    # A checkpoint resumes only the same run: same data, same settings.
-    fingerprint = json.dumps({"cfg": cfg, "train": [s.scan_id for s in train_scans],
+    # A checkpoint resumes only the same run: same data, same settings (more epochs are fine).
+    fingerprint = json.dumps({"cfg": {k: v for k, v in cfg.items() if k != "epochs"}, "train": [s.scan_id for s in train_scans],
                               "val": [s.scan_id for s in val_scans]}, sort_keys=True)
     if checkpoint and Path(checkpoint).exists():
         ck = torch.load(checkpoint, weights_only=True)
@@ -172,7 +184,8 @@ def fit(train_scans: List[TrainingScan], val_scans: List[TrainingScan], labels: 
             model = _export(net, net_cfg, meta)
         val = evaluate_scans(model, val_scans or train_scans[:50], vtrees or trees[:50], mean, cfg, cfg["refine_steps"])
         sched.step(val["pointwise_mm"])
-        improved = val["pointwise_mm"] < best
+        # Without validation scans (final fit after cross-validation) the last epoch is kept.
+        improved = val["pointwise_mm"] < best or not val_scans
         if improved:
             best, since_best = val["pointwise_mm"], 0
             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -199,10 +212,37 @@ def fit(train_scans: List[TrainingScan], val_scans: List[TrainingScan], labels: 
     return _export(net, net_cfg, meta)
 
 
+def cross_validate(scans: List[TrainingScan], order: np.ndarray, folds: int, labels: List[str],
+                   template: np.ndarray, cfg: dict, metadata: dict, init_model: Optional[Model],
+                   log: Callable[[str], None], should_stop: Callable[[], bool]) -> dict:
+    """K-fold cross-validation: per-fold validation errors, their mean and the median best epoch."""
+    if len(scans) < folds:
+        raise PalnetError("{} folds need at least {} scans, found {}".format(folds, folds, len(scans)))
+    rows = []
+    for k in range(folds):
+        val = [scans[i] for i in order[k::folds]]
+        tr = [scans[i] for j, i in enumerate(order) if j % folds != k]
+        log("fold {}/{}: training on {}, validating on {}".format(k + 1, folds, len(tr), len(val)))
+        model = fit(tr, val, labels, template, cfg, metadata, init_model, None, log, should_stop)
+        history = model.metadata["training_history"]
+        best_epoch = min(history, key=lambda r: r["val_pointwise_mm"])["epoch"]
+        vt = [cKDTree(s.samples) for s in val]
+        rows.append(dict(evaluate_scans(model, val, vt, np.asarray(model.metadata["mean_landmarks"]), cfg,
+                                        cfg["refine_steps"]), fold=k + 1, best_epoch=best_epoch, n_val=len(val)))
+    result = {"folds": rows, "median_best_epoch": int(np.median([r["best_epoch"] for r in rows]))}
+    for key in ("pointwise_mm", "distancewise_mm"):
+        result[key + "_mean"] = float(np.mean([r[key] for r in rows]))
+        result[key + "_std"] = float(np.std([r[key] for r in rows]))
+    log("cross-validation: point-wise {pointwise_mm_mean:.3f} +- {pointwise_mm_std:.3f} mm, distance-wise "
+        "{distancewise_mm_mean:.3f} +- {distancewise_mm_std:.3f} mm".format(**result))
+    return result
+
+
 def train(data_dir, output, config: Optional[dict] = None, epochs: Optional[int] = None, val_split: float = 0.2,
           init: Optional[str] = None, cache_dir: Optional[str] = None, jobs: int = 1, units: str = "auto",
           log: Callable[[str], None] = print, progress: Optional[Callable] = None, half: bool = True,
-          description: str = "", should_stop: Callable[[], bool] = lambda: False) -> dict:
+          description: str = "", should_stop: Callable[[], bool] = lambda: False,
+          folds: Optional[int] = None) -> dict:
     """``palnet train``: preprocess, split, fit, evaluate, save. Returns the final report."""
     from .io import find_scan_pairs
     from .landmark_io import read_landmarks
@@ -220,6 +260,10 @@ def train(data_dir, output, config: Optional[dict] = None, epochs: Optional[int]
     labels = protocol.labels
     if init_model and list(init_model.metadata["protocol"]["labels"]) != labels:
         raise PalnetError("--init model has a different landmark protocol than the data set", init)
+    if init_model:  # fine-tuning keeps the model's network, patches and sampling
+        cfg["network"] = {k: v for k, v in init_model.config.to_dict().items() if k != "n_landmarks"}
+        cfg["patch"] = dict(init_model.metadata["patch"])
+        cfg["refine_steps"] = int(init_model.metadata.get("refine_steps", cfg["refine_steps"]))
     if init_model:
         template = np.asarray(init_model.metadata["template"], dtype=np.float64)
     elif default_model_path().exists():
@@ -244,17 +288,25 @@ def train(data_dir, output, config: Optional[dict] = None, epochs: Optional[int]
     n_val = int(round(len(scans) * val_split)) if val_split > 0 else 0
     val = [scans[i] for i in order[:n_val]]
     tr = [scans[i] for i in order[n_val:]]
-    log("training on {} scans, validating on {}".format(len(tr), len(val)))
     metadata = {"protocol": dict(protocol.to_dict(), labels=labels), "units": "mm",
                 "training": {"data": description or str(data_dir), "n_train": len(tr), "n_val": len(val),
                              "config": cfg, "fine_tuned_from": str(init) if init else None}}
+    report = {"skipped": problems}
+    if folds and folds > 1:
+        report["cross_validation"] = cross_validate(scans, order, folds, labels, template, cfg, metadata,
+                                                    init_model, log, should_stop)
+        # The final model learns from every scan for the folds' typical number of epochs.
+        cfg = dict(cfg, epochs=report["cross_validation"]["median_best_epoch"])
+        val, tr = [], [scans[i] for i in order]
+    log("training on {} scans, validating on {}".format(len(tr), len(val)))
     model = fit(tr, val, labels, template, cfg, metadata, init_model, Path(str(output) + ".ckpt"), log, should_stop)
     mean = np.asarray(model.metadata["mean_landmarks"])
-    report = {"n_train": len(tr), "n_val": len(val), "skipped": problems}
+    report.update(n_train=len(tr), n_val=len(val))
     if val:
         vt = [cKDTree(s.samples) for s in val]
         report["validation"] = evaluate_scans(model, val, vt, mean, cfg, cfg["refine_steps"])
         model.metadata["accuracy"] = {"validation": report["validation"], "n": len(val)}
+        model.metadata["confidence"] = calibrate_on(model, val, vt, mean, cfg)
         log("validation: point-wise {pointwise_mm:.3f} mm, distance-wise {distancewise_mm:.3f} mm".format(**report["validation"]))
     save_model(output, model, half=half)
     checkpoint = Path(str(output) + ".ckpt")

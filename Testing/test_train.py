@@ -1,0 +1,70 @@
+"""Training internals on small random data: loss, batches, resumable checkpoints, misaligned scans."""
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from palnet import PalnetError  # noqa: E402
+from palnet.dataset import TrainingScan  # noqa: E402
+from palnet.train import drop_misaligned, fit, make_batch, merge_config  # noqa: E402
+
+
+def _scans(n, seed=0, labels=5):
+    rng = np.random.default_rng(seed)
+    base = rng.normal(0, 30, (labels, 3))
+    scans = []
+    for i in range(n):
+        truth = base + rng.normal(0, 2, base.shape)
+        samples = (truth[:, None] + rng.normal(0, 6, (labels, 150, 3))).reshape(-1, 3).astype(np.float32)
+        scans.append(TrainingScan("s{}".format(i), samples, truth, 2.0))
+    return scans
+
+
+def _cfg(epochs):
+    return merge_config({"network": {"patch_size": 100, "fc": 8}, "epochs": epochs, "batch_size": 4,
+                         "refine_steps": 1})
+
+
+def test_unknown_setting_is_refused():
+    with pytest.raises(PalnetError):
+        merge_config({"learning_rate": 1})
+
+
+def test_batches_are_jittered_only_when_asked():
+    from scipy.spatial import cKDTree
+    scans = _scans(3)
+    trees = [cKDTree(s.samples) for s in scans]
+    mean = np.mean([s.truth for s in scans], axis=0)
+    cfg = _cfg(1)
+    p1, i1, t1 = make_batch(scans, trees, np.arange(3), mean, cfg, None)
+    p2, i2, t2 = make_batch(scans, trees, np.arange(3), mean, cfg, None)
+    assert p1.shape == (3, 5, 100, 3) and np.array_equal(p1, p2) and np.array_equal(t1, t2)
+    p3, i3, t3 = make_batch(scans, trees, np.arange(3), mean, cfg, np.random.default_rng(1))
+    assert not np.allclose(p1, p3)
+    # a jitter turns truths and starting points together: their distances stay
+    d_true = np.linalg.norm(t1[:, 0] - t1[:, 1], axis=1)
+    d_turned = np.linalg.norm(t3[:, 0] - t3[:, 1], axis=1)
+    np.testing.assert_allclose(d_true, d_turned, rtol=1e-5)
+
+
+def test_checkpoint_resumes_the_same_run_only(tmp_path):
+    labels = ["a", "b", "c", "d", "e"]
+    scans = _scans(8)
+    tpl = np.zeros((10, 3))
+    ck = tmp_path / "run.ckpt"
+    logs = []
+    fit(scans[:6], scans[6:], labels, tpl, _cfg(1), {}, checkpoint=ck, log=logs.append)
+    assert ck.exists()
+    model = fit(scans[:6], scans[6:], labels, tpl, _cfg(2), {}, checkpoint=ck, log=logs.append)
+    assert any("resumed" in line for line in logs)
+    assert [r["epoch"] for r in model.metadata["training_history"]] == [1, 2]
+    with pytest.raises(PalnetError) as info:
+        fit(_scans(8, seed=5)[:5], scans[6:], labels, tpl, _cfg(3), {}, checkpoint=ck, log=logs.append)
+    assert str(ck) in str(info.value)
+
+
+def test_misaligned_scans_are_left_out():
+    scans = _scans(10)
+    scans[3] = TrainingScan("flipped", scans[3].samples, -scans[3].truth + 200, 6.0)
+    kept, dropped = drop_misaligned(scans)
+    assert dropped == ["flipped"] and len(kept) == 9
