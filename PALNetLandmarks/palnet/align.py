@@ -211,9 +211,11 @@ SWEEP_KEEP = 150  # orientations of the sweep whose position is fitted
 
 # Coarse-to-fine search after the orientation sweep: (candidates kept, template points, ICP iterations).
 SEARCH_STAGES = ((48, 150, 6), (3, 800, 15))
+FINAL_FIT = (1500, 40)  # template points, iterations of the last fit
 KICK_DEGREES = 12.0
 KICK_SHIFTS = ((0, 20, 0), (0, -20, 0), (0, 40, 0), (0, -40, 0), (15, 0, 0), (-15, 0, 0))  # template mm
 HOP_POSES = 3
+FINAL_POINTS = 40_000
 TRIM = 0.7  # fraction of template points that must find the scan: parts of a face may be cut off
 
 
@@ -280,13 +282,17 @@ def align_scan(vertices_mm: np.ndarray, template: np.ndarray, seed: int = 0,
     else:  # judged with the template bent to each candidate's face: a real face fits far better
         rot, t, _, rms, inl = _icp_shape(tree, template[sub], modes[:, sub], rot2, t2, iters=10, keep=TRIM)
     i = int(np.argmin(rms))
-    sub = order[: min(SEARCH_STAGES[-1][1], len(template))]
+    # The last fit reads the scan's own vertices (evenly strided, at most FINAL_POINTS), not
+    # the grid subsample, whose cells depend on the pose: the same scan in another pose
+    # must end in the same place.
+    tree = cKDTree(v[:: max(1, int(np.ceil(len(v) / FINAL_POINTS)))])
+    sub = order[: min(FINAL_FIT[0], len(template))]
     if modes is None:
         rot, _, t, rms, inl = _icp(tree, template[sub], rot[i:i + 1], np.ones(1), t[i:i + 1],
-                                   iters=SEARCH_STAGES[-1][2], keep=TRIM, with_scale=False)
+                                   iters=FINAL_FIT[1], keep=TRIM, with_scale=False)
     else:
         rot, t, _, rms, inl = _icp_shape(tree, template[sub], modes[:, sub], rot[i:i + 1], t[i:i + 1],
-                                         iters=SEARCH_STAGES[-1][2], keep=TRIM)
+                                         iters=FINAL_FIT[1], keep=TRIM)
     r = rot[0]
     return Alignment(rotation=r.T, translation=-r.T @ t[0], scale=1.0, rms_mm=float(rms[0]),
                      inlier_fraction=float(inl[0]))

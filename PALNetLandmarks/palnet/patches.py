@@ -24,26 +24,44 @@ def region_of_interest(vertices: np.ndarray, anchors: np.ndarray, margin: float 
     return np.isfinite(d)
 
 
+def _hash_uniform(a: np.ndarray, b: np.ndarray, salt: int) -> np.ndarray:
+    """Uniform numbers in [0, 1) that depend only on (a, b, salt): a splitmix64 hash."""
+    with np.errstate(over="ignore"):
+        x = (a.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + b.astype(np.uint64) * np.uint64(0xD1B54A32D192ED03)
+             + np.uint64(salt))
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
 def sample_surface(vertices: np.ndarray, triangles: np.ndarray, spacing: float,
-                   seed: int = 0, max_points: int = 400_000) -> np.ndarray:
+                   seed: int = 0, max_points: int = 400_000, triangle_ids: Optional[np.ndarray] = None) -> np.ndarray:
     """About one point per ``spacing`` x ``spacing`` mm of surface, spread evenly.
 
     Each triangle gets floor(area / spacing^2 + u) points with u uniform, placed at
     random barycentric positions; a point cloud without triangles is thinned on a grid.
+    The random numbers of a triangle depend only on its index in the mesh
+    (``triangle_ids``), so the same scan in another pose, or with a slightly
+    different region of interest, gets the same samples on the same triangles.
     """
-    rng = np.random.default_rng(seed)
     if len(triangles) == 0:
         from .align import grid_subsample
         return grid_subsample(vertices, spacing)
+    ids = np.arange(len(triangles)) if triangle_ids is None else np.asarray(triangle_ids)
     a, b, c = (vertices[triangles[:, k]] for k in range(3))
     area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
     density = 1.0 / spacing ** 2
     total = area.sum() * density
     if total > max_points:  # keep memory and time bounded on huge regions
         density *= max_points / total
-    counts = np.floor(area * density + rng.random(len(area))).astype(np.int64)
+    counts = np.floor(area * density + _hash_uniform(ids, np.zeros_like(ids), seed)).astype(np.int64)
     tri = np.repeat(np.arange(len(area)), counts)
-    r1, r2 = rng.random(len(tri)), rng.random(len(tri))
+    nth = np.arange(len(tri)) - np.repeat(np.cumsum(counts) - counts, counts)  # sample number within its triangle
+    r1 = _hash_uniform(ids[tri], nth + 1, seed + 1)
+    r2 = _hash_uniform(ids[tri], nth + 1, seed + 2)
     s = np.sqrt(r1)
     w = np.stack([1 - s, s * (1 - r2), s * r2], axis=1)
     pts = w[:, :1] * a[tri] + w[:, 1:2] * b[tri] + w[:, 2:] * c[tri]
@@ -58,8 +76,8 @@ def roi_samples(mesh_canonical: Mesh, anchors: np.ndarray, spacing: float, seed:
     """Even samples of the part of an (aligned) scan near the approximate landmarks."""
     keep = region_of_interest(mesh_canonical.vertices, anchors)
     if mesh_canonical.n_triangles:
-        tri = mesh_canonical.triangles[keep[mesh_canonical.triangles].all(axis=1)]
-        return sample_surface(mesh_canonical.vertices, tri, spacing, seed)
+        ids = np.flatnonzero(keep[mesh_canonical.triangles].all(axis=1))
+        return sample_surface(mesh_canonical.vertices, mesh_canonical.triangles[ids], spacing, seed, triangle_ids=ids)
     return sample_surface(mesh_canonical.vertices[keep], np.zeros((0, 3), np.int64), spacing, seed)
 
 
