@@ -5,7 +5,7 @@ Usage: python tools/calibrate_confidence.py MODEL DATA_DIR [--out MODEL_OUT]
 For each scan it predicts exactly as ``palnet predict`` does, pairs each
 landmark's spread (disagreement of perturbed runs) with its true error, and
 writes the table spread -> P(error <= 2 mm) into the model's metadata. For the
-default model DATA_DIR is ``palnet synth --n 100 --seed 2000`` (held out from
+default model DATA_DIR is ``palnet synth --n 60 --seed 2000`` (held out from
 training, seeds < 1000, and from the benchmark, seeds 1000-1199). It also prints
 how well the confidence ranks errors.
 """

