@@ -216,19 +216,22 @@ KICK_DEGREES = 12.0
 KICK_SHIFTS = ((0, 20, 0), (0, -20, 0), (0, 40, 0), (0, -40, 0), (15, 0, 0), (-15, 0, 0))  # template mm
 HOP_POSES = 3
 FINAL_POINTS = 40_000
+FINAL_SPACING_MM = 1.0  # surface sampling of the last fit
 TRIM = 0.7  # fraction of template points that must find the scan: parts of a face may be cut off
 
 
 def align_scan(vertices_mm: np.ndarray, template: np.ndarray, seed: int = 0,
-               modes: Optional[np.ndarray] = None) -> Alignment:
+               modes: Optional[np.ndarray] = None, triangles: Optional[np.ndarray] = None) -> Alignment:
     """Find the rigid pose of a face scan (millimetres) in the template's canonical frame.
 
     ``modes`` (K, N, 3), shape modes at the template points, let the final fits bend
-    the template to the scanned face (the pose stays rigid).
+    the template to the scanned face (the pose stays rigid). With ``triangles`` the
+    last fit reads points sampled evenly on the surface, not the vertices, so a coarse
+    mesh is fitted as well as a dense one.
     """
     v = np.asarray(vertices_mm, dtype=np.float64)
     if len(v) < 10:
-        raise PalnetError("too few points to align ({})".format(len(v)))
+        raise PalnetError("only {} points: too few to find a face".format(len(v)))
     pts = grid_subsample(v, 4.0)
     tree = cKDTree(pts)
     rng = np.random.default_rng(seed)
@@ -282,10 +285,15 @@ def align_scan(vertices_mm: np.ndarray, template: np.ndarray, seed: int = 0,
     else:  # judged with the template bent to each candidate's face: a real face fits far better
         rot, t, _, rms, inl = _icp_shape(tree, template[sub], modes[:, sub], rot2, t2, iters=10, keep=TRIM)
     i = int(np.argmin(rms))
-    # The last fit reads the scan's own vertices (evenly strided, at most FINAL_POINTS), not
-    # the grid subsample, whose cells depend on the pose: the same scan in another pose
-    # must end in the same place.
-    tree = cKDTree(v[:: max(1, int(np.ceil(len(v) / FINAL_POINTS)))])
+    # The last fit reads the scan itself, not the grid subsample, whose cells depend on
+    # the pose: the same scan in another pose must end in the same place. Points sampled
+    # on the triangles (each triangle's samples depend only on its index) stand for the
+    # surface between the vertices of a coarse mesh; a point cloud gives its vertices.
+    if triangles is not None and len(triangles):
+        from .patches import sample_surface
+        tree = cKDTree(sample_surface(v, np.asarray(triangles), FINAL_SPACING_MM, seed, max_points=FINAL_POINTS))
+    else:
+        tree = cKDTree(v[:: max(1, int(np.ceil(len(v) / FINAL_POINTS)))])
     sub = order[: min(FINAL_FIT[0], len(template))]
     if modes is None:
         rot, _, t, rms, inl = _icp(tree, template[sub], rot[i:i + 1], np.ones(1), t[i:i + 1],

@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import PalnetError
 
-CACHE_VERSION = 2  # bump when alignment or sampling changes what a scan preprocesses to
+CACHE_VERSION = 3  # bump when alignment or sampling changes what a scan preprocesses to
 
 
 @dataclass
@@ -53,7 +53,7 @@ def preprocess_pair(mesh_path: Path, landmark_path: Path, labels: Sequence[str],
     units = detect_units(mesh.vertices) if units == "auto" else units
     s = unit_scale(units, "mm")
     from .pipeline import template_modes
-    alignment = align_scan(mesh.vertices * s, template, modes=template_modes(template))
+    alignment = align_scan(mesh.vertices * s, template, modes=template_modes(template), triangles=mesh.triangles)
     canonical = Mesh(alignment.to_canonical(mesh.vertices * s), mesh.triangles, "mm", str(mesh_path))
     truth = alignment.to_canonical(lms.points * s)
     samples = roi_samples(canonical, truth, spacing)

@@ -65,11 +65,19 @@ def sample_surface(vertices: np.ndarray, triangles: np.ndarray, spacing: float,
     s = np.sqrt(r1)
     w = np.stack([1 - s, s * (1 - r2), s * r2], axis=1)
     pts = w[:, :1] * a[tri] + w[:, 1:2] * b[tri] + w[:, 2:] * c[tri]
-    # Tiny triangles may all round to zero points: keep their vertices so no part is lost.
-    used = np.zeros(len(vertices), bool)
-    used[triangles[counts > 0].ravel()] = True
-    lonely = np.setdiff1d(np.unique(triangles[counts == 0]), np.flatnonzero(used))
-    return np.vstack([pts, vertices[lonely]]) if len(lonely) else pts
+    # Tiny triangles may all round to zero points: a small fragment would vanish. Their
+    # vertices farther than ``spacing`` from every sample are kept, thinned to the same
+    # spacing, so a dense scan (millions of tiny triangles) is sampled as evenly as a coarse one.
+    from .align import grid_subsample
+    lonely = np.zeros(len(vertices), bool)
+    lonely[triangles[counts == 0].ravel()] = True
+    lonely[triangles[counts > 0].ravel()] = False
+    extra = vertices[lonely]
+    if len(extra) and len(pts):
+        extra = extra[~np.isfinite(cKDTree(pts).query(extra, distance_upper_bound=spacing)[0])]
+    if len(extra):
+        extra = grid_subsample(extra, spacing)
+    return np.vstack([pts, extra]) if len(extra) else pts
 
 
 def roi_samples(mesh_canonical: Mesh, anchors: np.ndarray, spacing: float, seed: int = 0) -> np.ndarray:
