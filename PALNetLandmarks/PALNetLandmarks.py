@@ -275,8 +275,8 @@ class PALNetLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._fillResultsTable()
         if status == "not a face":
             slicer.util.warningDisplay(
-                _("The surface does not look like a face (template fit {fit:.1f} mm). The landmarks were placed, "
-                  "but check them, the units and the input model.").format(fit=prediction.fit_rms_mm))
+                _("{reason}. The landmarks were placed, but check them, the units and the input model.").format(
+                    reason=prediction.message[:1].upper() + prediction.message[1:]))
 
     def _fillResultsTable(self) -> None:
         table = self.ui.resultsTable

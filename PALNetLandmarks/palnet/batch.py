@@ -67,8 +67,11 @@ def predict_one(mesh_path: Path, out_file: Path, model: Model, fmt: str, snap: s
 
 def predict_files(inputs: Iterable[str], out_dir, model: Model, fmt: str = "mrk.json", snap: str = "nearest",
                   units: str = "auto", overwrite: bool = False, png: Optional[str] = None,
-                  progress: Optional[Callable] = None) -> List[BatchItem]:
-    """Predict every scan; returns one row per scan and writes the summary CSV into ``out_dir``."""
+                  progress: Optional[Callable] = None, jobs: int = 1) -> List[BatchItem]:
+    """Predict every scan; returns one row per scan and writes the summary CSV into ``out_dir``.
+
+    ``jobs`` > 1 predicts that many scans at once in worker processes; rows keep the input order.
+    """
     if fmt not in LANDMARK_FORMATS:
         raise PalnetError("unknown output format {!r} (use {})".format(fmt, ", ".join(LANDMARK_FORMATS)))
     meshes = find_meshes(inputs)
@@ -76,31 +79,72 @@ def predict_files(inputs: Iterable[str], out_dir, model: Model, fmt: str = "mrk.
         raise PalnetError("no mesh files ({}) found".format(" ".join(MESH_EXTENSIONS)), ", ".join(map(str, inputs)))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    tasks = []
+    for mesh_path in meshes:
+        picture = None
+        if png:
+            picture = Path(png) if len(meshes) == 1 else Path(png).with_name(
+                "{}_{}.png".format(Path(png).stem, scan_id_for(mesh_path)))
+        tasks.append((mesh_path, output_path(out_dir, mesh_path, fmt), fmt, snap, units, overwrite, picture))
+    jobs = max(1, min(int(jobs or 1), len(tasks)))
+    pool = None
+    if jobs > 1:
+        import multiprocessing as mp
+        import os
+        ctx = mp.get_context("spawn" if os.name == "nt" else "fork")
+        pool = ctx.Pool(jobs, initializer=_set_worker_model, initargs=(model,))
+        results = pool.imap(_worker_item, tasks)
+    else:
+        results = (_predict_item(model, *task) for task in tasks)
     rows: List[BatchItem] = []
-    for n, mesh_path in enumerate(meshes, 1):
-        out_file = output_path(out_dir, mesh_path, fmt)
-        row = BatchItem(scan=scan_id_for(mesh_path), input=str(mesh_path), output=str(out_file))
-        t0 = time.perf_counter()
-        if out_file.exists() and not overwrite:
-            row.status, row.message = "skipped", "output exists (use --overwrite to replace it)"
-        else:
-            picture = None
-            if png:
-                picture = Path(png) if len(meshes) == 1 else Path(png).with_name(
-                    "{}_{}.png".format(Path(png).stem, row.scan))
-            try:
-                pred = predict_one(mesh_path, out_file, model, fmt, snap, units, picture)
-                row.status, row.fit_rms_mm, row.units = pred.status, pred.fit_rms_mm, pred.units
-            except PalnetError as exc:
-                row.status, row.message = "error", str(exc)
-            except Exception as exc:  # a batch never dies on one scan; the row says what happened
-                row.status, row.message = "error", "{}: {}: {}".format(mesh_path, type(exc).__name__, exc)
-        row.seconds = time.perf_counter() - t0
-        rows.append(row)
-        if progress:
-            progress(n, len(meshes), row.scan, row.message if row.status == "error" else None)
-    write_summary(rows, out_dir / SUMMARY_NAME)
+    try:
+        for n, row in enumerate(results, 1):
+            rows.append(row)
+            if progress:
+                progress(n, len(tasks), row.scan, row.message if row.status == "error" else None)
+    finally:
+        if pool is not None:
+            if len(rows) < len(tasks):  # interrupted: stop the workers
+                pool.terminate()
+            else:
+                pool.close()
+            pool.join()
+        write_summary(rows, out_dir / SUMMARY_NAME)  # what was done, even after an interruption
     return rows
+
+
+def _predict_item(model: Model, mesh_path: Path, out_file: Path, fmt: str, snap: str, units: str,
+                  overwrite: bool, picture: Optional[Path]) -> BatchItem:
+    """One scan of a batch; every failure becomes the row's status and message."""
+    row = BatchItem(scan=scan_id_for(mesh_path), input=str(mesh_path), output=str(out_file))
+    t0 = time.perf_counter()
+    if out_file.exists() and not overwrite:
+        row.status, row.message = "skipped", "output exists (use --overwrite to replace it)"
+    else:
+        try:
+            pred = predict_one(mesh_path, out_file, model, fmt, snap, units, picture)
+            row.status, row.fit_rms_mm, row.units = pred.status, pred.fit_rms_mm, pred.units
+            row.message = pred.message
+        except PalnetError as exc:
+            row.status, row.message = "error", str(exc)
+        except MemoryError:
+            row.status, row.message = "error", "{}: not enough memory for this scan".format(mesh_path)
+        except Exception as exc:  # a batch never dies on one scan; the row says what happened
+            row.status, row.message = "error", "{}: {}: {}".format(mesh_path, type(exc).__name__, exc)
+    row.seconds = time.perf_counter() - t0
+    return row
+
+
+_WORKER_MODEL: Optional[Model] = None
+
+
+def _set_worker_model(model: Model) -> None:
+    global _WORKER_MODEL
+    _WORKER_MODEL = model
+
+
+def _worker_item(task) -> BatchItem:
+    return _predict_item(_WORKER_MODEL, *task)
 
 
 def write_summary(rows: List[BatchItem], path: Path) -> None:

@@ -50,10 +50,12 @@ def _cmd_predict(args) -> int:
     from .progress import ProgressBar
     model = _load_model_arg(args.model)
     rows = predict_files(args.inputs, args.output, model, args.format, args.snap, args.units,
-                         args.overwrite, args.png, ProgressBar("predict") if not args.quiet else None)
+                         args.overwrite, args.png, ProgressBar("predict") if not args.quiet else None, args.jobs)
     for r in rows:
         if r.status in ("ok", "low fit", "not a face"):
             print("{:<24} {:<10} fit {:5.2f} mm  {:6.3f} s  -> {}".format(r.scan, r.status, r.fit_rms_mm, r.seconds, r.output))
+            if r.message:
+                print("{:<24} {:<10} {}".format("", "", r.message))
         else:
             print("{:<24} {:<10} {}".format(r.scan, r.status, r.message))
     if args.show:
@@ -128,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--png", default=None, help="also render each scan with its landmarks to this PNG")
     pr.add_argument("--overwrite", action="store_true", help="replace existing output files")
     pr.add_argument("--show", action="store_true", help="print the landmarks of each scan")
+    pr.add_argument("--jobs", type=int, default=1, help="scans predicted at once in worker processes (default 1)")
     pr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=_cmd_predict)
 

@@ -144,6 +144,8 @@ def read_mesh(path: PathLike, units: str = "mm") -> Mesh:
         raise PalnetError("file not found", name)
     if os.path.isdir(name):
         raise PalnetError("is a folder, not a mesh file", name)
+    if os.path.getsize(name) == 0:
+        raise PalnetError("the file is empty", name)
     reader = _READERS[ext]()
     reader.SetFileName(name)
     with _vtk_quiet():
