@@ -68,6 +68,11 @@ def _corpus(face: Mesh, root):
         expected[path.stem] = (status, text)
 
     put("empty.ply", b"", "error", "the file is empty")
+    whole = sample_scan_path().read_bytes()  # binary PLY: VTK's reader crashes on it when cut off
+    put("cut_off_binary.ply", whole[: len(whole) // 2], "error", "the file is cut off")
+    ascii_ply = ("ply\nformat ascii 1.0\nelement vertex 100\nproperty float x\nproperty float y\nproperty float z\n"
+                 "end_header\n" + "1 2 3\n" * 40)  # VTK would fill the missing 60 points with zeros
+    put("cut_off_ascii.ply", ascii_ply, "error", "the file is cut off")
     put("not_a_mesh.stl", b"hello\n" * 5, "error", "cannot read")
     put("nan_header.ply", PLY_NAN, "error", "NaN or infinite")
     v = face.vertices.copy()
@@ -149,3 +154,27 @@ def test_a_million_vertex_scan_is_sampled_like_a_coarse_one(tmp_path, model):
     assert err["big"] < err["coarse"] + 0.5 and err["mid"] < err["coarse"] + 0.5, err
     # 250k and 1M vertices: the same alignment up to resolution (measured 0.3 mm apart)
     assert np.linalg.norm(big.alignment.translation - mid.alignment.translation) < 1.0
+
+
+def test_a_crashing_reader_costs_only_its_own_scan(tmp_path, monkeypatch, model):
+    """A damaged file that kills the process reading it (as VTK's PLY reader did on cut-off
+    files) must not hang or end a batch run with --jobs: only that scan is reported."""
+    import os
+    from palnet import batch
+    if os.name == "nt":
+        pytest.skip("workers are forked so that they see the stand-in reader")
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for name in ("a", "b_crash", "c"):
+        (scans / (name + ".ply")).write_bytes(sample_scan_path().read_bytes())
+    real = batch.predict_one
+
+    def reader_that_crashes(mesh_path, *args, **kwargs):
+        if mesh_path.stem == "b_crash":
+            os._exit(139)  # what a segmentation fault looks like to the parent
+        return real(mesh_path, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "predict_one", reader_that_crashes)
+    rows = predict_files([str(scans)], tmp_path / "out", model, jobs=2)
+    assert [(r.scan, r.status) for r in rows] == [("a", "ok"), ("b_crash", "error"), ("c", "ok")]
+    assert batch.CRASHED in rows[1].message and str(scans / "b_crash.ply") in rows[1].message

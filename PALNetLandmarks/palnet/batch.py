@@ -87,29 +87,22 @@ def predict_files(inputs: Iterable[str], out_dir, model: Model, fmt: str = "mrk.
                 "{}_{}.png".format(Path(png).stem, scan_id_for(mesh_path)))
         tasks.append((mesh_path, output_path(out_dir, mesh_path, fmt), fmt, snap, units, overwrite, picture))
     jobs = max(1, min(int(jobs or 1), len(tasks)))
-    pool = None
-    if jobs > 1:
-        import multiprocessing as mp
-        import os
-        ctx = mp.get_context("spawn" if os.name == "nt" else "fork")
-        pool = ctx.Pool(jobs, initializer=_set_worker_model, initargs=(model,))
-        results = pool.imap(_worker_item, tasks)
-    else:
-        results = (_predict_item(model, *task) for task in tasks)
-    rows: List[BatchItem] = []
+    done: dict = {}  # task index -> row
+
+    def record(i: int, row: BatchItem) -> None:
+        done[i] = row
+        if progress:
+            progress(len(done), len(tasks), row.scan, row.message if row.status == "error" else None)
+
     try:
-        for n, row in enumerate(results, 1):
-            rows.append(row)
-            if progress:
-                progress(n, len(tasks), row.scan, row.message if row.status == "error" else None)
-    finally:
-        if pool is not None:
-            if len(rows) < len(tasks):  # interrupted: stop the workers
-                pool.terminate()
-            else:
-                pool.close()
-            pool.join()
-        write_summary(rows, out_dir / SUMMARY_NAME)  # what was done, even after an interruption
+        if jobs > 1:
+            _predict_parallel(tasks, model, jobs, record)
+        else:
+            for i, task in enumerate(tasks):
+                record(i, _predict_item(model, *task))
+    finally:  # the summary lists what was done, even after an interruption
+        rows = [done[i] for i in sorted(done)]
+        write_summary(rows, out_dir / SUMMARY_NAME)
     return rows
 
 
@@ -133,6 +126,52 @@ def _predict_item(model: Model, mesh_path: Path, out_file: Path, fmt: str, snap:
             row.status, row.message = "error", "{}: {}: {}".format(mesh_path, type(exc).__name__, exc)
     row.seconds = time.perf_counter() - t0
     return row
+
+
+CRASHED = "the program crashed while reading or predicting this file (damaged file?)"
+
+
+def _predict_parallel(tasks: list, model: Model, jobs: int, record: Callable) -> None:
+    """Run tasks in ``jobs`` worker processes; a worker that dies (a reader crashing on a
+    damaged file) costs only its own scan: the scans it may have held are retried one
+    by one in fresh processes, and the one that crashes again is reported."""
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+    ctx = mp.get_context("spawn" if os.name == "nt" else "fork")
+
+    def executor(n: int) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(n, mp_context=ctx, initializer=_set_worker_model, initargs=(model,))
+
+    queue, suspects = list(range(len(tasks))), []
+    while queue:
+        ex = executor(jobs)
+        running: dict = {}
+        try:
+            while queue or running:
+                while queue and len(running) < 2 * jobs:
+                    i = queue.pop(0)
+                    running[ex.submit(_worker_item, tasks[i])] = i
+                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    row = fut.result()  # raises BrokenProcessPool when a worker died
+                    record(running.pop(fut), row)
+        except BrokenProcessPool:
+            suspects.extend(sorted(running.values()))
+        finally:
+            ex.shutdown(wait=True)
+        for i in suspects:  # each alone: only the culprit fails again
+            solo = executor(1)
+            try:
+                record(i, solo.submit(_worker_item, tasks[i]).result())
+            except BrokenProcessPool:
+                mesh_path, out_file = tasks[i][0], tasks[i][1]
+                record(i, BatchItem(scan=scan_id_for(mesh_path), input=str(mesh_path), output=str(out_file),
+                                    status="error", message="{}: {}".format(mesh_path, CRASHED)))
+            finally:
+                solo.shutdown(wait=True)
+        suspects = []
 
 
 _WORKER_MODEL: Optional[Model] = None

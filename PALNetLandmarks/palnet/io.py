@@ -131,6 +131,63 @@ def mesh_extension(path: PathLike) -> str:
     return ext
 
 
+_PLY_SIZES = {"char": 1, "int8": 1, "uchar": 1, "uint8": 1, "short": 2, "int16": 2, "ushort": 2, "uint16": 2,
+              "int": 4, "int32": 4, "uint": 4, "uint32": 4, "float": 4, "float32": 4, "double": 8, "float64": 8}
+
+
+def check_ply(name: str) -> None:
+    """Refuse a PLY file whose body is shorter than its header announces.
+
+    VTK's PLY reader crashes the process on a binary file cut off in the middle and
+    fills the missing part of an ASCII file with zeros, so this is checked first.
+    Only what can be known without reading the data is checked: every vertex record,
+    and at least a triangle's worth of every face record.
+    """
+    with open(name, "rb") as f:
+        head = f.read(65536)
+        end = head.find(b"end_header")
+        if not head.startswith(b"ply") or end < 0:
+            return  # not a PLY header: VTK's own error names the problem
+        body_start = head.find(b"\n", end) + 1
+        if body_start == 0:
+            raise PalnetError("the file is cut off: nothing after the PLY header", name)
+        fmt, elements = "", []  # (name, count, fixed bytes, minimum list bytes)
+        for line in head[:end].decode("ascii", "replace").splitlines():
+            words = line.split()
+            if len(words) >= 2 and words[0] == "format":
+                fmt = words[1]
+            elif len(words) == 3 and words[0] == "element":
+                try:
+                    elements.append([words[1], int(words[2]), 0, 0])
+                except ValueError:
+                    raise PalnetError("damaged PLY header: {!r}".format(line.strip()), name) from None
+            elif words[:1] == ["property"] and elements:
+                el = elements[-1]
+                if len(words) == 5 and words[1] == "list":
+                    items = 3 if el[0] == "face" else 0
+                    el[3] += _PLY_SIZES.get(words[2], 1) + items * _PLY_SIZES.get(words[3], 4)
+                elif len(words) == 3:
+                    el[2] += _PLY_SIZES.get(words[1], 4)
+        size = os.path.getsize(name) - body_start
+        if fmt.startswith("binary"):
+            need = sum(count * (fixed + lists) for _, count, fixed, lists in elements)
+            if size < need:
+                raise PalnetError("the file is cut off: {} bytes of data where its header announces at least {}".format(
+                    size, need), name)
+        elif fmt == "ascii":
+            need = sum(count for _, count, _, _ in elements)
+            f.seek(body_start)
+            lines = 0
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                lines += chunk.count(b"\n")
+                last = chunk
+            if size and not last.endswith(b"\n"):
+                lines += 1
+            if lines < need:
+                raise PalnetError("the file is cut off: {} data lines where its header announces {}".format(
+                    lines, need), name)
+
+
 def read_mesh(path: PathLike, units: str = "mm") -> Mesh:
     """Read a surface (.ply, .obj, .stl, .vtk, .vtp) as a triangle Mesh in the file's (LPS) frame.
 
@@ -146,6 +203,8 @@ def read_mesh(path: PathLike, units: str = "mm") -> Mesh:
         raise PalnetError("is a folder, not a mesh file", name)
     if os.path.getsize(name) == 0:
         raise PalnetError("the file is empty", name)
+    if ext == ".ply":
+        check_ply(name)
     reader = _READERS[ext]()
     reader.SetFileName(name)
     with _vtk_quiet():
