@@ -41,21 +41,17 @@ def _digest(paths: Sequence[Path], settings: dict) -> str:
 def preprocess_pair(mesh_path: Path, landmark_path: Path, labels: Sequence[str], template: np.ndarray,
                     spacing: float, units: str = "auto") -> Tuple[np.ndarray, np.ndarray, float]:
     """Align one annotated scan and sample it: (samples, canonical truth, fit RMS)."""
-    from .align import align_scan, detect_units
     from .io import read_mesh
     from .landmark_io import check_labels, read_landmarks
     from .patches import roi_samples
-    from .types import Mesh, unit_scale
+    from .pipeline import template_modes, to_canonical_frame
+    from .types import unit_scale
     mesh = read_mesh(mesh_path)
     lms = check_labels(read_landmarks(landmark_path), labels, landmark_path)
     if not np.isfinite(lms.points).all():
         raise PalnetError("landmark file has undefined points", landmark_path)
-    units = detect_units(mesh.vertices) if units == "auto" else units
-    s = unit_scale(units, "mm")
-    from .pipeline import template_modes
-    alignment = align_scan(mesh.vertices * s, template, modes=template_modes(template), triangles=mesh.triangles)
-    canonical = Mesh(alignment.to_canonical(mesh.vertices * s), mesh.triangles, "mm", str(mesh_path))
-    truth = alignment.to_canonical(lms.points * s)
+    units, alignment, canonical = to_canonical_frame(mesh, template, units, template_modes(template))
+    truth = alignment.to_canonical(lms.points * unit_scale(units, "mm"))
     samples = roi_samples(canonical, truth, spacing)
     return samples.astype(np.float32), truth, float(alignment.rms_mm)
 

@@ -108,9 +108,12 @@ def template_modes(template: np.ndarray) -> Optional[np.ndarray]:
 _MODES_CACHE: dict = {}
 
 
-def prepare_scan(mesh: Mesh, template: np.ndarray, mean_landmarks: np.ndarray, spacing: float,
-                 units: str = "auto", modes: Optional[np.ndarray] = None) -> PreparedScan:
-    """Units to mm, automatic alignment, region of interest and even sampling."""
+def to_canonical_frame(mesh: Mesh, template: np.ndarray, units: str = "auto",
+                       modes: Optional[np.ndarray] = None) -> Tuple[str, Alignment, Mesh]:
+    """Units to mm and automatic alignment: (units, alignment, the scan in the canonical frame, mm).
+
+    Prediction and training preprocessing both start here, so a scan is aligned the same way in both.
+    """
     if mesh.n_vertices < 3:
         raise PalnetError("the scan has {} vertices: nothing to place landmarks on".format(mesh.n_vertices),
                           mesh.source)
@@ -118,11 +121,17 @@ def prepare_scan(mesh: Mesh, template: np.ndarray, mean_landmarks: np.ndarray, s
         raise PalnetError("the scan has NaN or infinite coordinates", mesh.source)
     try:
         units = detect_units(mesh.vertices) if units == "auto" else units
-        mm = Mesh(mesh.vertices * unit_scale(units, "mm"), mesh.triangles, "mm", mesh.source)
-        alignment = align_scan(mm.vertices, template, modes=modes, triangles=mm.triangles)
+        mm = mesh.vertices * unit_scale(units, "mm")
+        alignment = align_scan(mm, template, modes=modes, triangles=mesh.triangles)
     except PalnetError as exc:  # name the scan
         raise PalnetError(exc.message, exc.path or mesh.source) from None
-    canonical = Mesh(alignment.to_canonical(mm.vertices), mm.triangles, "mm", mesh.source)
+    return units, alignment, Mesh(alignment.to_canonical(mm), mesh.triangles, "mm", mesh.source)
+
+
+def prepare_scan(mesh: Mesh, template: np.ndarray, mean_landmarks: np.ndarray, spacing: float,
+                 units: str = "auto", modes: Optional[np.ndarray] = None) -> PreparedScan:
+    """Units to mm, automatic alignment, region of interest and even sampling."""
+    units, alignment, canonical = to_canonical_frame(mesh, template, units, modes)
     samples = roi_samples(canonical, mean_landmarks, spacing)
     if len(samples) < 10:
         raise PalnetError("no surface near the face after alignment", mesh.source)
