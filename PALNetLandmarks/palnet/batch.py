@@ -158,7 +158,11 @@ def _predict_parallel(tasks: list, model: Model, jobs: int, record: Callable) ->
                     row = fut.result()  # raises BrokenProcessPool when a worker died
                     record(running.pop(fut), row)
         except BrokenProcessPool:
-            suspects.extend(sorted(running.values()))
+            for fut, i in sorted(running.items(), key=lambda item: item[1]):
+                if fut.done() and not fut.cancelled() and fut.exception() is None:
+                    record(i, fut.result())  # finished before the crash: not run again
+                else:
+                    suspects.append(i)
         finally:
             ex.shutdown(wait=True)
         for i in suspects:  # each alone: only the culprit fails again
