@@ -60,25 +60,24 @@ def difference_message(listname, missing, extra):
     return "\n".join(lines)
 
 
-def test_every_python_file_is_listed_in_the_module_cmake():
+def check_cmake_list(listname, on_disk):
+    """The module CMake list ``listname`` names exactly the files ``on_disk``, once each."""
     variables, _ = cmake_sets(MODULE_CMAKE)
-    listed = variables[SCRIPTS]
-    assert len(listed) == len(set(listed)), "duplicates in {}".format(SCRIPTS)
-    on_disk = [f for f in shipped_files() if f.endswith(".py")]
+    listed = variables[listname]
+    assert len(listed) == len(set(listed)), "duplicates in {}".format(listname)
     missing = sorted(set(on_disk) - set(listed))
     extra = sorted(f for f in listed if not (MODULE_DIR / f).is_file())
-    assert not missing and not extra, difference_message(SCRIPTS, missing, extra)
+    assert not missing and not extra, difference_message(listname, missing, extra)
+    return listed
+
+
+def test_every_python_file_is_listed_in_the_module_cmake():
+    listed = check_cmake_list(SCRIPTS, [f for f in shipped_files() if f.endswith(".py")])
     assert "PALNetLandmarks.py" in listed and "palnet/pipeline.py" in listed
 
 
 def test_every_resource_is_listed_in_the_module_cmake():
-    variables, _ = cmake_sets(MODULE_CMAKE)
-    listed = variables[RESOURCES]
-    assert len(listed) == len(set(listed)), "duplicates in {}".format(RESOURCES)
-    on_disk = [f for f in shipped_files() if f.startswith("Resources/")]
-    missing = sorted(set(on_disk) - set(listed))
-    extra = sorted(f for f in listed if not (MODULE_DIR / f).is_file())
-    assert not missing and not extra, difference_message(RESOURCES, missing, extra)
+    listed = check_cmake_list(RESOURCES, [f for f in shipped_files() if f.startswith("Resources/")])
     for needed in ("Resources/UI/PALNetLandmarks.ui", "Resources/Icons/PALNetLandmarks.png",
                    "Resources/Protocols/palnet50.json"):
         assert needed in listed
