@@ -151,6 +151,57 @@ def _icp_shape(tree: cKDTree, template: np.ndarray, modes: np.ndarray, rot, t, i
     return rot, t, coef, robust_score(dist), (dist < 5.0).mean(axis=1)
 
 
+def template_normals(template: np.ndarray, k: int = 12) -> np.ndarray:
+    """Unit normals of the template's surface from its ``k`` nearest points, turned
+    away from a point well behind the face (canonical +z points out of the face)."""
+    idx = cKDTree(template).query(template, k=min(k, len(template)))[1]
+    nb = template[idx] - template[idx].mean(axis=1, keepdims=True)
+    n = np.linalg.svd(nb, full_matrices=False)[2][:, 2]
+    behind = template.mean(axis=0) - [0.0, 0.0, 120.0]
+    return n * np.sign(((template - behind) * n).sum(axis=1))[:, None]
+
+
+def _fit_plane(tree: cKDTree, template: np.ndarray, normals: np.ndarray, modes: Optional[np.ndarray],
+               rot: np.ndarray, t: np.ndarray, iters: int, sigma: float, ridge: float = SHAPE_RIDGE):
+    """The last fit of one pose: point-to-plane ICP (template normals) with Cauchy weights
+    of scale ``sigma`` mm, bending the template by ``modes`` when given.
+
+    A trimmed point-to-point fit stops wherever its trimmed set stops changing, a few
+    mm and degrees apart for different starts; this one converges in a few steps, and
+    the smooth weights leave one minimum near the answer, so the same scan in any
+    pose ends in the same place. Returns (rot, t, score, inlier fraction)."""
+    k = 0 if modes is None else len(modes)
+    m = None if modes is None else np.transpose(modes, (1, 2, 0))  # (N, 3, K)
+    coef = np.zeros(k)
+    for _ in range(iters):
+        turned = (template if m is None else template + m @ coef) @ rot.T
+        moved = turned + t
+        dist, idx = tree.query(moved)
+        w = 1.0 / (1.0 + (dist / sigma) ** 2)
+        nrm = normals @ rot.T
+        res = ((moved - tree.data[idx]) * nrm).sum(axis=1)  # signed distance to the scan point's plane
+        centre = (w[:, None] * turned).sum(axis=0) / w.sum()
+        # Linearised: turn by omega about the centre, shift by dt, change the shape by dcoef.
+        cols = [np.cross(turned - centre, nrm), nrm]
+        if k:
+            cols.append(np.einsum("ni,ij,njk->nk", nrm, rot, m))
+        a = np.concatenate(cols, axis=1)
+        lhs = (a * w[:, None]).T @ a + 1e-9 * np.eye(a.shape[1])
+        rhs = -(a * w[:, None]).T @ res
+        if k:
+            lhs[6:, 6:] += ridge * np.eye(k)
+            rhs[6:] -= ridge * coef
+        x = np.linalg.solve(lhs, rhs)
+        turn = Rotation.from_rotvec(x[:3]).as_matrix()
+        rot = turn @ rot
+        t = t + centre - turn @ centre + x[3:6]
+        coef = coef + x[6:]
+        if np.linalg.norm(x[:3]) < 1e-5 and np.linalg.norm(x[3:6]) < 1e-3:
+            break
+    dist = tree.query((template if m is None else template + m @ coef) @ rot.T + t)[0]
+    return rot, t, float(robust_score(dist[None])[0]), float((dist < 5.0).mean())
+
+
 def rotation_grid(n_directions: int = 120, n_rolls: int = 18) -> np.ndarray:
     """Rotations spread evenly over SO(3): the template's +z (out of the face) sent to
     ``n_directions`` Fibonacci-sphere directions, each with ``n_rolls`` turns about it.
@@ -169,7 +220,7 @@ def rotation_grid(n_directions: int = 120, n_rolls: int = 18) -> np.ndarray:
     to_f = Rotation.from_rotvec(axis * polar[:, None])  # polar angle = angle between z and f
     rolls = np.arange(n_rolls) * (2 * np.pi / n_rolls)
     roll = Rotation.from_rotvec((f[:, None, :] * rolls[None, :, None]).reshape(-1, 3))
-    return (roll * Rotation.concatenate([to_f[k] for k in np.repeat(np.arange(n_directions), n_rolls)])).as_matrix()
+    return (roll * to_f[np.repeat(np.arange(n_directions), n_rolls)]).as_matrix()
 
 
 def _shift_only(tree: cKDTree, template: np.ndarray, rot: np.ndarray, t: np.ndarray, iters: int, keep: float):
@@ -186,6 +237,19 @@ def _shift_only(tree: cKDTree, template: np.ndarray, rot: np.ndarray, t: np.ndar
         delta = (tree.data[idx].reshape(moved.shape) - moved) * w
         t = t + delta.sum(axis=1) / w.sum(axis=1)
     return t, None
+
+
+def _most_extreme(points: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """For each direction, the point farthest along it. That point is always a corner of
+    the convex hull, so only the hull's corners are compared (a few hundred, not all points)."""
+    cand = points
+    if len(points) > 100:
+        try:
+            from scipy.spatial import ConvexHull
+            cand = points[ConvexHull(points).vertices]
+        except Exception:  # flat or degenerate point sets: compare all of them
+            cand = points
+    return cand[np.argmax(cand @ directions.T, axis=0)]
 
 
 def _distinct_best(score: np.ndarray, rot: np.ndarray, t: np.ndarray, n: int,
@@ -215,7 +279,10 @@ SWEEP_KEEP = 150  # orientations of the sweep whose position is fitted
 
 # Coarse-to-fine search after the orientation sweep: (candidates kept, template points, ICP iterations).
 SEARCH_STAGES = ((48, 150, 6), (3, 800, 15))
-FINAL_FIT = (1500, 40)  # template points, iterations of the last fit
+FINAL_FIT = (1500, 30)  # template points, most iterations of the last fit
+FINAL_SIGMA_MM = 3.0  # scale of the last fit's robust weights
+FINAL_STARTS = 3  # distinct poses that get the last fit
+FINAL_SHIFTS = ((0.0, 20.0, 0.0), (0.0, -20.0, 0.0))  # template mm: restarts of the best pose
 KICK_DEGREES = 12.0
 KICK_SHIFTS = ((0, 20, 0), (0, -20, 0), (0, 40, 0), (0, -40, 0), (15, 0, 0), (-15, 0, 0))  # template mm
 HOP_POSES = 3
@@ -253,7 +320,7 @@ def align_scan(vertices_mm: np.ndarray, template: np.ndarray, seed: int = 0,
     rot = _GRID
     forward = rot[:, :, 2]  # template +z (out of the face) in scan coordinates
     tip = template[np.argmax(template[:, 2])]
-    front = pts[np.argmax(pts @ forward.T, axis=0)]
+    front = _most_extreme(pts, forward)
     t = front - np.einsum("bij,j->bi", rot, tip)
     probe = template[order[:30]]
     moved = np.einsum("bij,nj->bni", rot, probe) + t[:, None]
@@ -274,6 +341,7 @@ def align_scan(vertices_mm: np.ndarray, template: np.ndarray, seed: int = 0,
     # down and sideways, since closest-point fits stop in shallow minima a few degrees
     # or a feature (nose on lips) off.
     top = np.argsort(rms)[:HOP_POSES]
+    before_hop = rot[top], t[top]
     kicks = Rotation.from_rotvec(np.radians(KICK_DEGREES) * np.vstack([np.eye(3), -np.eye(3)])).as_matrix()
     kicks = np.concatenate([np.eye(3)[None], kicks, np.repeat(np.eye(3)[None], len(KICK_SHIFTS), 0)])
     shifts = np.concatenate([np.zeros((7, 3)), np.asarray(KICK_SHIFTS, dtype=np.float64)])
@@ -288,7 +356,6 @@ def align_scan(vertices_mm: np.ndarray, template: np.ndarray, seed: int = 0,
                                    with_scale=False)
     else:  # judged with the template bent to each candidate's face: a real face fits far better
         rot, t, _, rms, inl = _icp_shape(tree, template[sub], modes[:, sub], rot2, t2, iters=10, keep=TRIM)
-    i = int(np.argmin(rms))
     # The last fit reads the scan itself, not the grid subsample, whose cells depend on
     # the pose: the same scan in another pose must end in the same place. Points sampled
     # on the triangles (each triangle's samples depend only on its index) stand for the
@@ -298,13 +365,26 @@ def align_scan(vertices_mm: np.ndarray, template: np.ndarray, seed: int = 0,
         tree = cKDTree(sample_surface(v, np.asarray(triangles), FINAL_SPACING_MM, seed, max_points=FINAL_POINTS))
     else:
         tree = cKDTree(v[:: max(1, int(np.ceil(len(v) / FINAL_POINTS)))])
+    # The last fit converges from farther than the fits before it, so it also judges the
+    # candidates better: the best poses before and after basin hopping all get it (the
+    # right pose may not have slid into place yet), and so does the winner turned half a
+    # turn about the face's forward axis (a face fitted upside down matches its own
+    # outline well enough to win every stage before this one) and the winner moved by a
+    # feature's height (nose on the lips).
     sub = order[: min(FINAL_FIT[0], len(template))]
-    if modes is None:
-        rot, _, t, rms, inl = _icp(tree, template[sub], rot[i:i + 1], np.ones(1), t[i:i + 1],
-                                   iters=FINAL_FIT[1], keep=TRIM, with_scale=False)
-    else:
-        rot, t, _, rms, inl = _icp_shape(tree, template[sub], modes[:, sub], rot[i:i + 1], t[i:i + 1],
-                                         iters=FINAL_FIT[1], keep=TRIM)
-    r = rot[0]
-    return Alignment(rotation=r.T, translation=-r.T @ t[0], scale=1.0, rms_mm=float(rms[0]),
-                     inlier_fraction=float(inl[0]))
+    normals = template_normals(template)[sub]
+    shape = None if modes is None else modes[:, sub]
+
+    def last_fit(r0, t0):
+        return _fit_plane(tree, template[sub], normals, shape, r0, t0, FINAL_FIT[1], FINAL_SIGMA_MM)
+
+    best = _distinct_best(rms, rot, t, FINAL_STARTS)
+    starts = zip(np.concatenate([before_hop[0], rot[best]]), np.concatenate([before_hop[1], t[best]]))
+    r, t, rms, inl = min((last_fit(r0, t0) for r0, t0 in starts), key=lambda f: f[2])
+    flip = r @ np.diag([-1.0, -1.0, 1.0])
+    centre = template.mean(axis=0)
+    for r0, t0 in [(flip, t + r @ centre - flip @ centre)] + [(r, t + r @ np.array(d)) for d in FINAL_SHIFTS]:
+        other = last_fit(r0, t0)
+        if other[2] < rms:
+            r, t, rms, inl = other
+    return Alignment(rotation=r.T, translation=-r.T @ t, scale=1.0, rms_mm=rms, inlier_fraction=inl)
