@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import PalnetError
 
-CACHE_VERSION = 3  # bump when alignment or sampling changes what a scan preprocesses to
+CACHE_VERSION = 5  # bump when alignment or sampling changes what a scan preprocesses to
 
 
 @dataclass
@@ -50,10 +50,10 @@ def preprocess_pair(mesh_path: Path, landmark_path: Path, labels: Sequence[str],
     lms = check_labels(read_landmarks(landmark_path), labels, landmark_path)
     if not np.isfinite(lms.points).all():
         raise PalnetError("landmark file has undefined points", landmark_path)
-    units, alignment, canonical = to_canonical_frame(mesh, template, units, template_modes(template))
-    truth = alignment.to_canonical(lms.points * unit_scale(units, "mm"))
-    samples = roi_samples(canonical, truth, spacing)
-    return samples.astype(np.float32), truth, float(alignment.rms_mm)
+    c = to_canonical_frame(mesh, template, units, template_modes(template))
+    truth = c.alignment.to_canonical(lms.points * unit_scale(c.units, "mm"))
+    samples = roi_samples(c.mesh, truth, spacing)
+    return samples.astype(np.float32), truth, float(c.alignment.rms_mm)
 
 
 def _job(args):

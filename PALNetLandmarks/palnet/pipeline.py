@@ -5,12 +5,13 @@ never through torch, so the Slicer module and the command line work without it.
 """
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 from scipy.spatial import cKDTree
 
 from .align import Alignment, align_scan, detect_units
+from .cleanup import MIN_SPIKE_MM, remove_spikes
 from .errors import PalnetError
 from .modelfile import Model
 from .landmark_io import describe
@@ -42,6 +43,7 @@ class Prediction:
     timings: dict = field(default_factory=dict)
     spread_mm: Optional[np.ndarray] = None  # per landmark: how far perturbed runs land from the answer
     message: str = ""  # why the status is not "ok"
+    spikes_removed: int = 0  # scanner spikes left out of alignment, patches and snapping
 
     @property
     def fit_rms_mm(self) -> float:
@@ -56,6 +58,8 @@ class PreparedScan:
     alignment: Alignment
     samples: np.ndarray  # even surface samples of the region of interest, canonical mm
     tree: cKDTree
+    clean: Mesh  # the scan without spikes, its own frame and units
+    spikes: int = 0
 
 
 def scan_status(alignment: Alignment, n_vertices: int) -> Tuple[str, str]:
@@ -108,9 +112,19 @@ def template_modes(template: np.ndarray) -> Optional[np.ndarray]:
 _MODES_CACHE: dict = {}
 
 
+class Canonical(NamedTuple):
+    """A scan taken to the canonical frame (see to_canonical_frame)."""
+
+    units: str
+    alignment: Alignment
+    mesh: Mesh  # in the canonical frame, mm, without spikes
+    clean: Mesh  # the scan in its own frame and units, without spikes: what landmarks are snapped onto
+    spikes: int  # vertices taken out as spikes
+
+
 def to_canonical_frame(mesh: Mesh, template: np.ndarray, units: str = "auto",
-                       modes: Optional[np.ndarray] = None) -> Tuple[str, Alignment, Mesh]:
-    """Units to mm and automatic alignment: (units, alignment, the scan in the canonical frame, mm).
+                       modes: Optional[np.ndarray] = None) -> Canonical:
+    """Units to mm, spikes out, automatic alignment: the scan in the canonical frame.
 
     Prediction and training preprocessing both start here, so a scan is aligned the same way in both.
     """
@@ -121,21 +135,24 @@ def to_canonical_frame(mesh: Mesh, template: np.ndarray, units: str = "auto",
         raise PalnetError("the scan has NaN or infinite coordinates", mesh.source)
     try:
         units = detect_units(mesh.vertices) if units == "auto" else units
-        mm = mesh.vertices * unit_scale(units, "mm")
-        alignment = align_scan(mm, template, modes=modes, triangles=mesh.triangles)
+        to_mm = unit_scale(units, "mm")
+        clean, spikes = remove_spikes(mesh, min_offset=MIN_SPIKE_MM / to_mm)
+        mm = clean.vertices * to_mm
+        alignment = align_scan(mm, template, modes=modes, triangles=clean.triangles)
     except PalnetError as exc:  # name the scan
         raise PalnetError(exc.message, exc.path or mesh.source) from None
-    return units, alignment, Mesh(alignment.to_canonical(mm), mesh.triangles, "mm", mesh.source)
+    return Canonical(units, alignment, Mesh(alignment.to_canonical(mm), clean.triangles, "mm", mesh.source),
+                     clean, spikes)
 
 
 def prepare_scan(mesh: Mesh, template: np.ndarray, mean_landmarks: np.ndarray, spacing: float,
                  units: str = "auto", modes: Optional[np.ndarray] = None) -> PreparedScan:
-    """Units to mm, automatic alignment, region of interest and even sampling."""
-    units, alignment, canonical = to_canonical_frame(mesh, template, units, modes)
-    samples = roi_samples(canonical, mean_landmarks, spacing)
+    """Units to mm, spikes out, automatic alignment, region of interest and even sampling."""
+    c = to_canonical_frame(mesh, template, units, modes)
+    samples = roi_samples(c.mesh, mean_landmarks, spacing)
     if len(samples) < 10:
         raise PalnetError("no surface near the face after alignment", mesh.source)
-    return PreparedScan(units, alignment, samples, cKDTree(samples))
+    return PreparedScan(c.units, c.alignment, samples, cKDTree(samples), c.clean, c.spikes)
 
 
 def run_network(tree: cKDTree, model: Model, starts: np.ndarray, steps: int, scale: float,
@@ -211,17 +228,18 @@ def predict(mesh: Mesh, model: Model, snap: str = "nearest", units: str = "auto"
 
     to_file = unit_scale("mm", prep.units)
     pts = prep.alignment.to_scan(centres) * to_file
-    pts = snap_to_surface(mesh, pts, snap) if snap != "none" else pts
+    pts = snap_to_surface(prep.clean, pts, snap) if snap != "none" else pts
     labels = list(model.metadata["protocol"]["labels"])
     status, message = scan_status(prep.alignment, mesh.n_vertices)
-    initial = Landmarks(labels, snap_to_surface(mesh, prep.alignment.to_scan(init) * to_file, "nearest"),
+    initial = Landmarks(labels, snap_to_surface(prep.clean, prep.alignment.to_scan(init) * to_file, "nearest"),
                         units=prep.units)
     conf = landmark_confidence(spread, model)
     names = _landmark_names(model)
     descriptions = [describe(names.get(lab, lab), c) for lab, c in zip(labels, conf)]
     t3 = time.perf_counter()
     return Prediction(Landmarks(labels, pts, conf, descriptions, prep.units), status, prep.units, prep.alignment,
-                      t3 - t0, initial, {"prepare": t1 - t0, "network": t2 - t1, "snap": t3 - t2}, spread, message)
+                      t3 - t0, initial, {"prepare": t1 - t0, "network": t2 - t1, "snap": t3 - t2}, spread, message,
+                      prep.spikes)
 
 
 def _small_rotations(rng: np.random.Generator, n: int, degrees: float) -> np.ndarray:
