@@ -21,7 +21,8 @@ from .pipeline import Prediction, predict
 
 SUMMARY_NAME = "palnet_summary.csv"
 assert SUMMARY_NAME in NOT_LANDMARK_FILES  # evaluate must not take it for a landmark file
-SUMMARY_FIELDS = ("scan", "input", "output", "status", "fit_rms_mm", "units", "seconds", "message")
+SUMMARY_FIELDS = ("scan", "input", "output", "status", "fit_rms_mm", "template_coverage", "mean_confidence",
+                  "spikes_removed", "units", "seconds", "message")
 
 
 @dataclass
@@ -31,6 +32,9 @@ class BatchItem:
     output: str = ""
     status: str = ""
     fit_rms_mm: float = float("nan")
+    template_coverage: float = float("nan")  # fraction of the face template within 5 mm of the scan
+    mean_confidence: float = float("nan")
+    spikes_removed: int = 0
     units: str = ""
     seconds: float = 0.0
     message: str = ""
@@ -117,7 +121,10 @@ def _predict_item(model: Model, mesh_path: Path, out_file: Path, fmt: str, snap:
         try:
             pred = predict_one(mesh_path, out_file, model, fmt, snap, units, picture)
             row.status, row.fit_rms_mm, row.units = pred.status, pred.fit_rms_mm, pred.units
-            row.message = pred.message
+            row.template_coverage = pred.alignment.inlier_fraction
+            if pred.landmarks.confidence is not None:
+                row.mean_confidence = float(np.mean(pred.landmarks.confidence))
+            row.spikes_removed, row.message = pred.spikes_removed, pred.message
         except PalnetError as exc:
             row.status, row.message = "error", str(exc)
         except MemoryError:
@@ -190,13 +197,16 @@ def _worker_item(task) -> BatchItem:
     return _predict_item(_WORKER_MODEL, *task)
 
 
+def _number(x: float) -> str:
+    return "" if not np.isfinite(x) else "{:.3f}".format(x)
+
+
 def write_summary(rows: List[BatchItem], path: Path) -> None:
     buf = _io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(SUMMARY_FIELDS)
     for r in rows:
-        w.writerow([r.scan, r.input, r.output, r.status,
-                    "" if not np.isfinite(r.fit_rms_mm) else "{:.3f}".format(r.fit_rms_mm),
-                    r.units, "{:.3f}".format(r.seconds), r.message])
+        w.writerow([r.scan, r.input, r.output, r.status, _number(r.fit_rms_mm), _number(r.template_coverage),
+                    _number(r.mean_confidence), r.spikes_removed, r.units, "{:.3f}".format(r.seconds), r.message])
     text = buf.getvalue()
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
