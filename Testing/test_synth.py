@@ -106,3 +106,57 @@ def test_bad_model_file_is_one_clear_line(tmp_path):
     with pytest.raises(PalnetError) as info:
         load_ict(bad)
     assert str(bad) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_crop_variants_keep_the_head_and_change_the_extent(ict):
+    from palnet.synth import ICT_TO_LPS, generate_scan
+    ref, ref_lm, _ = generate_scan(1001, ict, pose="canonical")
+    extents = {}
+    for crop in ("face", "head", "shoulders"):
+        mesh, lms, info = generate_scan(1001, ict, pose="canonical", crop=crop)
+        assert info["crop"] == crop
+        # the same head: identity and expression depend on the seed alone
+        assert info["identity_weights"] == generate_scan(1001, ict, pose="canonical")[2]["identity_weights"]
+        moved = np.linalg.norm(lms.points - ref_lm.points, axis=1)  # re-meshed and noisy, but the same head
+        assert moved.mean() < 0.5 and moved.max() < 2.0
+        assert closest_points_on_surface(mesh, lms.points)[2].max() <= 0.05
+        extents[crop] = np.ptp(mesh.vertices @ ICT_TO_LPS, axis=0)  # x left, y up, z forward
+    assert extents["face"][1] < extents["head"][1] < extents["shoulders"][1]  # taller and taller
+    assert extents["shoulders"][0] > 300.0  # shoulder to shoulder
+    assert extents["face"][2] < extents["head"][2]  # the back of the head only in "head"
+
+
+def test_spikes_stick_out_and_spare_the_landmarks(ict):
+    from palnet.synth import generate_scan
+    clean, lms, _ = generate_scan(1002, ict, crop="face")
+    spiky, lms2, info = generate_scan(1002, ict, crop="face", spikes=0.02)
+    assert info["spikes"] == round(0.02 * clean.n_vertices)
+    moved = np.linalg.norm(spiky.vertices - clean.vertices, axis=1)
+    assert (moved > 2.9).sum() == info["spikes"] and moved.max() <= 30.0 + 1e-6
+    np.testing.assert_array_equal(lms.points, lms2.points)
+    assert cKDTree(lms.points).query(clean.vertices[moved > 0])[0].min() > 3.0  # none grows from near a landmark
+
+
+def test_default_scans_do_not_change_with_the_variants(ict):
+    """Data sets made before the crop and spike options existed are reproduced exactly."""
+    from palnet.synth import generate_scan
+    a, _, info = generate_scan(1003, ict)
+    assert "crop" not in info and "spikes" not in info
+    b, _, _ = generate_scan(1003, ict, crop="random", spikes=0.0)
+    assert np.array_equal(a.vertices, b.vertices)
+
+
+def test_synth_command_takes_crop_and_spikes(tmp_path, ict_path):
+    out = tmp_path / "s"
+    assert main(["synth", "--n", "1", "--seed", "1004", "-o", str(out), "--ict", str(ict_path),
+                 "--crop", "shoulders", "--spikes", "0.01", "--jobs", "1"]) == 0
+    meta = json.loads((out / "synth_01004" / "meta.json").read_text())
+    assert meta["crop"] == "shoulders" and meta["spikes"] > 0
+
+
+@pytest.mark.parametrize("kw,message", [({"crop": "torso"}, "unknown crop 'torso'"),
+                                        ({"spikes": 0.7}, "spikes must be a fraction")])
+def test_bad_variant_is_a_clear_error(ict, kw, message):
+    from palnet.synth import generate_scan
+    with pytest.raises(PalnetError, match=message):
+        generate_scan(1000, ict, **kw)

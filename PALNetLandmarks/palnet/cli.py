@@ -19,7 +19,7 @@ def _cmd_synth(args) -> int:
             args.seed, args.seed + args.n - 1, HELD_OUT_SEED), file=sys.stderr)
     t0 = time.monotonic()
     failed = generate_dataset(args.output, args.n, args.seed, args.pose, args.units, args.ict,
-                              args.jobs, ProgressBar("synth"))
+                              args.jobs, ProgressBar("synth"), crop=args.crop, spikes=args.spikes)
     print("wrote {} scans to {} in {:.1f} s".format(args.n - len(failed), args.output, time.monotonic() - t0))
     if failed:
         print("failed seeds: {}".format(", ".join(map(str, failed))), file=sys.stderr)
@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pose", choices=("realistic", "any"), default="realistic",
                    help="realistic: upright within +-30 degrees; any: uniformly random rotation")
     s.add_argument("--units", choices=("mm", "cm", "m"), default="mm")
+    s.add_argument("--crop", choices=("random", "face", "head", "shoulders"), default="random",
+                   help="random: a mix of forehead, back-of-head and neck cuts (default); face: the face only; "
+                        "head: the whole head; shoulders: head and upper torso")
+    s.add_argument("--spikes", type=float, default=0.0,
+                   help="fraction of vertices turned into 3-30 mm scanner spikes (default 0)")
     s.add_argument("--ict", default=None, help="ICT-FaceKit model file (default: $PALNET_ICT or ../shared/data/ict-facekit/ict_facekit.npz)")
     s.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
     s.set_defaults(func=_cmd_synth)

@@ -238,6 +238,68 @@ def _crop_mask(v: np.ndarray, lm: np.ndarray, labels: Sequence[str], rng: np.ran
     return keep
 
 
+CROPS = ("random", "face", "head", "shoulders")
+
+
+def _fixed_crop_mask(v: np.ndarray, lm: np.ndarray, labels: Sequence[str], crop: str, rng: np.random.Generator,
+                     info: dict):
+    """Vertices kept by one named crop: "face" (hairline, in front of the ears, under the
+    chin), "head" (the whole head down the neck) or "shoulders" (everything the head model has)."""
+    lab = {name: i for i, name in enumerate(labels)}
+    keep = np.ones(len(v), bool)
+    if crop == "face":
+        top_y = lm[lab["tr"], 1] if "tr" in lab else lm[:, 1].max()
+        keep &= v[:, 1] < top_y + rng.uniform(4.0, 20.0)
+        keep &= v[:, 2] > lm[:, 2].min() - rng.uniform(3.0, 20.0)
+        keep &= v[:, 1] > lm[:, 1].min() - rng.uniform(8.0, 25.0)
+    elif crop == "head":
+        keep &= v[:, 1] > lm[:, 1].min() - rng.uniform(40.0, 100.0)
+    info["crop"] = crop
+    return keep
+
+
+def check_variant(crop: str, spikes: float) -> None:
+    if crop not in CROPS:
+        raise PalnetError("unknown crop {!r} (use {})".format(crop, ", ".join(CROPS)))
+    if not 0.0 <= spikes < 0.5:
+        raise PalnetError("spikes must be a fraction between 0 and 0.5, not {}".format(spikes))
+
+
+def shoulders_mesh(rng: np.random.Generator, top_y: float = -150.0, drop: float = 180.0, step: float = 4.0):
+    """A smooth upper torso under the head model, whose skin ends at the base of the neck
+    (canonical frame, mm): an elliptic shell that starts at the outline of that end and
+    rounds out to the shoulders, front and sides, as a head-and-shoulders scan shows it.
+    Not joined to the head: alignment and ROI must not rely on topology."""
+    width, depth = rng.uniform(175.0, 215.0), rng.uniform(90.0, 120.0)
+    ys = np.arange(0.0, drop + step, step)
+    ang = np.radians(np.arange(-25.0, 205.0 + 1e-9, step / 2.0))
+    grow = np.sqrt(1.0 - (1.0 - np.clip(ys / 60.0, 0.0, 1.0)) ** 2)  # a rounded shoulder
+    a = 122.0 + (width - 122.0) * grow
+    b = 64.0 + (depth - 64.0) * grow
+    x = a[:, None] * np.cos(ang)[None]
+    z = -28.0 + b[:, None] * np.sin(ang)[None]
+    y = np.broadcast_to((top_y - ys)[:, None], x.shape)
+    verts = np.stack([x, y, z], axis=-1).reshape(-1, 3)
+    n_a = len(ang)
+    i, j = np.meshgrid(np.arange(len(ys) - 1), np.arange(n_a - 1), indexing="ij")
+    q = (i * n_a + j).ravel()
+    tris = np.concatenate([np.stack([q, q + n_a, q + 1], 1), np.stack([q + 1, q + n_a, q + n_a + 1], 1)])
+    return verts, tris
+
+
+def add_spikes(v: np.ndarray, t: np.ndarray, fraction: float, rng: np.random.Generator, protect: np.ndarray):
+    """Scanner spikes: ``fraction`` of the vertices (none within 3 mm of a landmark) pushed
+    3-30 mm out of or into the surface along their normal."""
+    n = int(round(fraction * len(v)))
+    if n <= 0:
+        return v, 0
+    near = cKDTree(protect).query(v, distance_upper_bound=3.0)[0] < np.inf
+    pick = rng.choice(np.flatnonzero(~near), size=min(n, int((~near).sum())), replace=False)
+    out = v.copy()
+    out[pick] += vertex_normals(v, t)[pick] * (rng.uniform(3.0, 30.0, len(pick)) * rng.choice([-1.0, 1.0], len(pick)))[:, None]
+    return out, len(pick)
+
+
 def _hole_mask(v: np.ndarray, nrm: np.ndarray, lm: np.ndarray, labels: Sequence[str],
                eyeballs: np.ndarray, rng: np.random.Generator, info: dict):
     """Vertices lost to holes: nostrils, under the chin, the eyes, random patches."""
@@ -284,8 +346,14 @@ def _pose(rng: np.random.Generator, pose: str):
 
 
 def generate_scan(seed: int, ict: Optional[IctModel] = None, pose: str = "realistic", units: str = "mm",
-                  labels: Optional[Sequence[str]] = None):
-    """One synthetic scan: (Mesh, Landmarks, meta dict), a pure function of ``seed``."""
+                  labels: Optional[Sequence[str]] = None, crop: str = "random", spikes: float = 0.0):
+    """One synthetic scan: (Mesh, Landmarks, meta dict), a pure function of its arguments.
+
+    ``crop`` "random" (the default mix of forehead, back-of-head and neck cuts) or one
+    of "face", "head", "shoulders" (see _fixed_crop_mask); ``spikes`` the fraction of
+    vertices turned into spikes. The identity and expression depend on the seed alone,
+    so the same seed gives the same head in every variant."""
+    check_variant(crop, spikes)
     from .ict_landmarks import LABELS, anatomical_order_violations, ict_landmark_positions
     ict = ict or load_ict()
     labels = list(labels or LABELS)
@@ -312,9 +380,18 @@ def generate_scan(seed: int, ict: Optional[IctModel] = None, pose: str = "realis
 
     tri = ict.triangles
     nrm = vertex_normals(verts, tri)
-    keep = _crop_mask(verts, lm, labels, rng, info)
+    # Variants draw from their own stream: the default ("random", no spikes) stays as it always was.
+    extra_rng = np.random.default_rng(np.random.SeedSequence([int(seed), GENERATOR_VERSION, 1]))
+    if crop == "random":
+        keep = _crop_mask(verts, lm, labels, rng, info)
+    else:
+        keep = _fixed_crop_mask(verts, lm, labels, crop, extra_rng, info)
     keep &= ~_hole_mask(verts, nrm, lm, labels, ict.eyeball_vertices, rng, info)
     tri = tri[keep[tri].all(axis=1)]
+    if crop == "shoulders":
+        sv, st = shoulders_mesh(extra_rng)
+        tri = np.concatenate([tri, st + len(verts)])
+        verts = np.concatenate([verts, sv.astype(verts.dtype)])
 
     target = int(np.exp(rng.uniform(np.log(10_000), np.log(200_000))))
     v, t = random_retriangulate(verts, tri, target, rng)
@@ -323,6 +400,8 @@ def generate_scan(seed: int, ict: Optional[IctModel] = None, pose: str = "realis
     v = v + vertex_normals(v, t) * smooth_noise(t, len(v), noise, rng)[:, None]
     scan = Mesh(v, t, "mm")
     lm = closest_points_on_surface(scan, lm)[0]  # ground truth lies on the scanned surface
+    if spikes > 0:
+        v, info["spikes"] = add_spikes(v, t, spikes, extra_rng, lm)
 
     m = _pose(rng, pose)
     s = unit_scale("mm", units)
@@ -338,9 +417,10 @@ def scan_id(seed: int) -> str:
     return "synth_{:05d}".format(int(seed))
 
 
-def write_scan(out_dir: Path, seed: int, ict: IctModel, pose: str, units: str) -> Path:
+def write_scan(out_dir: Path, seed: int, ict: IctModel, pose: str, units: str, crop: str = "random",
+               spikes: float = 0.0) -> Path:
     from .io import write_landmarks, write_mesh
-    scan, lms, info = generate_scan(seed, ict, pose, units)
+    scan, lms, info = generate_scan(seed, ict, pose, units, crop=crop, spikes=spikes)
     folder = Path(out_dir) / scan_id(seed)
     folder.mkdir(parents=True, exist_ok=True)
     write_mesh(scan, folder / "scan.ply")
@@ -354,39 +434,42 @@ def write_scan(out_dir: Path, seed: int, ict: IctModel, pose: str, units: str) -
 _WORKER: dict = {}
 
 
-def _worker_init(ict_path, pose, units):
-    _WORKER.update(ict=load_ict(ict_path), pose=pose, units=units)
+def _worker_init(ict_path, pose, units, crop="random", spikes=0.0):
+    _WORKER.update(ict=load_ict(ict_path), pose=pose, units=units, crop=crop, spikes=spikes)
 
 
 def _worker_run(args):
     out_dir, seed = args
     try:
-        write_scan(out_dir, seed, _WORKER["ict"], _WORKER["pose"], _WORKER["units"])
+        write_scan(out_dir, seed, _WORKER["ict"], _WORKER["pose"], _WORKER["units"], _WORKER["crop"],
+                   _WORKER["spikes"])
         return seed, None
     except Exception as exc:  # reported per scan; one bad draw never stops a data set
         return seed, "{}: {}".format(type(exc).__name__, exc)
 
 
 def generate_dataset(out_dir, n: int, seed: int = 0, pose: str = "realistic", units: str = "mm",
-                     ict_path=None, jobs: Optional[int] = None, progress=None) -> List[int]:
+                     ict_path=None, jobs: Optional[int] = None, progress=None, crop: str = "random",
+                     spikes: float = 0.0) -> List[int]:
     """Write scans for seeds ``seed .. seed+n-1`` into ``out_dir``; returns the seeds that failed."""
     import multiprocessing as mp
     if units not in ("mm", "cm", "m"):
         raise PalnetError("unknown units {!r} (use mm, cm or m)".format(units))
     if pose not in ("realistic", "any", "canonical"):
         raise PalnetError("unknown pose {!r} (use realistic or any)".format(pose))
+    check_variant(crop, spikes)
     load_ict(ict_path)  # fail early, in this process, with a clear message
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     tasks = [(str(out_dir), s) for s in range(seed, seed + n)]
     jobs = max(1, min(jobs or os.cpu_count() or 1, n))
     failed = []
     if jobs == 1:
-        _worker_init(ict_path, pose, units)
+        _worker_init(ict_path, pose, units, crop, spikes)
         results = map(_worker_run, tasks)
         pool = None
     else:
         pool = mp.get_context("spawn" if os.name == "nt" else "fork").Pool(
-            jobs, initializer=_worker_init, initargs=(ict_path, pose, units))
+            jobs, initializer=_worker_init, initargs=(ict_path, pose, units, crop, spikes))
         results = pool.imap_unordered(_worker_run, tasks)
     try:
         for done, (s, err) in enumerate(results, 1):
