@@ -38,7 +38,7 @@ def test_default_model_places_the_sample_landmarks(sample, sample_prediction):
     assert pred.status == "ok" and pred.units == "mm"
     assert pred.landmarks.labels == truth.labels
     err = np.linalg.norm(pred.landmarks.points - truth.points, axis=1)
-    assert err.mean() < 2.6, err.mean()  # measured 2.12 mm with the shipped model
+    assert err.mean() < 2.6, err.mean()  # measured 2.21 mm with the shipped model
     # snapped to the nearest vertex: exactly on the scan
     assert closest_points_on_surface(mesh, pred.landmarks.points)[2].max() < 1e-9
     # the network improves on its starting point, the mean shape
