@@ -22,8 +22,8 @@ from .types import Landmarks, Mesh, unit_scale
 # Above this template-to-scan RMS (distances capped at 8 mm) the face fit is doubtful; well
 # above, it is no face. Below this fraction of the (shape-fitted) face template within 5 mm of
 # the scan, likewise. Measured on 1000 alignments of 500 held-out heads (realistic pose, and any
-# pose/units/crop with 2% spikes; tools/bench_robust.py): every correct fit had RMS <= 3.17 mm
-# and coverage >= 0.887; the 6 that ended far off had RMS >= 3.89 mm or coverage <= 0.79.
+# pose/units/crop with 2% spikes; tools/bench_robust.py): every correct fit had RMS <= 3.16 mm
+# and coverage >= 0.893; the 7 that ended far off had RMS >= 4.13 mm and coverage <= 0.76.
 # A sphere covers 0.46, a box 0.51, a plane 0.31.
 LOW_FIT_RMS_MM = 3.5
 NOT_A_FACE_RMS_MM = 6.5
