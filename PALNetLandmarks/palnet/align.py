@@ -153,12 +153,19 @@ def _icp_shape(tree: cKDTree, template: np.ndarray, modes: np.ndarray, rot, t, i
 
 def template_normals(template: np.ndarray, k: int = 12) -> np.ndarray:
     """Unit normals of the template's surface from its ``k`` nearest points, turned
-    away from a point well behind the face (canonical +z points out of the face)."""
-    idx = cKDTree(template).query(template, k=min(k, len(template)))[1]
-    nb = template[idx] - template[idx].mean(axis=1, keepdims=True)
-    n = np.linalg.svd(nb, full_matrices=False)[2][:, 2]
-    behind = template.mean(axis=0) - [0.0, 0.0, 120.0]
-    return n * np.sign(((template - behind) * n).sum(axis=1))[:, None]
+    away from a point well behind the face (canonical +z points out of the face).
+    Computed once per template: a model's template is the same for every scan."""
+    key = (template.shape, k, hash(np.ascontiguousarray(template, dtype=np.float64).tobytes()))
+    if key not in _NORMALS_CACHE:
+        idx = cKDTree(template).query(template, k=min(k, len(template)))[1]
+        nb = template[idx] - template[idx].mean(axis=1, keepdims=True)
+        n = np.linalg.svd(nb, full_matrices=False)[2][:, 2]
+        behind = template.mean(axis=0) - [0.0, 0.0, 120.0]
+        _NORMALS_CACHE[key] = n * np.sign(((template - behind) * n).sum(axis=1))[:, None]
+    return _NORMALS_CACHE[key]
+
+
+_NORMALS_CACHE: dict = {}
 
 
 def _fit_plane(tree: cKDTree, template: np.ndarray, normals: np.ndarray, modes: Optional[np.ndarray],

@@ -3,10 +3,10 @@
 A spike's vertex lies far from the centre of its neighbours compared with how far
 apart those neighbours are; a vertex of a smooth surface, even on the tip of the
 nose or the rim of an ear, lies close to it. Vertices on the border of a mesh (a
-hole, a cut) are not judged: their neighbours all lie on one side. Spikes are taken out of a working
-copy of the scan before alignment, sampling and snapping (the user's mesh is
-never changed), so that they neither pull the face fit nor end up in the patches
-the network reads, nor catch a landmark when it is snapped.
+hole, a cut) are not judged: their neighbours all lie on one side. Spikes are
+taken out of a working copy of the scan before alignment, sampling and snapping
+(the user's mesh is never changed), so that they neither pull the face fit nor
+end up in the patches the network reads, nor catch a landmark when it is snapped.
 """
 from typing import Tuple
 
@@ -20,23 +20,30 @@ MIN_SPIKE_MM = 1.5  # a vertex this close to its neighbours' centre does no harm
 POINT_CLOUD_NEIGHBOURS = 8
 
 
+def edges_and_border(triangles: np.ndarray, n: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Each edge of a triangle mesh with ``n`` vertices once, (E, 2) lower index first, and
+    the mask of border vertices (on an edge of only one triangle: a hole or a cut)."""
+    t = np.asarray(triangles, dtype=np.int64)
+    a = np.concatenate([t[:, 0], t[:, 1], t[:, 2]])
+    b = np.concatenate([t[:, 1], t[:, 2], t[:, 0]])
+    key = np.sort(np.minimum(a, b) * n + np.maximum(a, b))  # sorted keys: np.unique, but faster here
+    first = np.r_[True, key[1:] != key[:-1]]
+    once = first & np.r_[key[1:] != key[:-1], True]
+    border = np.zeros(n, bool)
+    border[key[once] // n] = True
+    border[key[once] % n] = True
+    key = key[first]
+    return np.stack([key // n, key % n], axis=1), border
+
+
 def _neighbour_centres(mesh: Mesh):
     """(centre of each vertex's neighbours, their mean distance from it, number of neighbours,
     whether the vertex is on the mesh's border)."""
     v = mesh.vertices
     n = len(v)
     if len(mesh.triangles):
-        t = mesh.triangles
-        a = np.concatenate([t[:, 0], t[:, 1], t[:, 2]])
-        b = np.concatenate([t[:, 1], t[:, 2], t[:, 0]])
-        key = np.sort(np.minimum(a, b) * n + np.maximum(a, b))
-        first = np.r_[True, key[1:] != key[:-1]]
-        once = first & np.r_[key[1:] != key[:-1], True]  # an edge of one triangle: the mesh's border
-        border = np.zeros(n, bool)
-        border[key[once] // n] = True
-        border[key[once] % n] = True
-        key = key[first]  # each edge once (np.unique, but faster here)
-        lo, hi = key // n, key % n
+        edges, border = edges_and_border(mesh.triangles, n)
+        lo, hi = edges[:, 0], edges[:, 1]
         keep = lo != hi
         i, j = np.concatenate([lo[keep], hi[keep]]), np.concatenate([hi[keep], lo[keep]])
         count = np.bincount(i, minlength=n).astype(np.float64)

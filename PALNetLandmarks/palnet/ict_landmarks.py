@@ -237,10 +237,8 @@ class _Template:
         return seen
 
     def _boundary_vertices(self) -> np.ndarray:
-        t = self.skin_triangles
-        e = np.sort(np.concatenate([t[:, [0, 1]], t[:, [1, 2]], t[:, [2, 0]]]), axis=1)
-        u, counts = np.unique(e, axis=0, return_counts=True)
-        return np.unique(u[counts == 1])
+        from .cleanup import edges_and_border
+        return np.flatnonzero(edges_and_border(self.skin_triangles, len(self.neutral))[1])
 
     def _candidate_sets(self, skin: np.ndarray) -> Dict[str, np.ndarray]:
         v = self.neutral

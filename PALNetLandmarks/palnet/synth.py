@@ -296,7 +296,8 @@ def add_spikes(v: np.ndarray, t: np.ndarray, fraction: float, rng: np.random.Gen
     near = cKDTree(protect).query(v, distance_upper_bound=3.0)[0] < np.inf
     pick = rng.choice(np.flatnonzero(~near), size=min(n, int((~near).sum())), replace=False)
     out = v.copy()
-    out[pick] += vertex_normals(v, t)[pick] * (rng.uniform(3.0, 30.0, len(pick)) * rng.choice([-1.0, 1.0], len(pick)))[:, None]
+    length = rng.uniform(3.0, 30.0, len(pick)) * rng.choice([-1.0, 1.0], len(pick))
+    out[pick] += vertex_normals(v, t)[pick] * length[:, None]
     return out, len(pick)
 
 
