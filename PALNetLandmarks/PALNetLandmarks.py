@@ -122,7 +122,7 @@ class PALNetLandmarksParameterNode:
     units - length unit of the scan's coordinates; auto detects mm, cm or m from the scan's size.
     lockPoints - lock the placed control points against accidental dragging.
     batchInputFolder, batchOutputFolder, batchFormat, batchOverwrite - the Batch section.
-    trainingDataFolder, trainingEpochs, trainingOutputModel - the Training section.
+    trainingDataFolder, trainingEpochs, trainingAugmentCopies, trainingOutputModel - the Training section.
     """
 
     inputModel: vtkMRMLModelNode
@@ -137,6 +137,7 @@ class PALNetLandmarksParameterNode:
     batchOverwrite: bool = False
     trainingDataFolder: str = ""
     trainingEpochs: Annotated[int, WithinRange(1, 10000)] = DEFAULT_EPOCHS
+    trainingAugmentCopies: Annotated[int, WithinRange(0, 20)] = 0
     trainingOutputModel: str = ""
 
 
@@ -420,7 +421,8 @@ class PALNetLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.trainingProgressBar.maximum = p.trainingEpochs
             self.ui.trainingProgressBar.value = 0
             run = self.logic.train(p.trainingDataFolder, p.trainingOutputModel, epochs=p.trainingEpochs,
-                                   progress=self.onTrainingProgress, finished=self.onTrainingFinished)
+                                   progress=self.onTrainingProgress, finished=self.onTrainingFinished,
+                                   augmentCopies=p.trainingAugmentCopies)
             self.ui.trainingStatusLabel.text = _("Preparing the scans...")
             slicer.modules.plots.logic().ShowChartInLayout(run.chartNode)
         self._updateTrainingButtons()
@@ -813,13 +815,14 @@ class PALNetLandmarksLogic(ScriptedLoadableModuleLogic):
 
     def train(self, datasetDir: str, outputModelPath: str, epochs: int = DEFAULT_EPOCHS,
               progress: Optional[Callable] = None, finished: Optional[Callable] = None,
-              extraArgs=(), askConfirmation: bool = True) -> TrainingRun:
-        """Start ``palnet train datasetDir -o outputModelPath --epochs N`` in the background.
+              extraArgs=(), askConfirmation: bool = True, augmentCopies: int = 0) -> TrainingRun:
+        """Start ``palnet train datasetDir -o outputModelPath --epochs N [--augment K]`` in the background.
 
         Returns at once with a TrainingRun: its ``tableNode`` fills with one row per epoch
         (loss, validation point-wise and distance-wise error in mm) and its ``chartNode``
         plots them; ``stopTraining()`` ends it. ``extraArgs`` go to ``palnet train``
-        (e.g. ``["--config", "cfg.json", "--init", "base.npz"]``).
+        (e.g. ``["--config", "cfg.json", "--init", "base.npz"]``); ``augmentCopies`` > 0 also
+        trains on that many altered copies of each scan (``palnet train --augment``).
         """
         if self.trainingRun is not None and self.trainingRun.running:
             raise RuntimeError(_("A training is already running; stop it first."))
@@ -832,6 +835,8 @@ class PALNetLandmarksLogic(ScriptedLoadableModuleLogic):
             raise PalnetError("folder {} does not exist".format(folder), outputModelPath)
         if not self.ensureTorch(askConfirmation):
             raise RuntimeError(_("Training needs PyTorch, which is not installed."))
+        if augmentCopies:
+            extraArgs = ["--augment", str(int(augmentCopies))] + list(extraArgs)
         command = training.trainingCommand(training.defaultPythonExecutable(), MODULE_DIR, datasetDir,
                                            outputModelPath, epochs, extraArgs)
         return self.startTrainingProcess(command, os.path.abspath(str(outputModelPath)), progress, finished)

@@ -212,6 +212,21 @@ def test_train_predict_finetune_and_resume(tmp_path, tiny_data):
     assert load_model(tuned).metadata["training"]["fine_tuned_from"] == str(model_file)
 
 
+def test_train_with_augmented_copies(tmp_path, tiny_data, capsys):
+    data, cfg, cache = tiny_data
+    out = tmp_path / "aug.npz"
+    assert main(["train", str(data), "-o", str(out), "--config", str(cfg), "--epochs", "1", "--augment", "1",
+                 "--cache", str(cache), "--jobs", "2"]) == 0
+    log = capsys.readouterr().out
+    report = json.loads(log[log.rindex("\n{\n") + 1:])
+    skipped = [p.split(":")[0] for p in report["skipped"]]
+    # 6 scans -> 1 validated (the scan only), the others trained on with their copies
+    assert report["n_val"] == 1 and report["n_train"] == 10 - len(skipped)
+    m = load_model(out)
+    assert m.metadata["training"]["config"]["augment"]["copies"] == 1
+    assert len(list(cache.glob("*.npz"))) >= 12  # the copies are cached beside the scans
+
+
 def test_train_refuses_a_folder_without_pairs(tmp_path, capsys):
     assert main(["train", str(tmp_path), "-o", str(tmp_path / "m.npz")]) == 2
     assert str(tmp_path) in capsys.readouterr().err

@@ -577,6 +577,17 @@ def test_ensure_torch_asks_before_installing(plm, monkeypatch):
     assert installed[-1] == ("PyTorchUtils", True, "cpu")
 
 
+def test_train_passes_augmented_copies_on(plm, mrml_scene, tmp_path, monkeypatch):
+    logic = plm.PALNetLandmarksLogic()
+    monkeypatch.setattr(logic, "ensureTorch", lambda ask=True: True)
+    monkeypatch.setattr(logic, "startTrainingProcess", lambda command, *a, **k: command)
+    (tmp_path / "data").mkdir()
+    command = logic.train(str(tmp_path / "data"), str(tmp_path / "m.npz"), epochs=3, augmentCopies=2,
+                          extraArgs=["--val-split", "0.3"])
+    assert command[-6:] == ["--epochs", "3", "--augment", "2", "--val-split", "0.3"]
+    assert "--augment" not in logic.train(str(tmp_path / "data"), str(tmp_path / "m.npz"), epochs=3)
+
+
 def test_training_end_to_end_with_palnet_train(plm, mrml_scene, face, tmp_path):
     """The real ``palnet train`` in a background process: two tiny epochs on three scans."""
     pytest.importorskip("torch")
@@ -629,7 +640,7 @@ def test_parameter_node_fields(plm):
     fields = parameter_fields(plm)
     assert list(fields) == ["inputModel", "outputPointList", "modelFile", "snap", "units", "lockPoints",
                             "batchInputFolder", "batchOutputFolder", "batchFormat", "batchOverwrite",
-                            "trainingDataFolder", "trainingEpochs", "trainingOutputModel"]
+                            "trainingDataFolder", "trainingEpochs", "trainingAugmentCopies", "trainingOutputModel"]
     cls = plm.PALNetLandmarksParameterNode
     for name, annotation in fields.items():
         for extra in getattr(annotation, "__metadata__", ()):

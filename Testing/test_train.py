@@ -28,6 +28,9 @@ def _cfg(epochs):
 def test_unknown_setting_is_refused():
     with pytest.raises(PalnetError):
         merge_config({"learning_rate": 1})
+    with pytest.raises(PalnetError, match="copys"):
+        merge_config({"augment": {"copys": 2}})
+    assert merge_config({"augment": {"copies": 2}})["augment"]["spikes"] == 0.01
 
 
 def test_batches_are_jittered_only_when_asked():

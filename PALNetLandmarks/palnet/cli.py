@@ -82,6 +82,11 @@ def _cmd_train(args) -> int:
             config = json.loads(Path(args.config).read_text())
         except (OSError, ValueError) as exc:
             raise PalnetError("cannot read training configuration ({})".format(exc), args.config)
+    if args.augment is not None:
+        if args.augment < 0:
+            raise PalnetError("--augment must be 0 or more copies per scan, not {}".format(args.augment))
+        config = dict(config or {})
+        config["augment"] = dict(config.get("augment") or {}, copies=args.augment)
     import signal
     stop = []
     # SIGTERM (the Slicer module's Stop button, a batch system's time limit) ends the
@@ -148,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--val-split", type=float, default=0.2, help="fraction of scans held out for validation")
     split.add_argument("--folds", type=int, default=None,
                        help="K-fold cross-validation report, then a final model trained on all scans")
+    t.add_argument("--augment", type=int, default=None, metavar="K",
+                   help="also train on K altered copies of each scan (coarser, cut, holes, noise, spikes, any "
+                        "pose), each aligned like a new scan; settings in the config's \"augment\" (default 0)")
     t.add_argument("--init", default=None, help="fine-tune from this model file")
     t.add_argument("--cache", default=None, help="preprocessing cache folder (default: OUTPUT.cache)")
     t.add_argument("--units", default="auto", choices=("auto", "mm", "cm", "m"))

@@ -16,6 +16,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 from scipy.spatial import cKDTree
 
+from .augment import DEFAULT_AUGMENT
 from .dataset import TrainingScan, load_training_scans
 from .engine import NetworkConfig
 from .errors import PalnetError
@@ -30,6 +31,7 @@ DEFAULT_CONFIG = {
     "epochs": 100, "batch_size": 16, "lr": 1e-3, "plateau_factor": 0.5, "plateau_patience": 8,
     "early_stop_patience": 30, "loss_weights": [0.6, 0.4], "seed": 0,
     "jitter": {"landmark_mm": 2.0, "shift_mm": 2.5, "rotate_deg": 4.0},
+    "augment": dict(DEFAULT_AUGMENT),
 }
 
 
@@ -39,6 +41,11 @@ def merge_config(user: Optional[dict]) -> dict:
         if key not in cfg:
             raise PalnetError("unknown training setting {!r} (known: {})".format(key, ", ".join(sorted(cfg))))
         if isinstance(cfg[key], dict):
+            if not isinstance(value, dict):
+                raise PalnetError("training setting {!r} takes a mapping of {}".format(key, ", ".join(sorted(cfg[key]))))
+            unknown = sorted(set(value) - set(cfg[key]))
+            if unknown:
+                raise PalnetError("unknown {} setting {!r} (known: {})".format(key, unknown[0], ", ".join(sorted(cfg[key]))))
             cfg[key].update(value)
         else:
             cfg[key] = value
@@ -48,6 +55,25 @@ def merge_config(user: Optional[dict]) -> dict:
 def _random_rotations(rng: np.random.Generator, n: int, degrees: float) -> np.ndarray:
     from scipy.spatial.transform import Rotation
     return Rotation.from_rotvec(rng.normal(size=(n, 3)) * np.radians(degrees) / np.sqrt(3)).as_matrix()
+
+
+def scan_groups(scans: List[TrainingScan]) -> List[List[int]]:
+    """Indices of the scans per annotated scan (the scan itself first, then its copies), in
+    the order the scans first appear: splits are drawn over these, so no copy of a
+    validation scan is ever trained on."""
+    groups: Dict[str, List[int]] = {}
+    for i, s in enumerate(scans):
+        groups.setdefault(s.group, []).append(i)
+    return [sorted(g, key=lambda i: scans[i].copy) for g in groups.values()]
+
+
+def split_groups(scans: List[TrainingScan], groups: List[List[int]], val_groups) -> tuple:
+    """(training scans: every member of the other groups, validation scans: the scans
+    themselves of ``val_groups``, never their augmented copies)."""
+    val_set = set(val_groups)
+    val = [scans[g[0]] for k, g in enumerate(groups) if k in val_set and scans[g[0]].copy == 0]
+    tr = [scans[i] for k, g in enumerate(groups) if k not in val_set for i in g]
+    return tr, val
 
 
 def drop_misaligned(scans: List[TrainingScan], limit_mm: float = 25.0):
@@ -212,16 +238,17 @@ def fit(train_scans: List[TrainingScan], val_scans: List[TrainingScan], labels: 
     return _export(net, net_cfg, meta)
 
 
-def cross_validate(scans: List[TrainingScan], order: np.ndarray, folds: int, labels: List[str],
-                   template: np.ndarray, cfg: dict, metadata: dict, init_model: Optional[Model],
+def cross_validate(scans: List[TrainingScan], groups: List[List[int]], order: np.ndarray, folds: int,
+                   labels: List[str], template: np.ndarray, cfg: dict, metadata: dict, init_model: Optional[Model],
                    log: Callable[[str], None], should_stop: Callable[[], bool]) -> dict:
-    """K-fold cross-validation: per-fold validation errors, their mean and the median best epoch."""
-    if len(scans) < folds:
-        raise PalnetError("{} folds need at least {} scans, found {}".format(folds, folds, len(scans)))
+    """K-fold cross-validation over annotated scans (``order`` permutes ``groups``): per-fold
+    validation errors, their mean and the median best epoch."""
+    if len(groups) < folds:
+        raise PalnetError("{} folds need at least {} scans, found {}".format(folds, folds, len(groups)))
     rows = []
     for k in range(folds):
-        val = [scans[i] for i in order[k::folds]]
-        tr = [scans[i] for j, i in enumerate(order) if j % folds != k]
+        # Folds in the permuted order, then the training scans in that order too.
+        tr, val = split_groups(scans, [groups[i] for i in order], range(k, len(order), folds))
         log("fold {}/{}: training on {}, validating on {}".format(k + 1, folds, len(tr), len(val)))
         model = fit(tr, val, labels, template, cfg, metadata, init_model, None, log, should_stop)
         history = model.metadata["training_history"]
@@ -274,7 +301,7 @@ def train(data_dir, output, config: Optional[dict] = None, epochs: Optional[int]
     log("{} pairs in {}; protocol {} ({} landmarks)".format(len(pairs), data_dir, protocol.name, len(labels)))
     scans, problems = load_training_scans(pairs, labels, template, cfg["patch"]["spacing_mm"],
                                           Path(cache_dir) if cache_dir else Path(str(output) + ".cache"),
-                                          units, jobs, progress)
+                                          units, jobs, progress, cfg["augment"])
     for p in problems:
         log("skipped " + p)
     scans, misaligned = drop_misaligned(scans)
@@ -284,20 +311,20 @@ def train(data_dir, output, config: Optional[dict] = None, epochs: Optional[int]
     if len(scans) < 2:
         raise PalnetError("fewer than 2 usable scans", data_dir)
     rng = np.random.default_rng(cfg["seed"])
-    order = rng.permutation(len(scans))
-    n_val = int(round(len(scans) * val_split)) if val_split > 0 else 0
-    val = [scans[i] for i in order[:n_val]]
-    tr = [scans[i] for i in order[n_val:]]
+    groups = scan_groups(scans)
+    order = rng.permutation(len(groups))
+    n_val = int(round(len(groups) * val_split)) if val_split > 0 else 0
+    tr, val = split_groups(scans, [groups[i] for i in order], range(n_val))
     metadata = {"protocol": dict(protocol.to_dict(), labels=labels), "units": "mm",
                 "training": {"data": description or str(data_dir), "n_train": len(tr), "n_val": len(val),
                              "config": cfg, "fine_tuned_from": str(init) if init else None}}
     report = {"skipped": problems}
     if folds and folds > 1:
-        report["cross_validation"] = cross_validate(scans, order, folds, labels, template, cfg, metadata,
+        report["cross_validation"] = cross_validate(scans, groups, order, folds, labels, template, cfg, metadata,
                                                     init_model, log, should_stop)
         # The final model learns from every scan for the folds' typical number of epochs.
         cfg = dict(cfg, epochs=report["cross_validation"]["median_best_epoch"])
-        val, tr = [], [scans[i] for i in order]
+        tr, val = split_groups(scans, [groups[i] for i in order], ())
     log("training on {} scans, validating on {}".format(len(tr), len(val)))
     model = fit(tr, val, labels, template, cfg, metadata, init_model, Path(str(output) + ".ckpt"), log, should_stop)
     mean = np.asarray(model.metadata["mean_landmarks"])
