@@ -4,7 +4,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from palnet import PalnetError
-from palnet.align import Alignment, align_scan, detect_units, rotation_grid
+from palnet.align import Alignment, align_scan, detect_units, rotation_grid, surface_points
 from palnet.resources import face_template_path
 
 
@@ -38,6 +38,45 @@ def test_alignment_recovers_the_pose(ict, template, pose, seeds):
         can = a.to_canonical(lms.points)
         assert can[lms.labels.index("prn"), 2] > can[lms.labels.index("t_R"), 2] + 40
         assert can[lms.labels.index("me"), 1] < can[lms.labels.index("n"), 1] - 60
+
+
+@pytest.mark.parametrize("seed,units,crop", [(1037, "mm", "head"), (1074, "mm", "shoulders"),
+                                             (1301, "cm", "head"), (1411, "m", "face")])
+def test_the_sweep_finds_the_nose_despite_spikes_and_brows(ict, template, seed, units, crop):
+    """Heads of the robustness run that ended far off (one upside down): the sweep started on
+    spike tips left after cleanup (the most extreme points in many directions), or, in the
+    grid orientation nearest the truth, on a forehead or chin standing out beyond the nose."""
+    from palnet.cleanup import MIN_SPIKE_MM, remove_spikes
+    from palnet.synth import generate_scan
+    from palnet.types import unit_scale
+    scan, _, meta = generate_scan(seed, ict, pose="any", units=units, crop=crop, spikes=0.02)
+    clean, _ = remove_spikes(scan, min_offset=MIN_SPIKE_MM / unit_scale(units, "mm"))
+    a = align_scan(clean.vertices * unit_scale(units, "mm"), template[0], modes=template[1],
+                   triangles=clean.triangles)
+    assert _angle_to_truth(a, meta) < 10.0 and a.rms_mm < 3.5
+
+
+def test_most_extreme_points_are_apart():
+    from palnet.align import _most_extreme
+    pts = np.random.default_rng(2).normal(size=(2000, 3)) * [60.0, 80.0, 50.0]
+    dirs = Rotation.random(40, random_state=1).apply([0.0, 0.0, 1.0])
+    ext = _most_extreme(pts, dirs, 3)
+    assert ext.shape == (3, 40, 3)
+    np.testing.assert_allclose(ext[0], pts[np.argmax(pts @ dirs.T, axis=0)])
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        assert (np.linalg.norm(ext[a] - ext[b], axis=1) >= 20.0).all()
+    assert ((ext[1] * dirs).sum(axis=1) <= (ext[0] * dirs).sum(axis=1)).all()
+
+
+def test_surface_points_leave_out_stray_points():
+    from scipy.spatial import cKDTree
+    g = np.arange(0.0, 100.0, 4.0)
+    plane = np.stack(np.meshgrid(g, g, [0.0]), -1).reshape(-1, 3)
+    strays = np.array([[50.0, 50.0, 25.0], [10.0, 90.0, -18.0], [200.0, 0.0, 0.0]])
+    kept = surface_points(cKDTree(np.concatenate([plane, strays])))
+    assert len(kept) == len(plane) and not (np.abs(kept[:, 2]) > 0).any()
+    sparse = np.random.default_rng(0).uniform(0, 1000, (200, 3))  # points far apart: no surface to judge by
+    assert len(surface_points(cKDTree(sparse))) == 200
 
 
 def test_alignment_round_trip():

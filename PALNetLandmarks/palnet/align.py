@@ -246,9 +246,12 @@ def _shift_only(tree: cKDTree, template: np.ndarray, rot: np.ndarray, t: np.ndar
     return t, None
 
 
-def _most_extreme(points: np.ndarray, directions: np.ndarray) -> np.ndarray:
-    """For each direction, the point farthest along it. That point is always a corner of
-    the convex hull, so only the hull's corners are compared (a few hundred, not all points)."""
+def _most_extreme(points: np.ndarray, directions: np.ndarray, n: int = 1, apart: float = 20.0) -> np.ndarray:
+    """For each direction, the point farthest along it, and then (``n`` > 1) the farthest
+    of those at least ``apart`` mm from the ones chosen before: (n, D, 3).
+
+    Such points are always corners of the convex hull, so only the hull's corners are
+    compared (a few hundred, not all points)."""
     cand = points
     if len(points) > 100:
         try:
@@ -256,7 +259,32 @@ def _most_extreme(points: np.ndarray, directions: np.ndarray) -> np.ndarray:
             cand = points[ConvexHull(points).vertices]
         except Exception:  # flat or degenerate point sets: compare all of them
             cand = points
-    return cand[np.argmax(cand @ directions.T, axis=0)]
+    proj = cand @ directions.T  # (H, D)
+    sq = (cand ** 2).sum(axis=1)
+    chosen = []
+    for k in range(n):
+        pick = np.argmax(proj, axis=0)
+        chosen.append(cand[pick])
+        if k + 1 < n:  # squared distances of every corner to each direction's pick, (H, D)
+            near = sq[:, None] + sq[pick][None] - 2.0 * (cand @ cand[pick].T) < apart ** 2
+            proj[near] = -np.inf
+    return np.stack(chosen)
+
+
+ISOLATED_MM = 10.0  # a grid point with fewer than ISOLATED_NEIGHBOURS others this close is off the surface
+ISOLATED_NEIGHBOURS = 3
+
+
+def surface_points(tree: cKDTree) -> np.ndarray:
+    """The points of a 4 mm grid subsample that have surface around them: stray points
+    (spike tips, specks) have no neighbours within ISOLATED_MM. A sparse cloud in which
+    most points are that far apart is returned whole."""
+    pts = tree.data
+    if len(pts) <= ISOLATED_NEIGHBOURS:
+        return pts
+    gap = tree.query(pts, k=ISOLATED_NEIGHBOURS + 1)[0][:, -1]
+    keep = gap <= ISOLATED_MM
+    return pts[keep] if keep.mean() >= 0.5 else pts
 
 
 def _distinct_best(score: np.ndarray, rot: np.ndarray, t: np.ndarray, n: int,
@@ -281,7 +309,8 @@ def _distinct_best(score: np.ndarray, rot: np.ndarray, t: np.ndarray, n: int,
 
 _GRID = None  # filled on first use
 ROBUST_WEIGHTS = False
-SWEEP_KEEP = 150  # orientations of the sweep whose position is fitted
+SWEEP_KEEP = 300  # orientations of the sweep whose position is fitted
+FRONT_ANCHORS = 3  # starting points of the nasal tip per orientation
 
 
 # Coarse-to-fine search after the orientation sweep: (candidates kept, template points, ICP iterations).
@@ -312,12 +341,16 @@ def align_scan(vertices_mm: np.ndarray, template: np.ndarray, seed: int = 0,
         raise PalnetError("only {} points: too few to find a face".format(len(v)))
     pts = grid_subsample(v, 4.0)
     tree = cKDTree(pts)
+    # The sweep starts on the scan's most extreme points in each direction: a spike the
+    # cleanup missed would be one for many directions. Points with (almost) no surface
+    # around them are left out of that choice.
+    front_pts = surface_points(tree)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(template))  # nested random subsets of the template
 
     # Candidates move the template into the scan: x_scan = s R x_template + t. For every
     # orientation of an even grid, the template's most anterior point (the nasal tip)
-    # starts on the scan's most anterior point in that direction: whatever else was
+    # starts on the scan's most anterior points in that direction: whatever else was
     # scanned (neck, back of the head) is never in front of the nose. All are scored
     # as they stand; the best distinct ones get their position fitted, and the best
     # of those are refined fully.
@@ -327,11 +360,15 @@ def align_scan(vertices_mm: np.ndarray, template: np.ndarray, seed: int = 0,
     rot = _GRID
     forward = rot[:, :, 2]  # template +z (out of the face) in scan coordinates
     tip = template[np.argmax(template[:, 2])]
-    front = _most_extreme(pts, forward)
+    # Turned a little off the true pose, the forehead or the chin can stand out beyond the
+    # nose: each orientation is also tried on the next most extreme points, away from the first.
+    front = _most_extreme(front_pts, forward, FRONT_ANCHORS).reshape(-1, 3)
+    rot = np.tile(rot, (FRONT_ANCHORS, 1, 1))
     t = front - np.einsum("bij,j->bi", rot, tip)
     probe = template[order[:30]]
     moved = np.einsum("bij,nj->bni", rot, probe) + t[:, None]
-    score = robust_score(tree.query(moved.reshape(-1, 3))[0].reshape(len(rot), -1))
+    # Distances are capped in the score anyway: the search may stop at the cap (much faster).
+    score = robust_score(tree.query(moved.reshape(-1, 3), distance_upper_bound=SCORE_CAP_MM)[0].reshape(len(rot), -1))
     best = _distinct_best(score, rot, t, SWEEP_KEEP)
     rot, t = rot[best], t[best]
     t, rms = _shift_only(tree, template[order[:60]], rot, t, iters=3, keep=TRIM)
