@@ -56,6 +56,17 @@ def test_the_sweep_finds_the_nose_despite_spikes_and_brows(ict, template, seed, 
     assert _angle_to_truth(a, meta) < 10.0 and a.rms_mm < 3.5
 
 
+def test_surface_agreement_tells_a_face_from_a_cloud(ict, template):
+    """Template coverage alone cannot: inside a dense noise cloud every template point finds a
+    neighbour. Only a surface lies on the fitted template where the template lies."""
+    from palnet.synth import generate_scan
+    scan, _, _ = generate_scan(1100, ict)
+    face = align_scan(scan.vertices, template[0], modes=template[1], triangles=scan.triangles)
+    cloud = align_scan(np.random.default_rng(0).normal(size=(20000, 3)) * 50, template[0], modes=template[1])
+    assert face.surface_agreement > 0.9 and cloud.surface_agreement < 0.5, (face.surface_agreement,
+                                                                            cloud.surface_agreement)
+
+
 def test_most_extreme_points_are_apart():
     from palnet.align import _most_extreme
     pts = np.random.default_rng(2).normal(size=(2000, 3)) * [60.0, 80.0, 50.0]

@@ -1,8 +1,9 @@
-"""Scanner spikes are found and left out of a working copy; a clean surface keeps its vertices."""
+"""Scanner spikes and loose fragments are found and left out of a working copy; a clean
+surface keeps its vertices."""
 import numpy as np
 import pytest
 
-from palnet.cleanup import _neighbour_centres, find_spikes, remove_spikes
+from palnet.cleanup import _neighbour_centres, find_fragments, find_spikes, remove_spikes
 from palnet.io import read_mesh
 from palnet.resources import sample_scan_path
 from palnet.types import Mesh
@@ -60,3 +61,18 @@ def test_point_cloud_spikes(sample):
 
 def test_tiny_inputs_have_no_spikes():
     assert not find_spikes(Mesh(np.random.default_rng(0).normal(size=(5, 3)))).any()
+
+
+def test_loose_fragments_are_found_and_touching_pieces_kept(sample):
+    from scipy.spatial import ConvexHull
+    v, t = sample.vertices, sample.triangles
+    ball = np.random.default_rng(1).normal(size=(100, 3))
+    ball = ball / np.linalg.norm(ball, axis=1, keepdims=True) * 5.0  # a closed 100-vertex piece
+    ball_t = ConvexHull(ball).simplices
+    far = ball + v[np.argmin(v[:, 2])] + [0.0, 0.0, -60.0]  # well apart from the face
+    near = ball + v[0] + [0.0, 0.0, 7.0]  # touching it (within 5 mm), as an eye would
+    mesh = Mesh(np.vstack([v, far, near]), np.vstack([t, ball_t + len(v), ball_t + len(v) + 100]), "mm")
+    found = find_fragments(mesh)
+    assert found[len(v):len(v) + 100].all() and not found[:len(v)].any() and not found[len(v) + 100:].any()
+    assert not find_fragments(sample).any()
+    assert not find_fragments(Mesh(mesh.vertices, np.zeros((0, 3), np.int64), "mm")).any()  # point cloud

@@ -88,6 +88,37 @@ def test_any_pose_shoulders_and_spikes_give_the_same_answer(model, ict_path):
     assert abs(err - ref_err) < 1.0, (err, ref_err)
 
 
+def test_hair_and_loose_fragments_leave_the_face_in_place(model, ict_path):
+    """A whole-head scan with a rough hair cap over the scalp and loose pieces around it (a
+    ball in front of the chin, as a hand or chin rest would be, one behind the head, a speck),
+    in another pose: the fragments are left out and the face is found where it is."""
+    from scipy.spatial import ConvexHull
+    from palnet.synth import generate_scan, load_ict, smooth_noise, vertex_normals
+    mesh, truth, _ = generate_scan(1002, load_ict(ict_path), pose="canonical", crop="head")
+    lab, p, v, t = truth.labels, truth.points, mesh.vertices, mesh.triangles
+    up = p[lab.index("g")] - p[lab.index("me")]
+    up /= np.linalg.norm(up)
+    fwd = np.cross(p[lab.index("ex_L")] - p[lab.index("ex_R")], up)
+    fwd /= np.linalg.norm(fwd)
+    rng = np.random.default_rng(0)
+    scalp = v @ up > p[lab.index("tr")] @ up + 5.0
+    hair = np.clip(8.0 + smooth_noise(t, len(v), 4.0, rng) + rng.normal(0, 1.5, len(v)), 2.0, 20.0)
+    parts_v, parts_t = [v + vertex_normals(v, t) * np.where(scalp, hair, 0.0)[:, None]], [t]
+    for centre, radius in ((p[lab.index("pg")] + 70 * fwd - 20 * up, 25.0), (p[lab.index("g")] - 250 * fwd, 30.0),
+                           (p[lab.index("zy_L")] + 40 * fwd + 60 * up, 6.0)):
+        ball = rng.normal(size=(400, 3))
+        ball = ball / np.linalg.norm(ball, axis=1, keepdims=True) * radius + centre
+        parts_t.append(ConvexHull(ball).simplices + sum(len(x) for x in parts_v))
+        parts_v.append(ball)
+    rot = Rotation.from_euler("xyz", [100, -30, 45], degrees=True).as_matrix()
+    scan = Mesh(np.vstack(parts_v) @ rot.T, np.vstack(parts_t), "mm")
+    plain, pred = predict(mesh, model), predict(scan, model)
+    assert pred.status == "ok" and pred.fragments_removed == 1200
+    err = np.linalg.norm(pred.landmarks.points @ rot - p, axis=1).mean()
+    plain_err = np.linalg.norm(plain.landmarks.points - p, axis=1).mean()
+    assert err < plain_err + 0.5, (err, plain_err)  # without the fragments taken out: 110 mm
+
+
 @pytest.mark.parametrize("snap", ["mean-k", "surface", "none"])
 def test_snapping_options(model, sample, snap):
     mesh, truth = sample
@@ -125,6 +156,7 @@ def test_batch_survives_bad_scans_and_keeps_outputs(tmp_path, capsys):
     good = rows["good"]
     assert 0.0 < float(good["mean_confidence"]) <= 1.0 and float(good["template_coverage"]) > 0.9
     assert float(good["fit_rms_mm"]) < 3.0 and good["spikes_removed"] == "0" and float(good["seconds"]) > 0
+    assert good["fragment_vertices_removed"] == "0"
     for bad in ("empty", "garbage"):
         assert rows[bad]["status"] == "error" and bad in rows[bad]["message"]
         assert "\n" not in rows[bad]["message"]

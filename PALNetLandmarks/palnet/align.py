@@ -29,6 +29,7 @@ class Alignment:
     scale: float = 1.0          # size of this face relative to the template
     rms_mm: float = float("nan")  # trimmed RMS distance template -> scan after the fit
     inlier_fraction: float = 0.0  # template points within 5 mm of the scan
+    surface_agreement: float = float("nan")  # of the scan near the fitted template, the part within 5 mm of it
 
     @property
     def matrix(self) -> np.ndarray:
@@ -176,7 +177,7 @@ def _fit_plane(tree: cKDTree, template: np.ndarray, normals: np.ndarray, modes: 
     A trimmed point-to-point fit stops wherever its trimmed set stops changing, a few
     mm and degrees apart for different starts; this one converges in a few steps, and
     the smooth weights leave one minimum near the answer, so the same scan in any
-    pose ends in the same place. Returns (rot, t, score, inlier fraction)."""
+    pose ends in the same place. Returns (rot, t, score, inlier fraction, shape coefficients)."""
     k = 0 if modes is None else len(modes)
     m = None if modes is None else np.transpose(modes, (1, 2, 0))  # (N, 3, K)
     coef = np.zeros(k)
@@ -206,7 +207,7 @@ def _fit_plane(tree: cKDTree, template: np.ndarray, normals: np.ndarray, modes: 
         if np.linalg.norm(x[:3]) < 1e-5 and np.linalg.norm(x[3:6]) < 1e-3:
             break
     dist = tree.query((template if m is None else template + m @ coef) @ rot.T + t)[0]
-    return rot, t, float(robust_score(dist[None])[0]), float((dist < 5.0).mean())
+    return rot, t, float(robust_score(dist[None])[0]), float((dist < 5.0).mean()), coef
 
 
 def rotation_grid(n_directions: int = 120, n_rolls: int = 18) -> np.ndarray:
@@ -424,11 +425,51 @@ def align_scan(vertices_mm: np.ndarray, template: np.ndarray, seed: int = 0,
 
     best = _distinct_best(rms, rot, t, FINAL_STARTS)
     starts = zip(np.concatenate([before_hop[0], rot[best]]), np.concatenate([before_hop[1], t[best]]))
-    r, t, rms, inl = min((last_fit(r0, t0) for r0, t0 in starts), key=lambda f: f[2])
+    r, t, rms, inl, coef = min((last_fit(r0, t0) for r0, t0 in starts), key=lambda f: f[2])
     flip = r @ np.diag([-1.0, -1.0, 1.0])
     centre = template.mean(axis=0)
     for r0, t0 in [(flip, t + r @ centre - flip @ centre)] + [(r, t + r @ np.array(d)) for d in FINAL_SHIFTS]:
         other = last_fit(r0, t0)
         if other[2] < rms:
-            r, t, rms, inl = other
-    return Alignment(rotation=r.T, translation=-r.T @ t, scale=1.0, rms_mm=rms, inlier_fraction=inl)
+            r, t, rms, inl, coef = other
+    shaped = template if modes is None or not len(coef) else template + np.transpose(modes, (1, 2, 0)) @ coef
+    return Alignment(rotation=r.T, translation=-r.T @ t, scale=1.0, rms_mm=rms, inlier_fraction=inl,
+                     surface_agreement=surface_agreement(tree.data, template, shaped @ r.T + t, r))
+
+
+AGREEMENT_NEAR_MM = 15.0
+AGREEMENT_ON_MM = 5.0
+INTERIOR_MARGIN_MM = 12.0  # template points this far inside its outline judge the scan near them
+
+
+def template_interior(template: np.ndarray) -> np.ndarray:
+    """Mask of the template points at least INTERIOR_MARGIN_MM inside its outline (cached per template)."""
+    key = ("interior", template.shape, hash(np.ascontiguousarray(template, dtype=np.float64).tobytes()))
+    if key not in _NORMALS_CACHE:
+        tree = cKDTree(template)
+        idx = tree.query(template, k=min(12, len(template)))[1]
+        # outline points: their neighbours' centre lies off to one side
+        border = np.linalg.norm(template[idx].mean(axis=1) - template, axis=1) > 2.0
+        dist = cKDTree(template[border]).query(template)[0] if border.any() else np.full(len(template), np.inf)
+        _NORMALS_CACHE[key] = dist >= INTERIOR_MARGIN_MM
+    return _NORMALS_CACHE[key]
+
+
+def surface_agreement(scan_points: np.ndarray, template: np.ndarray, fitted: np.ndarray, rot: np.ndarray) -> float:
+    """Of the scan points that lie above or below the inner part of the fitted template
+    (away from its outline, where a scan goes on beyond it; within AGREEMENT_NEAR_MM along
+    its normal), the fraction within AGREEMENT_ON_MM of it. A face scan is a surface that
+    lies on the template there; a cloud filling a volume (noise) has as many points beside
+    the template as on it, however well each template point finds a neighbour."""
+    inner = template_interior(template)
+    if not inner.any():
+        return float("nan")
+    pts = fitted[inner]  # the template where the fit put it, in the face's shape
+    nrm = template_normals(template)[inner] @ rot.T
+    d, i = cKDTree(pts).query(scan_points, distance_upper_bound=AGREEMENT_NEAR_MM)
+    near = np.isfinite(d)
+    off = scan_points[near] - pts[i[near]]
+    along = np.abs((off * nrm[i[near]]).sum(axis=1))
+    beside = np.sqrt(np.maximum(d[near] ** 2 - along ** 2, 0.0))
+    above = beside < 3.0  # over the template point, not off to its side
+    return float((along[above] < AGREEMENT_ON_MM).mean()) if above.any() else 0.0

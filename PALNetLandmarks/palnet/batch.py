@@ -22,7 +22,7 @@ from .pipeline import Prediction, predict
 SUMMARY_NAME = "palnet_summary.csv"
 assert SUMMARY_NAME in NOT_LANDMARK_FILES  # evaluate must not take it for a landmark file
 SUMMARY_FIELDS = ("scan", "input", "output", "status", "fit_rms_mm", "template_coverage", "mean_confidence",
-                  "spikes_removed", "units", "seconds", "message")
+                  "spikes_removed", "fragment_vertices_removed", "units", "seconds", "message")
 
 
 @dataclass
@@ -35,6 +35,7 @@ class BatchItem:
     template_coverage: float = float("nan")  # fraction of the face template within 5 mm of the scan
     mean_confidence: float = float("nan")
     spikes_removed: int = 0
+    fragment_vertices_removed: int = 0  # vertices of loose pieces apart from the scan
     units: str = ""
     seconds: float = 0.0
     message: str = ""
@@ -125,6 +126,7 @@ def _predict_item(model: Model, mesh_path: Path, out_file: Path, fmt: str, snap:
             if pred.landmarks.confidence is not None:
                 row.mean_confidence = float(np.mean(pred.landmarks.confidence))
             row.spikes_removed, row.message = pred.spikes_removed, pred.message
+            row.fragment_vertices_removed = pred.fragments_removed
         except PalnetError as exc:
             row.status, row.message = "error", str(exc)
         except MemoryError:
@@ -207,6 +209,7 @@ def write_summary(rows: List[BatchItem], path: Path) -> None:
     w.writerow(SUMMARY_FIELDS)
     for r in rows:
         w.writerow([r.scan, r.input, r.output, r.status, _number(r.fit_rms_mm), _number(r.template_coverage),
-                    _number(r.mean_confidence), r.spikes_removed, r.units, "{:.3f}".format(r.seconds), r.message])
+                    _number(r.mean_confidence), r.spikes_removed, r.fragment_vertices_removed, r.units,
+                    "{:.3f}".format(r.seconds), r.message])
     text = buf.getvalue()
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -7,6 +7,11 @@ hole, a cut) are not judged: their neighbours all lie on one side. Spikes are
 taken out of a working copy of the scan before alignment, sampling and snapping
 (the user's mesh is never changed), so that they neither pull the face fit nor
 end up in the patches the network reads, nor catch a landmark when it is snapped.
+
+Loose fragments (a hand, a chin rest, scanner debris: small pieces not connected to
+the scan and well apart from it) are left out of the same working copy: the
+alignment starts the face on the scan's most extreme points, and an object in
+front of the face would be one.
 """
 from typing import Tuple
 
@@ -18,6 +23,8 @@ from .types import Mesh
 SPIKE_RATIO = 1.5  # offset from the neighbours' centre / the neighbours' spread around it
 MIN_SPIKE_MM = 1.5  # a vertex this close to its neighbours' centre does no harm
 POINT_CLOUD_NEIGHBOURS = 8
+FRAGMENT_FRACTION = 0.05  # a piece with fewer vertices than this fraction of the largest one is small
+FRAGMENT_GAP_MM = 5.0  # and it is loose when none of its vertices comes this close to the largest piece
 
 
 def edges_and_border(triangles: np.ndarray, n: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -73,9 +80,41 @@ def remove_spikes(mesh: Mesh, ratio: float = SPIKE_RATIO, min_offset: float = MI
     """A copy of ``mesh`` without its spike vertices and their triangles, and how many went."""
     spikes = find_spikes(mesh, ratio, min_offset)
     n = int(spikes.sum())
-    if n == 0:
-        return mesh, 0
-    keep = ~spikes
+    return (remove_vertices(mesh, spikes), n) if n else (mesh, 0)
+
+
+def find_fragments(mesh: Mesh, gap: float = FRAGMENT_GAP_MM, fraction: float = FRAGMENT_FRACTION) -> np.ndarray:
+    """Mask of the vertices of loose fragments: connected pieces smaller than ``fraction``
+    of the largest piece with no vertex within ``gap`` (the mesh's units) of it. Pieces
+    that touch the scan (eyes, an ear cut off by a hole) stay. Point clouds: none."""
+    n = mesh.n_vertices
+    if not len(mesh.triangles) or n < 10:
+        return np.zeros(n, bool)
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    edges, _ = edges_and_border(mesh.triangles, n)
+    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    count, label = connected_components(graph, directed=False)
+    if count == 1:
+        return np.zeros(n, bool)
+    size = np.bincount(label, minlength=count)
+    used = np.zeros(n, bool)
+    used[mesh.triangles.ravel()] = True
+    size_used = np.bincount(label[used], minlength=count)
+    main = int(np.argmax(size_used))
+    small = (size < fraction * size_used[main]) & (np.arange(count) != main)
+    if not small.any():
+        return np.zeros(n, bool)
+    candidates = small[label]
+    d = cKDTree(mesh.vertices[label == main]).query(mesh.vertices[candidates], distance_upper_bound=gap)[0]
+    near = np.zeros(count, bool)
+    near[np.unique(label[candidates][np.isfinite(d)])] = True
+    return (small & ~near)[label]
+
+
+def remove_vertices(mesh: Mesh, drop: np.ndarray) -> Mesh:
+    """A copy of ``mesh`` without the ``drop`` vertices and their triangles."""
+    keep = ~drop
     remap = np.cumsum(keep) - 1
     tri = mesh.triangles[keep[mesh.triangles].all(axis=1)] if len(mesh.triangles) else mesh.triangles
-    return Mesh(mesh.vertices[keep], remap[tri], mesh.units, mesh.source), n
+    return Mesh(mesh.vertices[keep], remap[tri], mesh.units, mesh.source)
