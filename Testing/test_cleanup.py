@@ -70,7 +70,7 @@ def test_loose_fragments_are_found_and_touching_pieces_kept(sample):
     ball = ball / np.linalg.norm(ball, axis=1, keepdims=True) * 5.0  # a closed 100-vertex piece
     ball_t = ConvexHull(ball).simplices
     far = ball + v[np.argmin(v[:, 2])] + [0.0, 0.0, -60.0]  # well apart from the face
-    near = ball + v[0] + [0.0, 0.0, 7.0]  # touching it (within 5 mm), as an eye would
+    near = ball + v[0] + [0.0, 0.0, 7.0]  # close to it (within 15 mm), as the front of an eye is
     mesh = Mesh(np.vstack([v, far, near]), np.vstack([t, ball_t + len(v), ball_t + len(v) + 100]), "mm")
     found = find_fragments(mesh)
     assert found[len(v):len(v) + 100].all() and not found[:len(v)].any() and not found[len(v) + 100:].any()

@@ -105,7 +105,7 @@ def test_hair_and_loose_fragments_leave_the_face_in_place(model, ict_path):
     hair = np.clip(8.0 + smooth_noise(t, len(v), 4.0, rng) + rng.normal(0, 1.5, len(v)), 2.0, 20.0)
     parts_v, parts_t = [v + vertex_normals(v, t) * np.where(scalp, hair, 0.0)[:, None]], [t]
     for centre, radius in ((p[lab.index("pg")] + 70 * fwd - 20 * up, 25.0), (p[lab.index("g")] - 250 * fwd, 30.0),
-                           (p[lab.index("zy_L")] + 40 * fwd + 60 * up, 6.0)):
+                           (p[lab.index("zy_L")] + 90 * fwd, 6.0)):
         ball = rng.normal(size=(400, 3))
         ball = ball / np.linalg.norm(ball, axis=1, keepdims=True) * radius + centre
         parts_t.append(ConvexHull(ball).simplices + sum(len(x) for x in parts_v))

@@ -24,7 +24,7 @@ SPIKE_RATIO = 1.5  # offset from the neighbours' centre / the neighbours' spread
 MIN_SPIKE_MM = 1.5  # a vertex this close to its neighbours' centre does no harm
 POINT_CLOUD_NEIGHBOURS = 8
 FRAGMENT_FRACTION = 0.05  # a piece with fewer vertices than this fraction of the largest one is small
-FRAGMENT_GAP_MM = 5.0  # and it is loose when none of its vertices comes this close to the largest piece
+FRAGMENT_GAP_MM = 15.0  # and it is loose when none of its vertices comes this close to the largest piece
 
 
 def edges_and_border(triangles: np.ndarray, n: int) -> Tuple[np.ndarray, np.ndarray]:
