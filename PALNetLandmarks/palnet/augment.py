@@ -47,16 +47,10 @@ def coarsen(mesh: Mesh, reduction: float) -> Mesh:
     return polydata_to_mesh(f.GetOutput(), mesh.units, mesh.source)
 
 
-def drop_unused(v: np.ndarray, t: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    used = np.zeros(len(v), bool)
-    used[t.ravel()] = True
-    new = np.cumsum(used) - 1
-    return v[used], new[t]
-
-
 def augment_scan(mesh_mm: Mesh, landmarks_mm: np.ndarray, rng: np.random.Generator,
                  settings: dict) -> Tuple[Mesh, np.ndarray]:
     """One altered copy of a scan in millimetres: (mesh, landmarks), both in the copy's pose."""
+    from .cleanup import drop_unused
     from .synth import add_spikes, vertex_normals
     s = dict(DEFAULT_AUGMENT, **settings)
     if s["coarsen"] > 0 and rng.random() < 0.5:

@@ -112,6 +112,13 @@ def find_fragments(mesh: Mesh, gap: float = FRAGMENT_GAP_MM, fraction: float = F
     return (small & ~near)[label]
 
 
+def drop_unused(v: np.ndarray, t: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """The vertices that some triangle uses, and the triangles renumbered to them."""
+    used = np.zeros(len(v), bool)
+    used[t.ravel()] = True
+    return v[used], (np.cumsum(used) - 1)[t]
+
+
 def remove_vertices(mesh: Mesh, drop: np.ndarray) -> Mesh:
     """A copy of ``mesh`` without the ``drop`` vertices and their triangles."""
     keep = ~drop

@@ -185,12 +185,8 @@ def random_retriangulate(v: np.ndarray, t: np.ndarray, target: int, rng: np.rand
     inside one of its triangles. The result stays a manifold on the original
     surface, and no vertex keeps the template's position.
     """
-    used = np.zeros(len(v), bool)
-    used[t.ravel()] = True
-    keep = np.flatnonzero(used)
-    remap = np.full(len(v), -1)
-    remap[keep] = np.arange(len(keep))
-    v, t = v[keep], remap[t]
+    from .cleanup import drop_unused
+    v, t = drop_unused(v, t)
     while 4 * len(v) <= target:  # each subdivision adds one vertex per edge, about three per vertex
         v, t = subdivide(v, t)
     while len(v) < target:
