@@ -67,6 +67,21 @@ def test_surface_agreement_tells_a_face_from_a_cloud(ict, template):
                                                                             cloud.surface_agreement)
 
 
+@pytest.mark.parametrize("seed", [1003, 1011])
+def test_the_last_fit_ends_where_fitting_every_start_fully_would(ict, template, seed, monkeypatch):
+    """The last fit's starts are compared on a subset of the template points and only the
+    winner is refined on all of them: the same pose (to a few thousandths of a mm) as
+    refining every start on all points, in about half the time."""
+    import palnet.align as A
+    from palnet.synth import generate_scan
+    scan, lms, _ = generate_scan(seed, ict, pose="any")
+    quick = align_scan(scan.vertices, template[0], modes=template[1], triangles=scan.triangles)
+    monkeypatch.setattr(A, "COARSE_FIT_POINTS", A.FINAL_FIT[0])
+    full = align_scan(scan.vertices, template[0], modes=template[1], triangles=scan.triangles)
+    shift = np.linalg.norm(quick.to_canonical(lms.points) - full.to_canonical(lms.points), axis=1)
+    assert shift.max() < 0.01 and abs(quick.rms_mm - full.rms_mm) < 1e-3, (shift.max(), quick.rms_mm, full.rms_mm)
+
+
 def test_most_extreme_points_are_apart():
     from palnet.align import _most_extreme
     pts = np.random.default_rng(2).normal(size=(2000, 3)) * [60.0, 80.0, 50.0]

@@ -317,6 +317,7 @@ FRONT_ANCHORS = 3  # starting points of the nasal tip per orientation
 # Coarse-to-fine search after the orientation sweep: (candidates kept, template points, ICP iterations).
 SEARCH_STAGES = ((48, 150, 6), (3, 800, 15))
 FINAL_FIT = (1500, 30)  # template points, most iterations of the last fit
+COARSE_FIT_POINTS = 400  # template points of the last fit's first round, over all its starts
 FINAL_SIGMA_MM = 3.0  # scale of the last fit's robust weights
 FINAL_STARTS = 3  # distinct poses that get the last fit
 FINAL_SHIFTS = ((0.0, 20.0, 0.0), (0.0, -20.0, 0.0))  # template mm: restarts of the best pose
@@ -416,22 +417,25 @@ def align_scan(vertices_mm: np.ndarray, template: np.ndarray, seed: int = 0,
     # turn about the face's forward axis (a face fitted upside down matches its own
     # outline well enough to win every stage before this one) and the winner moved by a
     # feature's height (nose on the lips).
-    sub = order[: min(FINAL_FIT[0], len(template))]
-    normals = template_normals(template)[sub]
-    shape = None if modes is None else modes[:, sub]
+    # Every start is fitted on a subset of the template points first; only the winner is
+    # then refined on all of them (the starts all end near one pose, or far worse).
+    all_normals = template_normals(template)
 
-    def last_fit(r0, t0):
-        return _fit_plane(tree, template[sub], normals, shape, r0, t0, FINAL_FIT[1], FINAL_SIGMA_MM)
+    def last_fit(r0, t0, n_points):
+        sub = order[: min(n_points, len(template))]
+        shape = None if modes is None else modes[:, sub]
+        return _fit_plane(tree, template[sub], all_normals[sub], shape, r0, t0, FINAL_FIT[1], FINAL_SIGMA_MM)
 
     best = _distinct_best(rms, rot, t, FINAL_STARTS)
     starts = zip(np.concatenate([before_hop[0], rot[best]]), np.concatenate([before_hop[1], t[best]]))
-    r, t, rms, inl, coef = min((last_fit(r0, t0) for r0, t0 in starts), key=lambda f: f[2])
+    r, t, rms, inl, coef = min((last_fit(r0, t0, COARSE_FIT_POINTS) for r0, t0 in starts), key=lambda f: f[2])
     flip = r @ np.diag([-1.0, -1.0, 1.0])
     centre = template.mean(axis=0)
     for r0, t0 in [(flip, t + r @ centre - flip @ centre)] + [(r, t + r @ np.array(d)) for d in FINAL_SHIFTS]:
-        other = last_fit(r0, t0)
+        other = last_fit(r0, t0, COARSE_FIT_POINTS)
         if other[2] < rms:
             r, t, rms, inl, coef = other
+    r, t, rms, inl, coef = last_fit(r, t, FINAL_FIT[0])
     shaped = template if modes is None or not len(coef) else template + np.transpose(modes, (1, 2, 0)) @ coef
     return Alignment(rotation=r.T, translation=-r.T @ t, scale=1.0, rms_mm=rms, inlier_fraction=inl,
                      surface_agreement=surface_agreement(tree.data, template, shaped @ r.T + t, r))
