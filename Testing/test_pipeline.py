@@ -242,6 +242,14 @@ def test_train_predict_finetune_and_resume(tmp_path, tiny_data):
     tuned = tmp_path / "tuned.npz"
     assert main(["train", str(data), "-o", str(tuned), "--init", str(model_file), "--epochs", "1"]) == 0
     assert load_model(tuned).metadata["training"]["fine_tuned_from"] == str(model_file)
+    assert load_model(tuned).metadata["refine_steps"] == m.metadata["refine_steps"] == 2
+    # fine-tuning keeps the network and patches; the number of refinement passes may be set anew
+    steps = tmp_path / "steps.json"
+    steps.write_text(json.dumps({"refine_steps": 3, "network": {"patch_size": 999}}))
+    assert main(["train", str(data), "-o", str(tmp_path / "t3.npz"), "--init", str(model_file), "--epochs", "1",
+                 "--config", str(steps)]) == 0
+    t3 = load_model(tmp_path / "t3.npz")
+    assert t3.metadata["refine_steps"] == 3 and t3.config.patch_size == 100
 
 
 def test_train_with_augmented_copies(tmp_path, tiny_data, capsys):

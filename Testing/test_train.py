@@ -50,6 +50,31 @@ def test_batches_are_jittered_only_when_asked():
     np.testing.assert_allclose(d_true, d_turned, rtol=1e-5)
 
 
+
+def test_near_starts_begin_by_the_truth_not_the_mean():
+    """near_fraction of the starts are what a refinement pass sees: landmarks a few mm off
+    the truth; the others start from the (jittered) mean shape."""
+    from scipy.spatial import cKDTree
+    scans = _scans(40, labels=5)
+    for s in scans:  # every scan far from the mean shape, so the two kinds of start differ
+        s.truth = s.truth + 25.0
+        s.samples = s.samples + np.float32(25.0)
+    trees = [cKDTree(s.samples) for s in scans]
+    mean = np.mean([s.truth for s in scans], axis=0) - 25.0
+    idx = np.arange(40)
+
+    def start_error(fraction):
+        cfg = merge_config({"network": {"patch_size": 20}, "jitter": {"near_fraction": fraction, "near_mm": 3.0,
+                                                                       "rotate_deg": 0.0}})
+        _, inits, truths = make_batch(scans, trees, idx, mean, cfg, np.random.default_rng(0))
+        return np.linalg.norm(inits - truths, axis=2).mean(axis=1)
+
+    assert start_error(0.0).min() > 20.0
+    near = start_error(1.0)
+    assert near.max() < 12.0 and near.mean() < 6.0
+    mixed = start_error(0.5)
+    assert 8 <= (mixed < 15.0).sum() <= 32  # about half of them
+    assert merge_config(None)["jitter"]["near_fraction"] == 0.5
 def test_checkpoint_resumes_the_same_run_only(tmp_path):
     labels = ["a", "b", "c", "d", "e"]
     scans = _scans(8)

@@ -30,7 +30,9 @@ DEFAULT_CONFIG = {
     "refine_steps": 2,
     "epochs": 100, "batch_size": 16, "lr": 1e-3, "plateau_factor": 0.5, "plateau_patience": 8,
     "early_stop_patience": 30, "loss_weights": [0.6, 0.4], "seed": 0,
-    "jitter": {"landmark_mm": 2.0, "shift_mm": 2.5, "rotate_deg": 4.0},
+    # near_fraction of the training starts lie near the truth (each landmark off by up to
+    # near_mm), not near the mean shape: what the second and later refinement passes see.
+    "jitter": {"landmark_mm": 2.0, "shift_mm": 2.5, "rotate_deg": 4.0, "near_fraction": 0.5, "near_mm": 3.0},
     "augment": dict(DEFAULT_AUGMENT),
 }
 
@@ -94,10 +96,14 @@ def make_batch(scans: List[TrainingScan], trees: List[cKDTree], idx: np.ndarray,
     jit = cfg["jitter"]
     patches, inits, truths = [], [], []
     for i in idx:
-        jitter = None
-        if rng is not None:
+        start, jitter = mean, None
+        if rng is not None and rng.random() < jit["near_fraction"]:
+            # a start like a refinement pass gets: the landmarks a few mm from the truth
+            start = scans[i].truth
+            jitter = rng.normal(0, rng.uniform(jit["near_mm"] / 6, jit["near_mm"]), mean.shape) + rng.normal(0, 1.0, 3)
+        elif rng is not None:
             jitter = rng.normal(0, jit["landmark_mm"], mean.shape) + rng.normal(0, jit["shift_mm"], 3)
-        init = initial_approximation(trees[i], mean, jitter)
+        init = initial_approximation(trees[i], start, jitter)
         p, init = extract_patches(trees[i], init, size, scale)
         patches.append(p)
         inits.append(init)
@@ -290,7 +296,8 @@ def train(data_dir, output, config: Optional[dict] = None, epochs: Optional[int]
     if init_model:  # fine-tuning keeps the model's network, patches and sampling
         cfg["network"] = {k: v for k, v in init_model.config.to_dict().items() if k != "n_landmarks"}
         cfg["patch"] = dict(init_model.metadata["patch"])
-        cfg["refine_steps"] = int(init_model.metadata.get("refine_steps", cfg["refine_steps"]))
+        if "refine_steps" not in (config or {}):  # the number of passes may change (weights do not depend on it)
+            cfg["refine_steps"] = int(init_model.metadata.get("refine_steps", cfg["refine_steps"]))
     if init_model:
         template = np.asarray(init_model.metadata["template"], dtype=np.float64)
     elif default_model_path().exists():
