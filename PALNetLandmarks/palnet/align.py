@@ -418,7 +418,8 @@ def align_scan(vertices_mm: np.ndarray, template: np.ndarray, seed: int = 0,
     # outline well enough to win every stage before this one) and the winner moved by a
     # feature's height (nose on the lips).
     # Every start is fitted on a subset of the template points first; only the winner is
-    # then refined on all of them (the starts all end near one pose, or far worse).
+    # then refined on all of them (the starts mostly end near one pose, or far worse; where
+    # two poses fit almost alike, the subset may choose the other one).
     all_normals = template_normals(template)
 
     def last_fit(r0, t0, n_points):
