@@ -38,12 +38,36 @@ def test_default_model_places_the_sample_landmarks(sample, sample_prediction):
     assert pred.status == "ok" and pred.units == "mm"
     assert pred.landmarks.labels == truth.labels
     err = np.linalg.norm(pred.landmarks.points - truth.points, axis=1)
-    assert err.mean() < 2.6, err.mean()  # measured 2.21 mm with the shipped model
+    assert err.mean() < 2.6, err.mean()  # measured 1.38 mm with the shipped model (the one before: 2.21)
     # snapped to the nearest vertex: exactly on the scan
     assert closest_points_on_surface(mesh, pred.landmarks.points)[2].max() < 1e-9
     # the network improves on its starting point, the mean shape
     init_err = np.linalg.norm(pred.initial.points - truth.points, axis=1)
     assert err.mean() < init_err.mean()
+
+
+def test_the_answer_is_the_mean_of_perturbed_runs(model, sample):
+    """13 runs from slightly perturbed starts: their mean is the answer, their spread the
+    confidence; without extra runs, the single run from the initial approximation."""
+    from palnet.patches import initial_approximation
+    from palnet.pipeline import model_arrays, predict_with_spread, prepare_scan, run_network, template_modes
+    mesh, truth = sample
+    template, mean, spacing, scale = model_arrays(model)
+    prep = prepare_scan(mesh, template, mean, spacing, "auto", template_modes(template))
+    init = initial_approximation(prep.tree, mean)
+    steps = model.metadata["refine_steps"]
+    single, no_spread = predict_with_spread(prep.tree, model, init, steps, scale, samples=0)
+    np.testing.assert_allclose(single, run_network(prep.tree, model, init[None], steps, scale)[0])
+    assert not no_spread.any()
+    answer, spread = predict_with_spread(prep.tree, model, init, steps, scale)
+    assert np.array_equal(answer, predict_with_spread(prep.tree, model, init, steps, scale)[0])  # deterministic
+    assert (spread > 0).all() and np.median(spread) < 2.0
+    moved = np.linalg.norm(answer - single, axis=1)
+    assert 0 < np.median(moved) < 2.0, np.median(moved)
+    to_canonical = prep.alignment.to_canonical(truth.points)
+    err_mean = np.linalg.norm(answer - to_canonical, axis=1).mean()
+    err_single = np.linalg.norm(single - to_canonical, axis=1).mean()
+    assert err_mean < 2.6 and err_single < 3.0, (err_mean, err_single)
 
 
 @pytest.mark.parametrize("units,factor", [("cm", 0.1), ("m", 0.001)])
@@ -54,16 +78,20 @@ def test_units_are_detected_and_do_not_change_the_answer(model, sample, sample_p
     np.testing.assert_allclose(pred.landmarks.points / factor, sample_prediction.landmarks.points, atol=1e-3)
 
 
-def test_pose_and_units_do_not_change_the_answer(model, sample, sample_prediction):
+def test_pose_and_units_do_not_change_the_answer(model, sample):
+    """The network's answers before snapping: on the coarse sample (vertices up to ~5 mm apart
+    at the jaw) snapping to the nearest vertex turns a tenth of a mm into a jump to the next
+    vertex, which says nothing about the pose. Measured: median 0.27, mean 0.33 mm (the
+    previous model, without averaged runs: median 1.07 mm, hidden by that snapping)."""
     mesh, _ = sample
     rot = Rotation.from_euler("zyx", [130, -70, 35], degrees=True).as_matrix()
     shift = np.array([250.0, -40.0, 900.0])
     moved = Mesh((mesh.vertices @ rot.T + shift) * 0.1, mesh.triangles, "cm")  # any pose, in cm
-    pred = predict(moved, model)
+    ref, pred = predict(mesh, model, snap="none"), predict(moved, model, snap="none")
     assert pred.units == "cm"
     back = (pred.landmarks.points * 10.0 - shift) @ rot
-    diff = np.linalg.norm(back - sample_prediction.landmarks.points, axis=1)
-    assert np.median(diff) < 0.3 and diff.mean() < 0.3, (np.median(diff), diff.mean())
+    diff = np.linalg.norm(back - ref.landmarks.points, axis=1)
+    assert np.median(diff) < 0.3 and diff.mean() < 0.4, (np.median(diff), diff.mean())
 
 
 def test_any_pose_shoulders_and_spikes_give_the_same_answer(model, ict_path):

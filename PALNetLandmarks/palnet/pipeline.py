@@ -34,7 +34,9 @@ NOT_A_FACE_INLIERS = 0.62
 # face/head/shoulders crops and spikes) >= 0.93; a Gaussian noise cloud 0.35.
 NOT_A_FACE_AGREEMENT = 0.6
 SPARSE_VERTICES = 2000  # fewer vertices than this cannot show a face's detail
-CONFIDENCE_SAMPLES = 6  # perturbed extra runs of the network per scan
+CONFIDENCE_SAMPLES = 12  # perturbed extra runs of the network per scan
+PERTURB_MM = 1.0  # spread of their starting points around the initial approximation
+PERTURB_DEGREES = 3.0  # and of the turns of their patches
 
 
 @dataclass
@@ -191,16 +193,20 @@ def run_network(tree: cKDTree, model: Model, starts: np.ndarray, steps: int, sca
 
 def predict_with_spread(tree: cKDTree, model: Model, init: np.ndarray, steps: int, scale: float,
                         samples: int = CONFIDENCE_SAMPLES):
-    """The network's answer (L, 3) and, per landmark, the RMS distance (mm) from it of
-    ``samples`` extra runs started from jittered points with slightly turned patches:
-    how sure the network is. One batched pass; deterministic."""
+    """The network's answer (L, 3) and, per landmark, how sure it is: one run from ``init``
+    and ``samples`` more started from jittered points with slightly turned patches, as a
+    slightly different alignment and sampling would give; the answer is their mean, the
+    spread (mm) their RMS distance from it. A single run moves by a mm or more when its
+    patch centres snap onto neighbouring samples; the mean is steadier and closer to the
+    truth. One batched pass; deterministic."""
     rng = np.random.default_rng(0)
     k = max(0, int(samples))
-    starts = np.concatenate([init[None], init + rng.normal(0, 2.0, (k,) + init.shape)])
-    turns = np.concatenate([np.eye(3)[None], _small_rotations(rng, k, 3.0)])
+    starts = np.concatenate([init[None], init + rng.normal(0, PERTURB_MM, (k,) + init.shape)])
+    turns = np.concatenate([np.eye(3)[None], _small_rotations(rng, k, PERTURB_DEGREES)])
     runs = run_network(tree, model, starts, steps, scale, turns)
-    spread = np.sqrt(((runs[1:] - runs[0]) ** 2).sum(axis=2).mean(axis=0)) if k else np.zeros(len(init))
-    return runs[0], spread
+    answer = runs.mean(axis=0)
+    spread = np.sqrt(((runs - answer) ** 2).sum(axis=2).mean(axis=0)) if k else np.zeros(len(init))
+    return answer, spread
 
 
 def calibrate_confidence(spread_mm: np.ndarray, error_mm: np.ndarray, bins: int = 12) -> dict:
