@@ -82,7 +82,8 @@ def test_pose_and_units_do_not_change_the_answer(model, sample):
     """The network's answers before snapping: on the coarse sample (vertices up to ~5 mm apart
     at the jaw) snapping to the nearest vertex turns a tenth of a mm into a jump to the next
     vertex, which says nothing about the pose. Measured: median 0.27, mean 0.33 mm (the
-    previous model, without averaged runs: median 1.07 mm, hidden by that snapping)."""
+    previous model, a single run: median 1.07 mm projected onto the surface, which
+    nearest-vertex snapping had hidden)."""
     mesh, _ = sample
     rot = Rotation.from_euler("zyx", [130, -70, 35], degrees=True).as_matrix()
     shift = np.array([250.0, -40.0, 900.0])

@@ -50,7 +50,6 @@ def test_batches_are_jittered_only_when_asked():
     np.testing.assert_allclose(d_true, d_turned, rtol=1e-5)
 
 
-
 def test_near_starts_begin_by_the_truth_not_the_mean():
     """near_fraction of the starts are what a refinement pass sees: landmarks a few mm off
     the truth; the others start from the (jittered) mean shape."""
@@ -75,6 +74,8 @@ def test_near_starts_begin_by_the_truth_not_the_mean():
     mixed = start_error(0.5)
     assert 8 <= (mixed < 15.0).sum() <= 32  # about half of them
     assert merge_config(None)["jitter"]["near_fraction"] == 0.5
+
+
 def test_checkpoint_resumes_the_same_run_only(tmp_path):
     labels = ["a", "b", "c", "d", "e"]
     scans = _scans(8)

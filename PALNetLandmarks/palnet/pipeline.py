@@ -196,9 +196,10 @@ def predict_with_spread(tree: cKDTree, model: Model, init: np.ndarray, steps: in
     """The network's answer (L, 3) and, per landmark, how sure it is: one run from ``init``
     and ``samples`` more started from jittered points with slightly turned patches, as a
     slightly different alignment and sampling would give; the answer is their mean, the
-    spread (mm) their RMS distance from it. A single run moves by a mm or more when its
-    patch centres snap onto neighbouring samples; the mean is steadier and closer to the
-    truth. One batched pass; deterministic."""
+    spread (mm) their RMS distance from it. A single run can move by a mm or more when the
+    alignment moves by a few hundredths of a mm (its patch centres snap onto samples, and
+    which samples make up a patch changes in steps); the mean is steadier and closer to
+    the truth. One batched pass; deterministic."""
     rng = np.random.default_rng(0)
     k = max(0, int(samples))
     starts = np.concatenate([init[None], init + rng.normal(0, PERTURB_MM, (k,) + init.shape)])
