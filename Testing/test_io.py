@@ -8,7 +8,7 @@ import pytest
 from palnet.errors import PalnetError
 from palnet.io import (LANDMARK_FORMATS, MESH_EXTENSIONS, check_labels, describe, find_landmark_files,
                        find_scan_pairs, mesh_to_polydata, polydata_to_mesh, read_landmarks, read_mesh,
-                       scan_id_for, split_description, write_landmarks, write_mesh)
+                       read_triangle_ply, scan_id_for, split_description, write_landmarks, write_mesh)
 from palnet.types import Landmarks, Mesh
 
 
@@ -122,6 +122,87 @@ def test_write_mesh_replaces_existing_file(tmp_path, bumpy_mesh):
     write_mesh(bumpy_mesh, path)
     assert read_mesh(path).n_vertices == bumpy_mesh.n_vertices
     assert [p.name for p in tmp_path.iterdir()] == ["scan.ply"]
+
+
+def _binary_ply(order, vertex_props, vertices, faces=None, count="uchar", index="int", extra=""):
+    """A binary PLY: ``vertex_props`` [(type, name)] filled from ``vertices`` columns, then
+    faces (one vertex list each), then ``extra`` header text for elements with no data."""
+    types = {"float": "f4", "double": "f8", "uchar": "u1", "int": "i4", "uint": "u4", "short": "i2"}
+    lines = ["ply", "format binary_{}_endian 1.0".format(order), "element vertex {}".format(len(vertices))]
+    lines += ["property {} {}".format(t, n) for t, n in vertex_props]
+    end = "<" if order == "little" else ">"
+    rec = np.zeros(len(vertices), [(n, end + types[t]) for t, n in vertex_props])
+    for k, (_, n) in enumerate(vertex_props):
+        rec[n] = vertices[:, k]
+    body = rec.tobytes()
+    if faces is not None:
+        lines += ["element face {}".format(len(faces)), "property list {} {} vertex_indices".format(count, index)]
+        for f in faces:
+            body += np.array([len(f)], end + types[count]).tobytes() + np.array(f, end + types[index]).tobytes()
+    return ("\n".join(lines) + "\n" + extra + "end_header\n").encode() + body
+
+
+def _read_with_vtk(path):
+    from vtkmodules.vtkIOPLY import vtkPLYReader
+    reader = vtkPLYReader()
+    reader.SetFileName(str(path))
+    reader.Update()
+    return polydata_to_mesh(reader.GetOutput(), source=str(path))
+
+
+XYZ = [("float", "x"), ("float", "y"), ("float", "z")]
+PLY_LAYOUTS = {
+    "little_float": ("little", XYZ, {}),
+    "big_float": ("big", XYZ, {}),
+    "double": ("little", [("double", "x"), ("double", "y"), ("double", "z")], {}),
+    "normals_and_colours": ("little", XYZ + [("float", "nx"), ("float", "ny"), ("float", "nz"), ("uchar", "red"),
+                                            ("uchar", "green"), ("uchar", "blue")], {}),
+    "z_first_and_uint_indices": ("big", [("float", "z"), ("short", "flag"), ("float", "x"), ("float", "y")],
+                                 {"index": "uint"}),
+    "int_counts": ("little", XYZ, {"count": "int"}),
+    "quads": ("little", XYZ, {"quads": True}),  # read by VTK: its triangulation is the reference
+    "edges_after_faces": ("little", XYZ, {"extra": "element edge 0\nproperty int vertex1\nproperty int vertex2\n"}),
+    "point_cloud": ("little", XYZ, {"cloud": True}),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(PLY_LAYOUTS))
+def test_binary_ply_read_directly_matches_vtk(tmp_path, layout):
+    order, props, opt = PLY_LAYOUTS[layout]
+    rng = np.random.default_rng(3)
+    xyz = rng.normal(0, 50, (40, 3)) + 1e-5  # not exact in float32: rounding must match VTK's
+    columns = np.zeros((40, len(props)))
+    for k, (_, name) in enumerate(props):
+        columns[:, k] = xyz[:, "xyz".index(name)] if name in "xyz" else rng.integers(0, 200, 40)
+    faces = None if opt.get("cloud") else [list(rng.choice(40, 4 if opt.get("quads") else 3, replace=False))
+                                           for _ in range(30)]
+    path = tmp_path / "scan.ply"
+    path.write_bytes(_binary_ply(order, props, columns, faces, opt.get("count", "uchar"), opt.get("index", "int"),
+                                 opt.get("extra", "")))
+    mesh, reference = read_mesh(path), _read_with_vtk(path)
+    np.testing.assert_array_equal(mesh.vertices, reference.vertices)
+    np.testing.assert_array_equal(mesh.triangles, reference.triangles)
+    assert mesh.vertices.dtype == np.float64 and mesh.triangles.dtype == np.int64
+    assert (read_triangle_ply(str(path)) is None) == bool(opt.get("quads"))
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("index", "refers to vertex 10 but the mesh has only 4"),
+    ("nan", "NaN or infinite"),
+    ("none", "no points"),
+])
+def test_bad_binary_ply_gives_one_line(tmp_path, problem, message):
+    v = PLY_POINTS.astype(np.float64)
+    faces = [[0, 1, 9 if problem == "index" else 2]]
+    if problem == "nan":
+        v[1, 1] = np.nan
+    if problem == "none":
+        v, faces = v[:0], None
+    path = tmp_path / "bad.ply"
+    path.write_bytes(_binary_ply("little", XYZ, v, faces))
+    with pytest.raises(PalnetError, match=message) as excinfo:
+        read_mesh(path)
+    assert_one_line_error(excinfo, path)
 
 
 BAD_MESHES = {

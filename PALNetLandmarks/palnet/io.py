@@ -2,8 +2,10 @@
 
 Meshes go through VTK's readers and writers (the same ones 3D Slicer uses),
 so a file palnet reads is the surface Slicer shows, in the same frame: files
-without a coordinate-system header are LPS. Landmark files live in
-:mod:`palnet.landmark_io` and are re-exported here.
+without a coordinate-system header are LPS. The one exception is the commonest
+scan file, a binary PLY of triangles, which is read directly into the same
+numbers VTK's reader gives (VTK takes a fifth of a second just to import).
+Landmark files live in :mod:`palnet.landmark_io` and are re-exported here.
 """
 import contextlib
 import os
@@ -11,14 +13,6 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
-from vtkmodules.util import numpy_support
-from vtkmodules.vtkCommonCore import VTK_ID_TYPE, vtkObject, vtkPoints
-from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkPolyData
-from vtkmodules.vtkFiltersCore import vtkTriangleFilter
-from vtkmodules.vtkIOGeometry import vtkOBJReader, vtkOBJWriter, vtkSTLReader, vtkSTLWriter
-from vtkmodules.vtkIOLegacy import vtkDataWriter, vtkPolyDataReader, vtkPolyDataWriter
-from vtkmodules.vtkIOPLY import vtkPLYReader, vtkPLYWriter
-from vtkmodules.vtkIOXML import vtkXMLPolyDataReader, vtkXMLPolyDataWriter
 
 from .errors import PalnetError
 from .landmark_io import (LANDMARK_FORMATS, PathLike, atomic_write, check_labels, describe,  # noqa: F401
@@ -30,13 +24,27 @@ MESH_EXTENSIONS = (".ply", ".obj", ".stl", ".vtk", ".vtp")
 # File stems that name the content rather than the scan: the scan id is then the folder's name.
 GENERIC_STEMS = frozenset({"landmarks", "landmark", "lm", "scan", "mesh"})
 
-_READERS = {".ply": vtkPLYReader, ".obj": vtkOBJReader, ".stl": vtkSTLReader,
-            ".vtk": vtkPolyDataReader, ".vtp": vtkXMLPolyDataReader}
+
+
+def _reader(ext: str):
+    """VTK's reader for a mesh extension (VTK is imported on first use)."""
+    if ext == ".ply":
+        from vtkmodules.vtkIOPLY import vtkPLYReader as reader
+    elif ext == ".obj":
+        from vtkmodules.vtkIOGeometry import vtkOBJReader as reader
+    elif ext == ".stl":
+        from vtkmodules.vtkIOGeometry import vtkSTLReader as reader
+    elif ext == ".vtk":
+        from vtkmodules.vtkIOLegacy import vtkPolyDataReader as reader
+    else:
+        from vtkmodules.vtkIOXML import vtkXMLPolyDataReader as reader
+    return reader()
 
 
 @contextlib.contextmanager
 def _vtk_quiet() -> Iterator[None]:
     """Keep VTK's own error text off the console; the caller reports one line instead."""
+    from vtkmodules.vtkCommonCore import vtkObject
     previous = vtkObject.GetGlobalWarningDisplay()
     vtkObject.GlobalWarningDisplayOff()
     try:
@@ -46,12 +54,17 @@ def _vtk_quiet() -> Iterator[None]:
 
 
 def _id_array(values: np.ndarray):
+    from vtkmodules.util import numpy_support
+    from vtkmodules.vtkCommonCore import VTK_ID_TYPE
     return numpy_support.numpy_to_vtk(np.ascontiguousarray(values, dtype=np.int64), deep=True,
                                       array_type=VTK_ID_TYPE)
 
 
-def mesh_to_polydata(mesh: Mesh) -> vtkPolyData:
+def mesh_to_polydata(mesh: Mesh):
     """A vtkPolyData with the mesh's points (float64) and triangles (copies, no loops)."""
+    from vtkmodules.util import numpy_support
+    from vtkmodules.vtkCommonCore import vtkPoints
+    from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkPolyData
     polydata = vtkPolyData()
     points = vtkPoints()
     points.SetData(numpy_support.numpy_to_vtk(np.ascontiguousarray(mesh.vertices, dtype=np.float64), deep=True))
@@ -83,26 +96,37 @@ def _merge_identical_points(vertices: np.ndarray, triangles: np.ndarray) -> Tupl
     return vertices[keep], tris[proper]
 
 
-def polydata_to_mesh(polydata: vtkPolyData, units: str = "mm", source: Optional[str] = None,
+def _check_vertices(vertices: np.ndarray, source: Optional[str]) -> None:
+    if len(vertices) == 0:
+        raise PalnetError("the mesh contains no points", source)
+    if not np.isfinite(vertices).all():
+        raise PalnetError("the mesh has NaN or infinite vertex coordinates", source)
+
+
+def _check_face_ids(ids: np.ndarray, n_points: int, source: Optional[str]) -> None:
+    if ids.size and (ids.min() < 0 or ids.max() >= n_points):
+        raise PalnetError("a face refers to vertex {} but the mesh has only {} vertices".format(
+            int(ids.max()) + 1, n_points), source)
+
+
+def polydata_to_mesh(polydata, units: str = "mm", source: Optional[str] = None,
                      merge_identical_points: bool = False) -> Mesh:
     """A Mesh from any vtkPolyData: polygons and strips triangulated, lines and vertices dropped.
 
     Raises PalnetError (naming ``source``) for no points, NaN/Inf coordinates or
     cells that point past the last point.
     """
+    from vtkmodules.util import numpy_support
+    from vtkmodules.vtkFiltersCore import vtkTriangleFilter
     n_points = polydata.GetNumberOfPoints()
     if n_points == 0 or polydata.GetPoints() is None:
         raise PalnetError("the mesh contains no points", source)
     vertices = numpy_support.vtk_to_numpy(polydata.GetPoints().GetData()).astype(np.float64).reshape(-1, 3)
-    if not np.isfinite(vertices).all():
-        raise PalnetError("the mesh has NaN or infinite vertex coordinates", source)
+    _check_vertices(vertices, source)
     for cells in (polydata.GetPolys(), polydata.GetStrips()):
         if cells is not None and cells.GetNumberOfCells():
-            ids = numpy_support.vtk_to_numpy(cells.GetConnectivityArray())
             # Checked before triangulating: the filter would read past the point array.
-            if ids.size and (ids.min() < 0 or ids.max() >= n_points):
-                raise PalnetError("a face refers to vertex {} but the mesh has only {} vertices".format(
-                    int(ids.max()) + 1, n_points), source)
+            _check_face_ids(numpy_support.vtk_to_numpy(cells.GetConnectivityArray()), n_points, source)
     triangles = np.zeros((0, 3), dtype=np.int64)
     if polydata.GetNumberOfPolys() or polydata.GetNumberOfStrips():
         polys = polydata.GetPolys()
@@ -188,6 +212,66 @@ def check_ply(name: str) -> None:
                     lines, need), name)
 
 
+_PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
+              "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
+              "float": "f4", "float32": "f4", "double": "f8", "float64": "f8"}
+
+
+def read_triangle_ply(name: str) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """(vertices, triangles) of a binary PLY laid out the common way, read directly; None for
+    any other layout (ASCII, polygons other than triangles, faces with more than their
+    vertex list, elements before the vertices), which VTK's reader then reads.
+
+    The result is what VTK's reader gives: coordinates rounded to float32 (as VTK stores
+    them), vertices in file order, each face's vertex list as written.
+    """
+    with open(name, "rb") as f:
+        data = f.read()
+    end = data.find(b"end_header", 0, 65536)
+    body = data.find(b"\n", end) + 1 if end >= 0 else 0
+    if not data.startswith(b"ply") or body == 0:
+        return None
+    fmt, elements = "", []  # [name, count, [(type or list types, property name)]]
+    for line in data[:end].decode("ascii", "replace").splitlines():
+        words = line.split()
+        if words[:1] == ["format"] and len(words) >= 2:
+            fmt = words[1]
+        elif words[:1] == ["element"] and len(words) == 3 and words[2].isdigit():
+            elements.append([words[1], int(words[2]), []])
+        elif words[:1] == ["property"] and elements:
+            elements[-1][2].append((tuple(words[1:-1]), words[-1]))
+    order = {"binary_little_endian": "<", "binary_big_endian": ">"}.get(fmt)
+    if order is None or not elements or elements[0][0] != "vertex":
+        return None
+    n_vertices, vertex_props = elements[0][1], elements[0][2]
+    if any(len(t) != 1 or t[0] not in _PLY_TYPES for t, _ in vertex_props) or \
+            not {"x", "y", "z"} <= {p for _, p in vertex_props}:
+        return None
+    vertex_type = np.dtype([(p, order + _PLY_TYPES[t[0]]) for t, p in vertex_props])
+    start = body + n_vertices * vertex_type.itemsize
+    if start > len(data):
+        return None
+    records = np.frombuffer(data, vertex_type, n_vertices, body)
+    vertices = np.stack([records[c] for c in "xyz"], axis=1).astype(np.float32).astype(np.float64)
+    triangles = np.zeros((0, 3), np.int64)
+    if len(elements) > 1:  # elements after the faces (edges, materials) do not matter
+        face_name, n_faces, face_props = elements[1]
+        if face_name != "face" or len(face_props) != 1:
+            return None
+        (kind, *types), prop = face_props[0]
+        if kind != "list" or len(types) != 2 or prop not in ("vertex_indices", "vertex_index") or \
+                not all(t in _PLY_TYPES and _PLY_TYPES[t][0] in "iu" for t in types):
+            return None
+        face_type = np.dtype([("n", order + _PLY_TYPES[types[0]]), ("i", order + _PLY_TYPES[types[1]], (3,))])
+        if start + n_faces * face_type.itemsize > len(data):
+            return None
+        faces = np.frombuffer(data, face_type, n_faces, start)
+        if np.any(faces["n"] != 3):  # polygons of other sizes: the records are not all alike
+            return None
+        triangles = faces["i"].astype(np.int64)
+    return vertices, triangles
+
+
 def read_mesh(path: PathLike, units: str = "mm") -> Mesh:
     """Read a surface (.ply, .obj, .stl, .vtk, .vtp) as a triangle Mesh in the file's (LPS) frame.
 
@@ -205,7 +289,13 @@ def read_mesh(path: PathLike, units: str = "mm") -> Mesh:
         raise PalnetError("the file is empty", name)
     if ext == ".ply":
         check_ply(name)
-    reader = _READERS[ext]()
+        direct = read_triangle_ply(name)
+        if direct is not None:
+            vertices, triangles = direct
+            _check_vertices(vertices, name)
+            _check_face_ids(triangles, len(vertices), name)
+            return Mesh(vertices, triangles, units, name)
+    reader = _reader(ext)
     reader.SetFileName(name)
     with _vtk_quiet():
         ok = reader.GetExecutive().Update()
@@ -220,6 +310,10 @@ def write_mesh(mesh: Mesh, path: PathLike) -> Path:
     No coordinate-system header is written, so Slicer reads the file as LPS.
     PLY and STL store float32 coordinates; the others keep float64.
     """
+    from vtkmodules.vtkIOGeometry import vtkOBJWriter, vtkSTLWriter
+    from vtkmodules.vtkIOLegacy import vtkDataWriter, vtkPolyDataWriter
+    from vtkmodules.vtkIOPLY import vtkPLYWriter
+    from vtkmodules.vtkIOXML import vtkXMLPolyDataWriter
     ext = mesh_extension(path)
     if ext == ".stl" and mesh.n_triangles == 0:
         raise PalnetError("cannot write a point cloud (no triangles) as STL", path)
