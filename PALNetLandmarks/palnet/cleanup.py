@@ -106,7 +106,11 @@ def find_fragments(mesh: Mesh, gap: float = FRAGMENT_GAP_MM, fraction: float = F
     if not small.any():
         return np.zeros(n, bool)
     candidates = small[label]
-    d = cKDTree(mesh.vertices[label == main]).query(mesh.vertices[candidates], distance_upper_bound=gap)[0]
+    cand = mesh.vertices[candidates]
+    # Only the largest piece's vertices within ``gap`` of the candidates' bounding box can be near them.
+    body = mesh.vertices[label == main]
+    body = body[((body >= cand.min(axis=0) - gap) & (body <= cand.max(axis=0) + gap)).all(axis=1)]
+    d = cKDTree(body).query(cand, distance_upper_bound=gap)[0] if len(body) else np.full(len(cand), np.inf)
     near = np.zeros(count, bool)
     near[np.unique(label[candidates][np.isfinite(d)])] = True
     return (small & ~near)[label]

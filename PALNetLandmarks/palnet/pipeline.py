@@ -250,11 +250,12 @@ def predict(mesh: Mesh, model: Model, snap: str = "nearest", units: str = "auto"
 
     to_file = unit_scale("mm", prep.units)
     pts = prep.alignment.to_scan(centres) * to_file
-    pts = snap_to_surface(prep.clean, pts, snap) if snap != "none" else pts
+    vertex_tree = cKDTree(prep.clean.vertices)  # one search tree for both snaps
+    pts = snap_to_surface(prep.clean, pts, snap, tree=vertex_tree) if snap != "none" else pts
     labels = list(model.metadata["protocol"]["labels"])
     status, message = scan_status(prep.alignment, mesh.n_vertices)
-    initial = Landmarks(labels, snap_to_surface(prep.clean, prep.alignment.to_scan(init) * to_file, "nearest"),
-                        units=prep.units)
+    initial = Landmarks(labels, snap_to_surface(prep.clean, prep.alignment.to_scan(init) * to_file, "nearest",
+                                                tree=vertex_tree), units=prep.units)
     conf = landmark_confidence(spread, model)
     names = _landmark_names(model)
     descriptions = [describe(names.get(lab, lab), c) for lab, c in zip(labels, conf)]
