@@ -215,10 +215,12 @@ def calibrate_confidence(spread_mm: np.ndarray, error_mm: np.ndarray, bins: int 
     fraction of landmarks within 2 mm of the truth in each spread quantile, made
     non-increasing so that a larger spread never means more confidence."""
     spread_mm, error_mm = np.ravel(spread_mm), np.ravel(error_mm)
+    bins = max(1, min(bins, spread_mm.size))
     edges = np.quantile(spread_mm, np.linspace(0, 1, bins + 1))
     which = np.clip(np.searchsorted(edges, spread_mm, side="right") - 1, 0, bins - 1)
-    centres = np.array([np.median(spread_mm[which == b]) for b in range(bins)])
-    p = np.array([np.mean(error_mm[which == b] <= 2.0) for b in range(bins)])
+    used = [b for b in range(bins) if np.any(which == b)]  # tied spreads can leave a bin empty
+    centres = np.array([np.median(spread_mm[which == b]) for b in used])
+    p = np.array([np.mean(error_mm[which == b] <= 2.0) for b in used])
     p = np.minimum.accumulate(p)
     return {"spread_mm": [round(float(x), 4) for x in centres], "p_within_2mm": [round(float(x), 4) for x in p],
             "n": int(spread_mm.size)}
