@@ -97,3 +97,44 @@ def test_misaligned_scans_are_left_out():
     scans[3] = TrainingScan("flipped", scans[3].samples, -scans[3].truth + 200, 6.0)
     kept, dropped = drop_misaligned(scans)
     assert dropped == ["flipped"] and len(kept) == 9
+
+
+def test_final_validation_scores_what_predict_answers():
+    """The report's validation is the error of the answers palnet predict gives (the mean of
+    the perturbed runs), not of the single run each epoch is judged by."""
+    from scipy.spatial import cKDTree
+    from palnet.metrics import pointwise_errors
+    from palnet.pipeline import predict_with_spread, run_network
+    from palnet.train import evaluate_scans, validate
+    scans = _scans(6)
+    cfg = _cfg(1)
+    model = fit(scans[:4], scans[4:], list("abcde"), np.zeros((10, 3)), cfg, {}, log=lambda line: None)
+    trees = [cKDTree(s.samples) for s in scans[4:]]
+    mean = np.asarray(model.metadata["mean_landmarks"])
+    scale, steps = cfg["patch"]["scale_mm"], cfg["refine_steps"]
+    truths = np.stack([s.truth for s in scans[4:]])
+    starts = [initial for initial in (t.data[t.query(mean)[1]] for t in trees)]
+    answers = np.stack([predict_with_spread(t, model, x, steps, scale)[0] for t, x in zip(trees, starts)])
+    single = np.stack([run_network(t, model, x[None], steps, scale)[0] for t, x in zip(trees, starts)])
+    assert not np.allclose(answers, single)
+    errors, table = validate(model, scans[4:], trees, mean, cfg)
+    assert errors["pointwise_mm"] == pytest.approx(pointwise_errors(answers, truths).mean())
+    assert evaluate_scans(model, scans[4:], trees, mean, cfg, steps)["pointwise_mm"] == \
+        pytest.approx(pointwise_errors(single, truths).mean())
+    assert table["n"] == 2 * 5 and len(table["spread_mm"]) == len(table["p_within_2mm"])
+    assert np.isfinite(table["spread_mm"]).all() and np.isfinite(table["p_within_2mm"]).all()
+
+
+def test_confidence_table_from_few_or_tied_spreads_has_no_gaps():
+    """Fewer landmarks than bins (a small protocol, two validation scans) or tied spreads used
+    to leave empty bins, whose NaN then made every confidence NaN."""
+    from palnet.pipeline import calibrate_confidence
+    for spread in (np.linspace(0.1, 1.0, 10), np.r_[np.zeros(30), np.linspace(0.5, 3.0, 20)]):
+        error = spread * 2.5
+        table = calibrate_confidence(spread, error)
+        assert np.isfinite(table["spread_mm"]).all() and np.isfinite(table["p_within_2mm"]).all()
+        assert np.all(np.diff(table["p_within_2mm"]) <= 0) and table["p_within_2mm"][0] == 1.0
+    rng = np.random.default_rng(0)
+    spread = rng.gamma(2.0, 0.5, 5000)
+    table = calibrate_confidence(spread, spread * rng.uniform(0.5, 2.0, 5000))
+    assert len(table["spread_mm"]) == 12  # plenty of distinct spreads: every bin is used

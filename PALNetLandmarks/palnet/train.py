@@ -124,34 +124,38 @@ def _loss(torch, pred, truth, weights):
     return weights[0] * point + weights[1] * dist, point, dist
 
 
-def evaluate_scans(model: Model, scans: List[TrainingScan], trees: List[cKDTree], mean: np.ndarray,
-                   cfg: dict, steps: int) -> Dict[str, float]:
-    """Point-wise and distance-wise error (mm) on scans, predicting exactly as palnet predict does."""
+def _errors(preds: np.ndarray, truths: np.ndarray) -> Dict[str, float]:
     from .metrics import distancewise_errors, pointwise_errors
-    scale, size = cfg["patch"]["scale_mm"], cfg["network"]["patch_size"]
-    preds, truths = [], []
-    for s, tree in zip(scans, trees):
-        c = initial_approximation(tree, mean)
-        for _ in range(steps):
-            p, c = extract_patches(tree, c, size, scale)
-            c = c + model.forward(p).astype(np.float64) * scale
-        preds.append(c)
-        truths.append(s.truth)
-    preds, truths = np.stack(preds), np.stack(truths)
     return {"pointwise_mm": float(np.mean(pointwise_errors(preds, truths))),
             "distancewise_mm": float(np.mean(distancewise_errors(preds, truths)))}
 
 
-def calibrate_on(model: Model, scans: List[TrainingScan], trees: List[cKDTree], mean: np.ndarray, cfg: dict) -> dict:
-    """Confidence table from scans the network did not train on (see pipeline.calibrate_confidence)."""
+def evaluate_scans(model: Model, scans: List[TrainingScan], trees: List[cKDTree], mean: np.ndarray,
+                   cfg: dict, steps: int) -> Dict[str, float]:
+    """Point-wise and distance-wise error (mm) of one run per scan from the initial
+    approximation: the quick figure each epoch is judged by. palnet predict answers with the
+    mean of several perturbed runs, which :func:`validate` scores."""
+    from .pipeline import run_network
+    scale = cfg["patch"]["scale_mm"]
+    preds = [run_network(tree, model, initial_approximation(tree, mean)[None], steps, scale)[0]
+             for tree in trees]
+    return _errors(np.stack(preds), np.stack([s.truth for s in scans]))
+
+
+def validate(model: Model, scans: List[TrainingScan], trees: List[cKDTree], mean: np.ndarray, cfg: dict):
+    """Scores of the answers palnet predict gives on scans the network did not train on (the
+    mean of the perturbed runs), and the confidence table calibrated from their spread (see
+    pipeline.calibrate_confidence): (errors, table)."""
     from .pipeline import calibrate_confidence, predict_with_spread
-    spreads, errors = [], []
-    for s, tree in zip(scans, trees):
+    answers, spreads = [], []
+    for tree in trees:
         answer, spread = predict_with_spread(tree, model, initial_approximation(tree, mean),
                                              cfg["refine_steps"], cfg["patch"]["scale_mm"])
+        answers.append(answer)
         spreads.append(spread)
-        errors.append(np.linalg.norm(answer - s.truth, axis=1))
-    return calibrate_confidence(np.concatenate(spreads), np.concatenate(errors))
+    answers, truths = np.stack(answers), np.stack([s.truth for s in scans])
+    table = calibrate_confidence(np.concatenate(spreads), np.linalg.norm(answers - truths, axis=2).ravel())
+    return _errors(answers, truths), table
 
 
 def _export(net, cfg_net: NetworkConfig, metadata: dict) -> Model:
@@ -260,8 +264,8 @@ def cross_validate(scans: List[TrainingScan], groups: List[List[int]], order: np
         history = model.metadata["training_history"]
         best_epoch = min(history, key=lambda r: r["val_pointwise_mm"])["epoch"]
         vt = [cKDTree(s.samples) for s in val]
-        rows.append(dict(evaluate_scans(model, val, vt, np.asarray(model.metadata["mean_landmarks"]), cfg,
-                                        cfg["refine_steps"]), fold=k + 1, best_epoch=best_epoch, n_val=len(val)))
+        errors = validate(model, val, vt, np.asarray(model.metadata["mean_landmarks"]), cfg)[0]
+        rows.append(dict(errors, fold=k + 1, best_epoch=best_epoch, n_val=len(val)))
     result = {"folds": rows, "median_best_epoch": int(np.median([r["best_epoch"] for r in rows]))}
     for key in ("pointwise_mm", "distancewise_mm"):
         result[key + "_mean"] = float(np.mean([r[key] for r in rows]))
@@ -338,10 +342,10 @@ def train(data_dir, output, config: Optional[dict] = None, epochs: Optional[int]
     report.update(n_train=len(tr), n_val=len(val))
     if val:
         vt = [cKDTree(s.samples) for s in val]
-        report["validation"] = evaluate_scans(model, val, vt, mean, cfg, cfg["refine_steps"])
+        report["validation"], model.metadata["confidence"] = validate(model, val, vt, mean, cfg)
         model.metadata["accuracy"] = {"validation": report["validation"], "n": len(val)}
-        model.metadata["confidence"] = calibrate_on(model, val, vt, mean, cfg)
-        log("validation: point-wise {pointwise_mm:.3f} mm, distance-wise {distancewise_mm:.3f} mm".format(**report["validation"]))
+        log("validation: point-wise {pointwise_mm:.3f} mm, distance-wise {distancewise_mm:.3f} mm (answers as palnet "
+            "predict gives them; the epochs above score one run per scan)".format(**report["validation"]))
     save_model(output, model, half=half)
     checkpoint = Path(str(output) + ".ckpt")
     if checkpoint.exists():
