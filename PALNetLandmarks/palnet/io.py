@@ -25,7 +25,6 @@ MESH_EXTENSIONS = (".ply", ".obj", ".stl", ".vtk", ".vtp")
 GENERIC_STEMS = frozenset({"landmarks", "landmark", "lm", "scan", "mesh"})
 
 
-
 def _reader(ext: str):
     """VTK's reader for a mesh extension (VTK is imported on first use)."""
     if ext == ".ply":
@@ -155,8 +154,10 @@ def mesh_extension(path: PathLike) -> str:
     return ext
 
 
-_PLY_SIZES = {"char": 1, "int8": 1, "uchar": 1, "uint8": 1, "short": 2, "int16": 2, "ushort": 2, "uint16": 2,
-              "int": 4, "int32": 4, "uint": 4, "uint32": 4, "float": 4, "float32": 4, "double": 8, "float64": 8}
+_PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
+              "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
+              "float": "f4", "float32": "f4", "double": "f8", "float64": "f8"}
+_PLY_SIZES = {name: np.dtype(code).itemsize for name, code in _PLY_TYPES.items()}
 
 
 def check_ply(name: str) -> None:
@@ -212,11 +213,6 @@ def check_ply(name: str) -> None:
                     lines, need), name)
 
 
-_PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
-              "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
-              "float": "f4", "float32": "f4", "double": "f8", "float64": "f8"}
-
-
 def read_triangle_ply(name: str) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     """(vertices, triangles) of a binary PLY laid out the common way, read directly; None for
     any other layout (ASCII, polygons other than triangles, faces with more than their
@@ -226,11 +222,12 @@ def read_triangle_ply(name: str) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     them), vertices in file order, each face's vertex list as written.
     """
     with open(name, "rb") as f:
-        data = f.read()
-    end = data.find(b"end_header", 0, 65536)
-    body = data.find(b"\n", end) + 1 if end >= 0 else 0
-    if not data.startswith(b"ply") or body == 0:
-        return None
+        data = f.read(65536)
+        end = data.find(b"end_header")
+        body = data.find(b"\n", end) + 1 if end >= 0 else 0
+        if not data.startswith(b"ply") or body == 0 or b"format binary_" not in data[:end]:
+            return None
+        data += f.read()
     fmt, elements = "", []  # [name, count, [(type or list types, property name)]]
     for line in data[:end].decode("ascii", "replace").splitlines():
         words = line.split()
