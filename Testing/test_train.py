@@ -104,6 +104,7 @@ def test_final_validation_scores_what_predict_answers():
     the perturbed runs), not of the single run each epoch is judged by."""
     from scipy.spatial import cKDTree
     from palnet.metrics import pointwise_errors
+    from palnet.patches import initial_approximation
     from palnet.pipeline import predict_with_spread, run_network
     from palnet.train import evaluate_scans, validate
     scans = _scans(6)
@@ -113,7 +114,7 @@ def test_final_validation_scores_what_predict_answers():
     mean = np.asarray(model.metadata["mean_landmarks"])
     scale, steps = cfg["patch"]["scale_mm"], cfg["refine_steps"]
     truths = np.stack([s.truth for s in scans[4:]])
-    starts = [initial for initial in (t.data[t.query(mean)[1]] for t in trees)]
+    starts = [initial_approximation(t, mean) for t in trees]
     answers = np.stack([predict_with_spread(t, model, x, steps, scale)[0] for t, x in zip(trees, starts)])
     single = np.stack([run_network(t, model, x[None], steps, scale)[0] for t, x in zip(trees, starts)])
     assert not np.allclose(answers, single)
