@@ -160,6 +160,29 @@ _PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short":
 _PLY_SIZES = {name: np.dtype(code).itemsize for name, code in _PLY_TYPES.items()}
 
 
+def _ply_header(head: bytes, name: str):
+    """(format, elements, offset of the body) of a PLY file whose first bytes are ``head``;
+    elements are [name, count, [(types, property name)]], types ("float",) or ("list",
+    "uchar", "int"). None when ``head`` is not a PLY header; the offset is 0 when nothing
+    follows the header."""
+    end = head.find(b"end_header")
+    if not head.startswith(b"ply") or end < 0:
+        return None
+    fmt, elements = "", []
+    for line in head[:end].decode("ascii", "replace").splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] == "format":
+            fmt = words[1]
+        elif len(words) == 3 and words[0] == "element":
+            try:
+                elements.append([words[1], int(words[2]), []])
+            except ValueError:
+                raise PalnetError("damaged PLY header: {!r}".format(line.strip()), name) from None
+        elif words[:1] == ["property"] and elements:
+            elements[-1][2].append((tuple(words[1:-1]), words[-1]))
+    return fmt, elements, head.find(b"\n", end) + 1
+
+
 def check_ply(name: str) -> None:
     """Refuse a PLY file whose body is shorter than its header announces.
 
@@ -169,38 +192,29 @@ def check_ply(name: str) -> None:
     and at least a triangle's worth of every face record.
     """
     with open(name, "rb") as f:
-        head = f.read(65536)
-        end = head.find(b"end_header")
-        if not head.startswith(b"ply") or end < 0:
+        header = _ply_header(f.read(65536), name)
+        if header is None:
             return  # not a PLY header: VTK's own error names the problem
-        body_start = head.find(b"\n", end) + 1
+        fmt, elements, body_start = header
         if body_start == 0:
             raise PalnetError("the file is cut off: nothing after the PLY header", name)
-        fmt, elements = "", []  # (name, count, fixed bytes, minimum list bytes)
-        for line in head[:end].decode("ascii", "replace").splitlines():
-            words = line.split()
-            if len(words) >= 2 and words[0] == "format":
-                fmt = words[1]
-            elif len(words) == 3 and words[0] == "element":
-                try:
-                    elements.append([words[1], int(words[2]), 0, 0])
-                except ValueError:
-                    raise PalnetError("damaged PLY header: {!r}".format(line.strip()), name) from None
-            elif words[:1] == ["property"] and elements:
-                el = elements[-1]
-                if len(words) == 5 and words[1] == "list":
-                    items = 3 if el[0] == "face" else 0
-                    el[3] += _PLY_SIZES.get(words[2], 1) + items * _PLY_SIZES.get(words[3], 4)
-                elif len(words) == 3:
-                    el[2] += _PLY_SIZES.get(words[1], 4)
         size = os.path.getsize(name) - body_start
         if fmt.startswith("binary"):
-            need = sum(count * (fixed + lists) for _, count, fixed, lists in elements)
+            need = 0
+            for element, count, props in elements:
+                record = 0  # fixed bytes, and at least a triangle's worth of a face's vertex list
+                for types, _ in props:
+                    if len(types) == 3 and types[0] == "list":
+                        items = 3 if element == "face" else 0
+                        record += _PLY_SIZES.get(types[1], 1) + items * _PLY_SIZES.get(types[2], 4)
+                    elif len(types) == 1:
+                        record += _PLY_SIZES.get(types[0], 4)
+                need += count * record
             if size < need:
                 raise PalnetError("the file is cut off: {} bytes of data where its header announces at least {}".format(
                     size, need), name)
         elif fmt == "ascii":
-            need = sum(count for _, count, _, _ in elements)
+            need = sum(count for _, count, _ in elements)
             f.seek(body_start)
             lines = 0
             for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -223,22 +237,13 @@ def read_triangle_ply(name: str) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     """
     with open(name, "rb") as f:
         data = f.read(65536)
-        end = data.find(b"end_header")
-        body = data.find(b"\n", end) + 1 if end >= 0 else 0
-        if not data.startswith(b"ply") or body == 0 or b"format binary_" not in data[:end]:
+        header = _ply_header(data, name)
+        if header is None or header[2] == 0 or not header[0].startswith("binary_"):
             return None
         data += f.read()
-    fmt, elements = "", []  # [name, count, [(type or list types, property name)]]
-    for line in data[:end].decode("ascii", "replace").splitlines():
-        words = line.split()
-        if words[:1] == ["format"] and len(words) >= 2:
-            fmt = words[1]
-        elif words[:1] == ["element"] and len(words) == 3 and words[2].isdigit():
-            elements.append([words[1], int(words[2]), []])
-        elif words[:1] == ["property"] and elements:
-            elements[-1][2].append((tuple(words[1:-1]), words[-1]))
+    fmt, elements, body = header
     order = {"binary_little_endian": "<", "binary_big_endian": ">"}.get(fmt)
-    if order is None or not elements or elements[0][0] != "vertex":
+    if order is None or not elements or elements[0][0] != "vertex" or any(e[1] < 0 for e in elements):
         return None
     n_vertices, vertex_props = elements[0][1], elements[0][2]
     if any(len(t) != 1 or t[0] not in _PLY_TYPES for t, _ in vertex_props) or \
