@@ -4,7 +4,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from palnet import PalnetError
-from palnet.align import Alignment, align_scan, detect_units, rotation_grid, surface_points
+from palnet.align import Alignment, align_scan, detect_units, rotation_grid, rotvec_matrix, surface_points
 from palnet.resources import face_template_path
 
 
@@ -132,3 +132,10 @@ def test_detect_units(ict, units, factor):
 def test_too_few_points_is_a_clear_error(template):
     with pytest.raises(PalnetError):
         align_scan(np.zeros((3, 3)), template[0])
+
+
+def test_rotvec_matrix_is_scipys_rotation():
+    rng = np.random.default_rng(0)
+    for scale in (0.0, 1e-12, 1e-8, 1e-5, 1e-2, 1.0, 3.0):
+        for omega in rng.normal(size=(20, 3)) * scale:
+            assert np.allclose(rotvec_matrix(omega), Rotation.from_rotvec(omega).as_matrix(), rtol=0, atol=1e-14)

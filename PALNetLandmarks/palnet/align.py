@@ -172,6 +172,16 @@ def template_normals(template: np.ndarray, k: int = 12) -> np.ndarray:
 _NORMALS_CACHE: dict = {}
 
 
+def rotvec_matrix(omega: np.ndarray) -> np.ndarray:
+    """The rotation by |omega| radians about omega (Rodrigues' formula): what
+    ``Rotation.from_rotvec(omega).as_matrix()`` gives, for one vector, without its overhead."""
+    theta = float(np.sqrt(omega @ omega))
+    k = np.array([[0.0, -omega[2], omega[1]], [omega[2], 0.0, -omega[0]], [-omega[1], omega[0], 0.0]])
+    if theta < 1e-8:  # sin(theta)/theta -> 1, (1 - cos(theta))/theta^2 -> 1/2
+        return np.eye(3) + k + 0.5 * (k @ k)
+    return np.eye(3) + (np.sin(theta) / theta) * k + ((1.0 - np.cos(theta)) / theta ** 2) * (k @ k)
+
+
 def _fit_plane(tree: cKDTree, template: np.ndarray, normals: np.ndarray, modes: Optional[np.ndarray],
                rot: np.ndarray, t: np.ndarray, iters: int, sigma: float, ridge: float = SHAPE_RIDGE,
                stop: tuple = FINAL_STOP):
@@ -196,7 +206,7 @@ def _fit_plane(tree: cKDTree, template: np.ndarray, normals: np.ndarray, modes: 
         # Linearised: turn by omega about the centre, shift by dt, change the shape by dcoef.
         cols = [np.cross(turned - centre, nrm), nrm]
         if k:
-            cols.append(np.einsum("ni,ij,njk->nk", nrm, rot, m))
+            cols.append(np.einsum("nj,njk->nk", nrm @ rot, m))  # the normal along each mode, per point
         a = np.concatenate(cols, axis=1)
         lhs = (a * w[:, None]).T @ a + 1e-9 * np.eye(a.shape[1])
         rhs = -(a * w[:, None]).T @ res
@@ -204,7 +214,7 @@ def _fit_plane(tree: cKDTree, template: np.ndarray, normals: np.ndarray, modes: 
             lhs[6:, 6:] += ridge * np.eye(k)
             rhs[6:] -= ridge * coef
         x = np.linalg.solve(lhs, rhs)
-        turn = Rotation.from_rotvec(x[:3]).as_matrix()
+        turn = rotvec_matrix(x[:3])
         rot = turn @ rot
         t = t + centre - turn @ centre + x[3:6]
         coef = coef + x[6:]
