@@ -95,6 +95,47 @@ def test_pose_and_units_do_not_change_the_answer(model, sample):
     assert np.median(diff) < 0.3 and diff.mean() < 0.4, (np.median(diff), diff.mean())
 
 
+def test_a_doubtful_fit_is_searched_again_more_widely(model, sample, monkeypatch):
+    """The fast search's fit is kept when it is fine; when it is doubtful the wider search
+    runs too and the better of the two fits is kept."""
+    from palnet import align, pipeline
+    template, _, _, _ = pipeline.model_arrays(model)
+    modes = pipeline.template_modes(template)
+    calls = []
+    real = align.align_scan
+
+    def recorded(*args, **kwargs):
+        effort = kwargs.get("effort", align.FAST)
+        result = real(*args, **kwargs)
+        if spoil and effort is align.FAST:  # as if the fast search had fitted the back of the head
+            result = align.Alignment(result.rotation, result.translation, rms_mm=5.0, inlier_fraction=0.7)
+        calls.append((effort, result))
+        return result
+
+    monkeypatch.setattr(pipeline, "align_scan", recorded)
+    spoil = False
+    kept = pipeline.to_canonical_frame(sample[0], template, "auto", modes).alignment
+    assert [c[0] for c in calls] == [align.FAST] and kept is calls[0][1]
+    calls.clear()
+    spoil = True
+    kept = pipeline.to_canonical_frame(sample[0], template, "auto", modes).alignment
+    assert [c[0] for c in calls] == [align.FAST, align.THOROUGH] and kept is calls[1][1]
+    assert pipeline.scan_status(kept, sample[0].n_vertices)[0] == "ok"
+
+
+def test_a_face_the_fast_search_misses_is_found(model, ict_path):
+    """Held-out seed 1465 as scanned: the fast search fitted the face template to the back of
+    the head (template fit 4.8 mm RMS, the landmarks 140 mm off); the wider search finds the face."""
+    from palnet import pipeline
+    from palnet.synth import generate_scan, load_ict
+    mesh, truth, _ = generate_scan(1465, load_ict(ict_path))
+    template, mean, _, _ = pipeline.model_arrays(model)
+    c = pipeline.to_canonical_frame(mesh, template, "auto", pipeline.template_modes(template))
+    assert pipeline.scan_status(c.alignment, mesh.n_vertices)[0] == "ok"
+    aligned = c.alignment.to_canonical(truth.select(model.metadata["protocol"]["labels"]).points)
+    assert np.linalg.norm(aligned - mean, axis=1).mean() < 15.0  # this face's own shape: about 5 mm
+
+
 def test_any_pose_shoulders_and_spikes_give_the_same_answer(model, ict_path):
     """One row of the robustness matrix (tools/bench_robust.py runs all of it on 500 heads):
     a head-and-shoulders scan with spikes, in cm and any pose, turned into yet another pose

@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import PalnetError
 
-CACHE_VERSION = 10  # bump when alignment or sampling changes what a scan preprocesses to
+CACHE_VERSION = 11  # bump when alignment or sampling changes what a scan preprocesses to
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import NamedTuple, Optional, Tuple
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .align import Alignment, align_scan, detect_units
+from .align import THOROUGH, Alignment, align_scan, detect_units
 from .cleanup import FRAGMENT_GAP_MM, MIN_SPIKE_MM, find_fragments, remove_spikes, remove_vertices
 from .errors import PalnetError
 from .modelfile import Model
@@ -156,6 +156,10 @@ def to_canonical_frame(mesh: Mesh, template: np.ndarray, units: str = "auto",
             clean = remove_vertices(clean, loose)
         mm = clean.vertices * to_mm
         alignment = align_scan(mm, template, modes=modes, triangles=clean.triangles)
+        if scan_status(alignment, clean.n_vertices)[0] != "ok":  # rare: search wider, keep the better fit
+            again = align_scan(mm, template, modes=modes, triangles=clean.triangles, effort=THOROUGH)
+            if again.rms_mm < alignment.rms_mm:
+                alignment = again
     except PalnetError as exc:  # name the scan
         raise PalnetError(exc.message, exc.path or mesh.source) from None
     return Canonical(units, alignment, Mesh(alignment.to_canonical(mm), clean.triangles, "mm", mesh.source),
