@@ -247,7 +247,8 @@ def rotation_grid(n_directions: int = 120, n_rolls: int = 18) -> np.ndarray:
 
 def _shift_only(tree: cKDTree, template: np.ndarray, rot: np.ndarray, t: np.ndarray, iters: int, keep: float,
                 eps: float = 0.0):
-    """Translation-only trimmed ICP for many fixed orientations at once; returns (t, trimmed rms)."""
+    """Translation-only trimmed ICP for many fixed orientations at once; returns (t, trimmed rms),
+    both with approximate closest points when ``eps`` > 0."""
     turned = np.einsum("bij,nj->bni", rot, template)
     for it in range(iters + 1):
         moved = turned + t[:, None]
@@ -338,12 +339,12 @@ class SearchEffort:
 
 
 # Every scan is first aligned with FAST. A fit that ends doubtful (pipeline.scan_status not
-# "ok") is searched again with THOROUGH, as the search of earlier versions was plus twice the
-# candidates for the 800-point fits, and the better fit is kept. On 1700 held-out alignments
-# (tools/bench_robust.py and the alignment of its scans alone) FAST ended in the wrong place
-# twice, both times flagged (template fit RMS 4.3 and 4.8 mm: the face fitted to the back of
-# the head, its near-true orientation ranked too low on the noisier score to be kept), and
-# THOROUGH found both.
+# "ok") is searched again with THOROUGH (the earlier search, 30 probes and 300 orientations,
+# with twice the candidates for the 800-point fits), and the better fit is kept. On 1700
+# held-out alignments (tools/bench_robust.py's 1000 scans, 700 more aligned alone) FAST ended
+# in the wrong place twice, both times flagged (template fit RMS 4.3 and 4.8 mm: the face
+# fitted to the back of the head, its near-true orientation ranked too low on the noisier
+# score to be kept), and THOROUGH found both.
 FAST = SearchEffort(probes=15, keep=200, stages=((48, 150, 6), (3, 800, 15)))
 THOROUGH = SearchEffort(probes=30, keep=300, stages=((48, 150, 6), (6, 800, 15)))
 # The sweep, the shift fits and the shape fits on the 4 mm subsample take approximate
