@@ -105,14 +105,26 @@ def find_fragments(mesh: Mesh, gap: float = FRAGMENT_GAP_MM, fraction: float = F
     small = (size < fraction * size_used[main]) & (np.arange(count) != main)
     if not small.any():
         return np.zeros(n, bool)
-    candidates = small[label]
-    cand = mesh.vertices[candidates]
+    cand_idx = np.flatnonzero(small[label])
+    cand = mesh.vertices[cand_idx]
     # Only the largest piece's vertices within ``gap`` of the candidates' bounding box can be near them.
     body = mesh.vertices[label == main]
     body = body[((body >= cand.min(axis=0) - gap) & (body <= cand.max(axis=0) + gap)).all(axis=1)]
-    d = cKDTree(body).query(cand, distance_upper_bound=gap)[0] if len(body) else np.full(len(cand), np.inf)
     near = np.zeros(count, bool)
-    near[np.unique(label[candidates][np.isfinite(d)])] = True
+    if len(body):
+        tree = cKDTree(body)
+        piece = label[cand_idx]
+        order = np.argsort(piece, kind="stable")
+        first = np.flatnonzero(np.r_[True, piece[order][1:] != piece[order][:-1]])
+        for members in np.split(order, first[1:]):
+            pts = cand[members]
+            step = max(1, len(pts) // 1000)
+            # Evenly spread subsets in turn: a piece that touches the scan (an eye) is settled by the
+            # first, and a dense scan's eyes are not searched vertex by vertex (5 s at 3M vertices).
+            for start in range(step):
+                if np.isfinite(tree.query(pts[start::step], distance_upper_bound=gap)[0]).any():
+                    near[piece[members[0]]] = True
+                    break
     return (small & ~near)[label]
 
 
