@@ -3,7 +3,7 @@ surface keeps its vertices."""
 import numpy as np
 import pytest
 
-from palnet.cleanup import _neighbour_centres, find_fragments, find_spikes, remove_spikes
+from palnet.cleanup import _neighbour_centres, edges_and_border, find_fragments, find_spikes, remove_spikes
 from palnet.io import read_mesh
 from palnet.resources import sample_scan_path
 from palnet.types import Mesh
@@ -74,5 +74,8 @@ def test_loose_fragments_are_found_and_touching_pieces_kept(sample):
     mesh = Mesh(np.vstack([v, far, near]), np.vstack([t, ball_t + len(v), ball_t + len(v) + 100]), "mm")
     found = find_fragments(mesh)
     assert found[len(v):len(v) + 100].all() and not found[:len(v)].any() and not found[len(v) + 100:].any()
+    edges = edges_and_border(mesh.triangles, mesh.n_vertices)  # given once for both searches: the same answers
+    assert np.array_equal(find_fragments(mesh, edges=edges), found)
+    assert np.array_equal(find_spikes(mesh, edges=edges), find_spikes(mesh))
     assert not find_fragments(sample).any()
     assert not find_fragments(Mesh(mesh.vertices, np.zeros((0, 3), np.int64), "mm")).any()  # point cloud

@@ -13,7 +13,7 @@ the scan and well apart from it) are left out of the same working copy: the
 alignment starts the face on the scan's most extreme points, and an object in
 front of the face would be one.
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -43,13 +43,13 @@ def edges_and_border(triangles: np.ndarray, n: int) -> Tuple[np.ndarray, np.ndar
     return np.stack([key // n, key % n], axis=1), border
 
 
-def _neighbour_centres(mesh: Mesh):
+def _neighbour_centres(mesh: Mesh, edges: Optional[Tuple[np.ndarray, np.ndarray]] = None):
     """(centre of each vertex's neighbours, their mean distance from it, number of neighbours,
-    whether the vertex is on the mesh's border)."""
+    whether the vertex is on the mesh's border). ``edges``: ``edges_and_border`` of the mesh, if known."""
     v = mesh.vertices
     n = len(v)
     if len(mesh.triangles):
-        edges, border = edges_and_border(mesh.triangles, n)
+        edges, border = edges if edges is not None else edges_and_border(mesh.triangles, n)
         lo, hi = edges[:, 0], edges[:, 1]
         keep = lo != hi
         i, j = np.concatenate([lo[keep], hi[keep]]), np.concatenate([hi[keep], lo[keep]])
@@ -66,11 +66,13 @@ def _neighbour_centres(mesh: Mesh):
     return centre, spread, np.full(n, float(k - 1)), np.zeros(n, bool)
 
 
-def find_spikes(mesh: Mesh, ratio: float = SPIKE_RATIO, min_offset: float = MIN_SPIKE_MM) -> np.ndarray:
-    """Mask of the vertices that stick out of the surface as spikes (``min_offset`` in the mesh's units)."""
+def find_spikes(mesh: Mesh, ratio: float = SPIKE_RATIO, min_offset: float = MIN_SPIKE_MM,
+                edges: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> np.ndarray:
+    """Mask of the vertices that stick out of the surface as spikes (``min_offset`` in the mesh's units).
+    ``edges``: ``edges_and_border`` of the mesh, if already known."""
     if mesh.n_vertices < 10:
         return np.zeros(mesh.n_vertices, bool)
-    centre, spread, count, border = _neighbour_centres(mesh)
+    centre, spread, count, border = _neighbour_centres(mesh, edges)
     offset = np.linalg.norm(mesh.vertices - centre, axis=1)
     # A border vertex has all its neighbours on one side: its offset means nothing.
     return (count >= 3) & ~border & (offset > ratio * np.maximum(spread, 1e-12)) & (offset > min_offset)
@@ -83,16 +85,18 @@ def remove_spikes(mesh: Mesh, ratio: float = SPIKE_RATIO, min_offset: float = MI
     return (remove_vertices(mesh, spikes), n) if n else (mesh, 0)
 
 
-def find_fragments(mesh: Mesh, gap: float = FRAGMENT_GAP_MM, fraction: float = FRAGMENT_FRACTION) -> np.ndarray:
+def find_fragments(mesh: Mesh, gap: float = FRAGMENT_GAP_MM, fraction: float = FRAGMENT_FRACTION,
+                   edges: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> np.ndarray:
     """Mask of the vertices of loose fragments: connected pieces smaller than ``fraction``
     of the largest piece with no vertex within ``gap`` (the mesh's units) of it. Pieces
-    that touch the scan (eyes, an ear cut off by a hole) stay. Point clouds: none."""
+    that touch the scan (eyes, an ear cut off by a hole) stay. Point clouds: none.
+    ``edges``: ``edges_and_border`` of the mesh, if already known."""
     n = mesh.n_vertices
     if not len(mesh.triangles) or n < 10:
         return np.zeros(n, bool)
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
-    edges, _ = edges_and_border(mesh.triangles, n)
+    edges = (edges if edges is not None else edges_and_border(mesh.triangles, n))[0]
     graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
     count, label = connected_components(graph, directed=False)
     if count == 1:
