@@ -78,9 +78,11 @@ def find_spikes(mesh: Mesh, ratio: float = SPIKE_RATIO, min_offset: float = MIN_
     return (count >= 3) & ~border & (offset > ratio * np.maximum(spread, 1e-12)) & (offset > min_offset)
 
 
-def remove_spikes(mesh: Mesh, ratio: float = SPIKE_RATIO, min_offset: float = MIN_SPIKE_MM) -> Tuple[Mesh, int]:
-    """A copy of ``mesh`` without its spike vertices and their triangles, and how many went."""
-    spikes = find_spikes(mesh, ratio, min_offset)
+def remove_spikes(mesh: Mesh, ratio: float = SPIKE_RATIO, min_offset: float = MIN_SPIKE_MM,
+                  edges: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> Tuple[Mesh, int]:
+    """A copy of ``mesh`` without its spike vertices and their triangles, and how many went
+    (``mesh`` itself when none). ``edges``: ``edges_and_border`` of the mesh, if already known."""
+    spikes = find_spikes(mesh, ratio, min_offset, edges)
     n = int(spikes.sum())
     return (remove_vertices(mesh, spikes), n) if n else (mesh, 0)
 

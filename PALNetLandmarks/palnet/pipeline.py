@@ -11,7 +11,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from .align import THOROUGH, Alignment, align_scan, detect_units
-from .cleanup import FRAGMENT_GAP_MM, MIN_SPIKE_MM, edges_and_border, find_fragments, find_spikes, remove_vertices
+from .cleanup import FRAGMENT_GAP_MM, MIN_SPIKE_MM, edges_and_border, find_fragments, remove_spikes, remove_vertices
 from .errors import PalnetError
 from .modelfile import Model
 from .landmark_io import describe
@@ -152,9 +152,7 @@ def to_canonical_frame(mesh: Mesh, template: np.ndarray, units: str = "auto",
         to_mm = unit_scale(units, "mm")
         # The edge list serves both searches unless spikes leave the mesh (then its edges change).
         edges = edges_and_border(mesh.triangles, mesh.n_vertices) if mesh.n_triangles else None
-        spiky = find_spikes(mesh, min_offset=MIN_SPIKE_MM / to_mm, edges=edges)
-        spikes = int(spiky.sum())
-        clean = remove_vertices(mesh, spiky) if spikes else mesh
+        clean, spikes = remove_spikes(mesh, min_offset=MIN_SPIKE_MM / to_mm, edges=edges)
         loose = find_fragments(clean, gap=FRAGMENT_GAP_MM / to_mm, edges=None if spikes else edges)
         if loose.any():
             clean = remove_vertices(clean, loose)
