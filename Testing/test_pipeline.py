@@ -70,6 +70,17 @@ def test_the_answer_is_the_mean_of_perturbed_runs(model, sample):
     assert err_mean < 2.6 and err_single < 3.0, (err_mean, err_single)
 
 
+def test_unusable_landmark_modes_are_refused_naming_the_model(model, sample):
+    import copy
+    from palnet import PalnetError
+    broken = copy.copy(model)
+    broken.metadata = dict(model.metadata, landmark_modes={"coef_mean": [0.0] * 10, "landmark_mean": [[0, 0, 0]],
+                                                            "modes": []})
+    with pytest.raises(PalnetError, match="landmark_modes") as info:
+        predict(sample[0], broken)
+    assert str(default_model_path()) in str(info.value)
+
+
 @pytest.mark.parametrize("units,factor", [("cm", 0.1), ("m", 0.001)])
 def test_units_are_detected_and_do_not_change_the_answer(model, sample, sample_prediction, units, factor):
     mesh, _ = sample

@@ -139,3 +139,47 @@ def test_confidence_table_from_few_or_tied_spreads_has_no_gaps():
     spread = rng.gamma(2.0, 0.5, 5000)
     table = calibrate_confidence(spread, spread * rng.uniform(0.5, 2.0, 5000))
     assert len(table["spread_mm"]) == 12  # plenty of distinct spreads: every bin is used
+
+
+def _shaped_scans(n, k=3, labels=5, seed=0):
+    """Scans whose landmarks follow their template shape coefficients linearly (plus 0.2 mm noise)."""
+    rng = np.random.default_rng(seed)
+    base, modes = rng.normal(0, 30, (labels, 3)), rng.normal(0, 4, (k, labels, 3))
+    scans = []
+    for i in range(n):
+        coef = rng.normal(0, 1, k)
+        truth = base + np.tensordot(coef, modes, 1) + rng.normal(0, 0.2, base.shape)
+        samples = (truth[:, None] + rng.normal(0, 6, (labels, 150, 3))).reshape(-1, 3).astype(np.float32)
+        scans.append(TrainingScan("s{}".format(i), samples, truth, 2.0, shape=coef))
+    return scans, base, modes
+
+
+def test_landmark_modes_learn_how_landmarks_follow_the_fitted_face():
+    from palnet.train import fit_landmark_modes, scan_starts
+    scans, base, modes = _shaped_scans(60)
+    learned = fit_landmark_modes(scans)
+    np.testing.assert_allclose(np.asarray(learned["modes"]), modes, rtol=0.05, atol=0.1)  # ridge shrinks them a little
+    truths = np.stack([s.truth for s in scans])
+    mean = truths.mean(axis=0)
+    starts = scan_starts(scans, mean, {"landmark_modes": learned})
+    assert np.linalg.norm(starts - truths, axis=2).mean() < 0.5 < np.linalg.norm(mean - truths, axis=2).mean()
+    # nothing to learn from: no template modes, mixed mode counts, or too few scans per unknown
+    assert fit_landmark_modes(_scans(60)) is None
+    assert fit_landmark_modes(scans[:11]) is None
+    scans[0].shape = np.zeros(2)
+    assert fit_landmark_modes(scans) is None
+    # without landmark modes every scan starts from the mean
+    assert np.array_equal(scan_starts(scans[:3], mean, {}), np.stack([mean] * 3))
+
+
+def test_training_stores_landmark_modes_unless_told_to_start_from_the_mean():
+    scans, _, _ = _shaped_scans(40)
+    labels, tpl = list("abcde"), np.zeros((10, 3))
+    model = fit(scans[:36], scans[36:], labels, tpl, _cfg(1), {}, log=lambda line: None)
+    assert np.asarray(model.metadata["landmark_modes"]["modes"]).shape == (3, 5, 3)
+    paper = fit(scans[:36], scans[36:], labels, tpl, merge_config(dict(_cfg(1), start="mean")), {},
+                log=lambda line: None)
+    assert "landmark_modes" not in paper.metadata
+    # fine-tuning on too few scans to learn them keeps the model's own
+    tuned = fit(scans[:6], scans[36:], labels, tpl, _cfg(1), {}, init_model=model, log=lambda line: None)
+    assert tuned.metadata["landmark_modes"] == model.metadata["landmark_modes"]

@@ -30,6 +30,7 @@ class Alignment:
     rms_mm: float = float("nan")  # trimmed RMS distance template -> scan after the fit
     inlier_fraction: float = 0.0  # template points within 5 mm of the scan
     surface_agreement: float = float("nan")  # of the scan near the fitted template, the part within 5 mm of it
+    shape: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the fitted template's shape-mode coefficients
 
     @property
     def matrix(self) -> np.ndarray:
@@ -489,7 +490,8 @@ def align_scan(vertices_mm: np.ndarray, template: np.ndarray, seed: int = 0,
     r, t, rms, inl, coef = last_fit(r, t, FINAL_FIT[0])
     shaped = template if modes is None or not len(coef) else template + np.transpose(modes, (1, 2, 0)) @ coef
     return Alignment(rotation=r.T, translation=-r.T @ t, scale=1.0, rms_mm=rms, inlier_fraction=inl,
-                     surface_agreement=surface_agreement(tree.data, template, shaped @ r.T + t, r))
+                     surface_agreement=surface_agreement(tree.data, template, shaped @ r.T + t, r),
+                     shape=np.asarray(coef, dtype=np.float64))
 
 
 AGREEMENT_NEAR_MM = 15.0

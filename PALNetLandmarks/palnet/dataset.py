@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import PalnetError
 
-CACHE_VERSION = 11  # bump when alignment or sampling changes what a scan preprocesses to
+CACHE_VERSION = 12  # bump when alignment or sampling changes what a scan preprocesses to
 
 
 @dataclass
@@ -30,6 +30,7 @@ class TrainingScan:
     fit_rms_mm: float
     source: str = ""     # the annotated scan an augmented copy was made from ("" for the scan itself)
     copy: int = 0        # 0: the scan itself; k > 0: its k-th augmented copy
+    shape: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the fitted face template's mode coefficients
 
     @property
     def group(self) -> str:
@@ -52,9 +53,10 @@ def _digest(paths: Sequence[Path], settings: dict) -> str:
 
 def preprocess_pair(mesh_path: Path, landmark_path: Path, labels: Sequence[str], template: np.ndarray,
                     spacing: float, units: str = "auto", augment: Optional[dict] = None,
-                    copy: int = 0) -> Tuple[np.ndarray, np.ndarray, float]:
+                    copy: int = 0) -> Tuple[np.ndarray, np.ndarray, float, np.ndarray]:
     """Align one annotated scan (or, for ``copy`` > 0, its copy-th augmented copy, see
-    :mod:`palnet.augment`) and sample it: (samples, canonical truth, fit RMS)."""
+    :mod:`palnet.augment`) and sample it: (samples, canonical truth, fit RMS, the fitted
+    template's shape coefficients)."""
     from .align import detect_units
     from .io import read_mesh
     from .landmark_io import check_labels, read_landmarks
@@ -76,7 +78,7 @@ def preprocess_pair(mesh_path: Path, landmark_path: Path, labels: Sequence[str],
     c = to_canonical_frame(mesh, template, units, template_modes(template))
     truth = c.alignment.to_canonical(points * unit_scale(c.units, "mm"))
     samples = roi_samples(c.mesh, truth, spacing)
-    return samples.astype(np.float32), truth, float(c.alignment.rms_mm)
+    return samples.astype(np.float32), truth, float(c.alignment.rms_mm), np.asarray(c.alignment.shape, np.float64)
 
 
 def _job(args):
@@ -86,14 +88,15 @@ def _job(args):
     try:
         if cache_file and Path(cache_file).exists():
             with np.load(cache_file, allow_pickle=False) as d:
-                return TrainingScan(scan_id, d["samples"], d["truth"], float(d["fit_rms_mm"]), source, copy), None
-        samples, truth, rms = preprocess_pair(Path(mesh_path), Path(lm_path), labels, template, spacing, units,
-                                              augment, copy)
+                return TrainingScan(scan_id, d["samples"], d["truth"], float(d["fit_rms_mm"]), source, copy,
+                                    d["shape"]), None
+        samples, truth, rms, shape = preprocess_pair(Path(mesh_path), Path(lm_path), labels, template, spacing,
+                                                     units, augment, copy)
         if cache_file:
             tmp = str(cache_file) + ".tmp.npz"
-            np.savez(tmp, samples=samples, truth=truth, fit_rms_mm=rms)
+            np.savez(tmp, samples=samples, truth=truth, fit_rms_mm=rms, shape=shape)
             os.replace(tmp, cache_file)
-        return TrainingScan(scan_id, samples, truth, rms, source, copy), None
+        return TrainingScan(scan_id, samples, truth, rms, source, copy, shape), None
     except PalnetError as exc:
         return None, "{}: {}".format(scan_id, exc)
     except Exception as exc:  # one unreadable pair never stops a data set

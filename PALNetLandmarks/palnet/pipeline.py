@@ -48,7 +48,7 @@ class Prediction:
     units: str
     alignment: Alignment
     seconds: float
-    initial: Optional[Landmarks] = None  # the mean shape after alignment, snapped (a baseline)
+    initial: Optional[Landmarks] = None  # the mean shape after alignment, snapped (baseline (a))
     timings: dict = field(default_factory=dict)
     spread_mm: Optional[np.ndarray] = None  # per landmark: how far perturbed runs land from the answer
     message: str = ""  # why the status is not "ok"
@@ -104,6 +104,35 @@ def model_arrays(model: Model):
         raise PalnetError("model has {} mean landmarks for {} outputs".format(len(mean), model.config.n_landmarks),
                           model.source)
     return template, mean, spacing, scale
+
+
+def landmark_modes(model: Model) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(mean shape coefficients (K,), mean landmarks (L, 3), landmark modes (K, L, 3)) when the
+    model learned how its landmarks move with the face template's fitted shape (see
+    :func:`starting_shape` and train.fit_landmark_modes), else None."""
+    entry = model.metadata.get("landmark_modes")
+    if not entry:
+        return None
+    n = model.config.n_landmarks
+    try:
+        coef_mean = np.asarray(entry["coef_mean"], dtype=np.float64).reshape(-1)
+        landmark_mean = np.asarray(entry["landmark_mean"], dtype=np.float64).reshape(n, 3)
+        modes = np.asarray(entry["modes"], dtype=np.float64).reshape(len(coef_mean), n, 3)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PalnetError("model metadata has unusable landmark_modes ({})".format(exc), model.source)
+    if not all(np.isfinite(a).all() for a in (coef_mean, landmark_mean, modes)):
+        raise PalnetError("model metadata has landmark_modes with NaN or infinite values", model.source)
+    return coef_mean, landmark_mean, modes
+
+
+def starting_shape(mean: np.ndarray, shape: np.ndarray,
+                   modes: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Where the network starts, canonical mm: the landmarks as the fitted face template's shape
+    (``shape``, its mode coefficients) places them, when the model learned that (``modes`` from
+    :func:`landmark_modes`); else the training scans' mean landmarks ``mean``, as in the paper."""
+    if modes is None or len(shape) != len(modes[0]):
+        return mean
+    return modes[1] + np.tensordot(np.asarray(shape, dtype=np.float64) - modes[0], modes[2], 1)
 
 
 def template_modes(template: np.ndarray) -> Optional[np.ndarray]:
@@ -251,7 +280,9 @@ def predict(mesh: Mesh, model: Model, snap: str = "nearest", units: str = "auto"
     template, mean, spacing, scale = model_arrays(model)
     prep = prepare_scan(mesh, template, mean, spacing, units, template_modes(template))
     t1 = time.perf_counter()
-    init = initial_approximation(prep.tree, mean)
+    start = starting_shape(mean, prep.alignment.shape, landmark_modes(model))
+    init = initial_approximation(prep.tree, start)
+    at_mean = init if start is mean else initial_approximation(prep.tree, mean)  # baseline (a)
     steps = refine_steps if refine_steps is not None else int(model.metadata.get("refine_steps", 1))
     centres, spread = predict_with_spread(prep.tree, model, init, steps, scale, confidence_samples)
     t2 = time.perf_counter()
@@ -262,7 +293,7 @@ def predict(mesh: Mesh, model: Model, snap: str = "nearest", units: str = "auto"
     pts = snap_to_surface(prep.clean, pts, snap, tree=vertex_tree) if snap != "none" else pts
     labels = list(model.metadata["protocol"]["labels"])
     status, message = scan_status(prep.alignment, mesh.n_vertices)
-    initial = Landmarks(labels, snap_to_surface(prep.clean, prep.alignment.to_scan(init) * to_file, "nearest",
+    initial = Landmarks(labels, snap_to_surface(prep.clean, prep.alignment.to_scan(at_mean) * to_file, "nearest",
                                                 tree=vertex_tree), units=prep.units)
     conf = landmark_confidence(spread, model)
     names = _landmark_names(model)

@@ -6,6 +6,12 @@ patience 8), early stopping (patience 30) keeping the best weights, batch 16.
 The network regresses each landmark's offset from its initial approximation;
 training jitters that approximation (and turns each sample slightly) so the
 network also corrects the residual error of the automatic alignment.
+
+The initial approximation is the paper's mean shape, or (``"start": "shape"``,
+the default) the mean shape moved with the face the aligner fitted: the face
+template bends to each scan through its shape modes, and a linear map learned
+on the training scans turns those mode coefficients into landmark offsets (see
+:func:`fit_landmark_modes`).
 """
 import copy
 import json
@@ -22,12 +28,17 @@ from .engine import NetworkConfig
 from .errors import PalnetError
 from .modelfile import Model, load_model, save_model
 from .patches import extract_patches, initial_approximation
+from .pipeline import landmark_modes, starting_shape
+
+MODES_RIDGE = 1.0  # penalty on the landmark modes (the coefficients are about 1 for a typical face)
+MODES_MIN_SCANS_PER_COEFFICIENT = 3  # fewer training scans than this per unknown: keep the mean start
 
 DEFAULT_CONFIG = {
     "network": {"patch_size": 200, "fc": 512, "widths": [32, 64, 128], "pools": [5, 5, 4],
                 "dropout": 0.1, "attention": "soft", "attention_topk": 16},
     "patch": {"spacing_mm": 1.5, "scale_mm": 20.0},
     "refine_steps": 2,
+    "start": "shape",  # "shape": the mean landmarks moved with the fitted face template; "mean": the paper's
     "epochs": 100, "batch_size": 16, "lr": 1e-3, "plateau_factor": 0.5, "plateau_patience": 8,
     "early_stop_patience": 30, "loss_weights": [0.6, 0.4], "seed": 0,
     # near_fraction of the training starts lie near the truth (each landmark off by up to
@@ -89,20 +100,50 @@ def drop_misaligned(scans: List[TrainingScan], limit_mm: float = 25.0):
     return [s for s, k in zip(scans, keep) if k], [s.scan_id for s, k in zip(scans, keep) if not k]
 
 
-def make_batch(scans: List[TrainingScan], trees: List[cKDTree], idx: np.ndarray, mean: np.ndarray, cfg: dict,
+def fit_landmark_modes(scans: List[TrainingScan], ridge: float = MODES_RIDGE) -> Optional[dict]:
+    """How the landmarks (canonical mm) move with the face template's fitted shape: a ridge
+    regression of every scan's true landmarks on its template mode coefficients, as
+    ``{"coef_mean": (K,), "landmark_mean": (L, 3), "modes": (K, L, 3)}`` (see
+    pipeline.starting_shape), or None when
+    the template has no modes or there are too few scans to learn K x L x 3 numbers."""
+    k = {len(s.shape) for s in scans}
+    if len(k) != 1 or not next(iter(k)):
+        return None
+    k = next(iter(k))
+    if len(scans) < MODES_MIN_SCANS_PER_COEFFICIENT * (k + 1):
+        return None
+    x = np.stack([s.shape for s in scans]).astype(np.float64)
+    y = np.stack([s.truth for s in scans]).reshape(len(scans), -1)
+    xc, yc = x - x.mean(axis=0), y - y.mean(axis=0)
+    modes = np.linalg.solve(xc.T @ xc + ridge * np.eye(k), xc.T @ yc)
+    return {"coef_mean": np.round(x.mean(axis=0), 6).tolist(),
+            "landmark_mean": np.round(y.mean(axis=0).reshape(-1, 3), 4).tolist(),
+            "modes": np.round(modes.reshape(k, -1, 3), 5).tolist()}
+
+
+def scan_starts(scans: List[TrainingScan], mean: np.ndarray, meta: dict) -> np.ndarray:
+    """(N, L, 3): where the network starts on each scan, as pipeline.predict does."""
+    modes = landmark_modes(Model({}, NetworkConfig(n_landmarks=len(mean)), meta))
+    return np.stack([starting_shape(mean, s.shape, modes) for s in scans]) if scans else np.zeros((0,) + mean.shape)
+
+
+def make_batch(scans: List[TrainingScan], trees: List[cKDTree], idx: np.ndarray, starts: np.ndarray, cfg: dict,
                rng: Optional[np.random.Generator]):
-    """Patches, initial approximations and truths for scans ``idx``; jittered when ``rng`` is given."""
+    """Patches, initial approximations and truths for scans ``idx``; jittered when ``rng`` is given.
+
+    ``starts``: the shape every scan starts from (L, 3), or each scan's own (len(scans), L, 3)."""
     size, scale = cfg["network"]["patch_size"], cfg["patch"]["scale_mm"]
     jit = cfg["jitter"]
+    starts = np.asarray(starts)
     patches, inits, truths = [], [], []
     for i in idx:
-        start, jitter = mean, None
+        start, jitter = (starts[i] if starts.ndim == 3 else starts), None
         if rng is not None and rng.random() < jit["near_fraction"]:
             # a start like a refinement pass gets: the landmarks a few mm from the truth
             start = scans[i].truth
-            jitter = rng.normal(0, rng.uniform(jit["near_mm"] / 6, jit["near_mm"]), mean.shape) + rng.normal(0, 1.0, 3)
+            jitter = rng.normal(0, rng.uniform(jit["near_mm"] / 6, jit["near_mm"]), start.shape) + rng.normal(0, 1.0, 3)
         elif rng is not None:
-            jitter = rng.normal(0, jit["landmark_mm"], mean.shape) + rng.normal(0, jit["shift_mm"], 3)
+            jitter = rng.normal(0, jit["landmark_mm"], start.shape) + rng.normal(0, jit["shift_mm"], 3)
         init = initial_approximation(trees[i], start, jitter)
         p, init = extract_patches(trees[i], init, size, scale)
         patches.append(p)
@@ -130,26 +171,31 @@ def _errors(preds: np.ndarray, truths: np.ndarray) -> Dict[str, float]:
             "distancewise_mm": float(np.mean(distancewise_errors(preds, truths)))}
 
 
-def evaluate_scans(model: Model, scans: List[TrainingScan], trees: List[cKDTree], mean: np.ndarray,
+def _start_of(starts: np.ndarray, i: int) -> np.ndarray:
+    starts = np.asarray(starts)
+    return starts[i] if starts.ndim == 3 else starts
+
+
+def evaluate_scans(model: Model, scans: List[TrainingScan], trees: List[cKDTree], starts: np.ndarray,
                    cfg: dict, steps: int) -> Dict[str, float]:
     """Point-wise and distance-wise error (mm) of one run per scan from the initial
     approximation: the quick figure each epoch is judged by. palnet predict answers with the
-    mean of several perturbed runs, which :func:`validate` scores."""
+    mean of several perturbed runs, which :func:`validate` scores. ``starts`` as for make_batch."""
     from .pipeline import run_network
     scale = cfg["patch"]["scale_mm"]
-    preds = [run_network(tree, model, initial_approximation(tree, mean)[None], steps, scale)[0]
-             for tree in trees]
+    preds = [run_network(tree, model, initial_approximation(tree, _start_of(starts, i))[None], steps, scale)[0]
+             for i, tree in enumerate(trees)]
     return _errors(np.stack(preds), np.stack([s.truth for s in scans]))
 
 
-def validate(model: Model, scans: List[TrainingScan], trees: List[cKDTree], mean: np.ndarray, cfg: dict):
+def validate(model: Model, scans: List[TrainingScan], trees: List[cKDTree], starts: np.ndarray, cfg: dict):
     """Scores of the answers palnet predict gives on scans the network did not train on (the
     mean of the perturbed runs), and the confidence table calibrated from their spread (see
-    pipeline.calibrate_confidence): (errors, table)."""
+    pipeline.calibrate_confidence): (errors, table). ``starts`` as for make_batch."""
     from .pipeline import calibrate_confidence, predict_with_spread
     answers, spreads = [], []
-    for tree in trees:
-        answer, spread = predict_with_spread(tree, model, initial_approximation(tree, mean),
+    for i, tree in enumerate(trees):
+        answer, spread = predict_with_spread(tree, model, initial_approximation(tree, _start_of(starts, i)),
                                              cfg["refine_steps"], cfg["patch"]["scale_mm"])
         answers.append(answer)
         spreads.append(spread)
@@ -183,6 +229,16 @@ def fit(train_scans: List[TrainingScan], val_scans: List[TrainingScan], labels: 
     vtrees = [cKDTree(s.samples) for s in val_scans]
     meta = dict(metadata, mean_landmarks=mean.tolist(), template=np.round(template, 4).tolist(),
                 patch=cfg["patch"], refine_steps=cfg["refine_steps"])
+    meta.pop("landmark_modes", None)
+    if cfg.get("start", "shape") == "shape":
+        # Learned from these training scans; a fine-tuning set too small for that keeps the model's own.
+        modes = fit_landmark_modes(train_scans)
+        if modes is None and init_model and init_model.metadata.get("landmark_modes"):
+            modes = init_model.metadata["landmark_modes"]
+        if modes is not None:
+            meta["landmark_modes"] = modes
+    starts = scan_starts(train_scans, mean, meta)
+    vstarts = scan_starts(val_scans, mean, meta)
     start, best, best_state, history, since_best = 0, float("inf"), None, [], 0
     # A checkpoint resumes only the same run: same data, same settings (more epochs are fine).
     fingerprint = json.dumps({"cfg": {k: v for k, v in cfg.items() if k != "epochs"}, "train": [s.scan_id for s in train_scans],
@@ -206,7 +262,7 @@ def fit(train_scans: List[TrainingScan], val_scans: List[TrainingScan], labels: 
         losses = []
         for b in range(0, len(order), cfg["batch_size"]):
             idx = order[b:b + cfg["batch_size"]]
-            patches, inits, truths = make_batch(train_scans, trees, idx, mean, cfg, rng)
+            patches, inits, truths = make_batch(train_scans, trees, idx, starts, cfg, rng)
             out = net(torch.from_numpy(patches)) * cfg["patch"]["scale_mm"]
             loss, _, _ = _loss(torch, torch.from_numpy(inits) + out, torch.from_numpy(truths), cfg["loss_weights"])
             opt.zero_grad()
@@ -218,7 +274,8 @@ def fit(train_scans: List[TrainingScan], val_scans: List[TrainingScan], labels: 
         net.eval()
         with torch.no_grad():
             model = _export(net, net_cfg, meta)
-        val = evaluate_scans(model, val_scans or train_scans[:50], vtrees or trees[:50], mean, cfg, cfg["refine_steps"])
+        val = evaluate_scans(model, val_scans or train_scans[:50], vtrees or trees[:50],
+                             vstarts if val_scans else starts[:50], cfg, cfg["refine_steps"])
         sched.step(val["pointwise_mm"])
         # Without validation scans (final fit after cross-validation) the last epoch is kept.
         improved = val["pointwise_mm"] < best or not val_scans
@@ -264,7 +321,8 @@ def cross_validate(scans: List[TrainingScan], groups: List[List[int]], order: np
         history = model.metadata["training_history"]
         best_epoch = min(history, key=lambda r: r["val_pointwise_mm"])["epoch"]
         vt = [cKDTree(s.samples) for s in val]
-        errors = validate(model, val, vt, np.asarray(model.metadata["mean_landmarks"]), cfg)[0]
+        errors = validate(model, val, vt, scan_starts(val, np.asarray(model.metadata["mean_landmarks"]),
+                                                      model.metadata), cfg)[0]
         rows.append(dict(errors, fold=k + 1, best_epoch=best_epoch, n_val=len(val)))
     result = {"folds": rows, "median_best_epoch": int(np.median([r["best_epoch"] for r in rows]))}
     for key in ("pointwise_mm", "distancewise_mm"):
@@ -342,7 +400,8 @@ def train(data_dir, output, config: Optional[dict] = None, epochs: Optional[int]
     report.update(n_train=len(tr), n_val=len(val))
     if val:
         vt = [cKDTree(s.samples) for s in val]
-        report["validation"], model.metadata["confidence"] = validate(model, val, vt, mean, cfg)
+        report["validation"], model.metadata["confidence"] = validate(model, val, vt,
+                                                                      scan_starts(val, mean, model.metadata), cfg)
         model.metadata["accuracy"] = {"validation": report["validation"], "n": len(val)}
         log("validation: point-wise {pointwise_mm:.3f} mm, distance-wise {distancewise_mm:.3f} mm (answers as palnet "
             "predict gives them; the epochs above score one run per scan)".format(**report["validation"]))
