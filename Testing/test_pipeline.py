@@ -98,6 +98,10 @@ def test_unusable_landmark_modes_are_refused_naming_the_model(model, sample):
     with pytest.raises(PalnetError, match="landmark_modes") as info:
         predict(sample[0], broken)
     assert str(default_model_path()) in str(info.value)
+    broken.metadata = dict(model.metadata, shape_prior={"mean": [[0.0, 0.0, 0.0]] * 50, "gain": [[1.0, 0.0]]})
+    with pytest.raises(PalnetError, match="shape_prior") as info:
+        predict(sample[0], broken)
+    assert str(default_model_path()) in str(info.value)
 
 
 @pytest.mark.parametrize("units,factor", [("cm", 0.1), ("m", 0.001)])
@@ -352,6 +356,12 @@ def test_train_predict_finetune_and_resume(tmp_path, tiny_data):
                  "--config", str(steps)]) == 0
     t3 = load_model(tmp_path / "t3.npz")
     assert t3.metadata["refine_steps"] == 3 and t3.config.patch_size == 100
+    # no epochs: the network stays as it was, what is learned from the data besides it is learned again
+    kept = tmp_path / "kept.npz"
+    assert main(["train", str(data), "-o", str(kept), "--init", str(model_file), "--epochs", "0",
+                 "--cache", str(tmp_path / "m.npz.cache")]) == 0
+    assert all(np.array_equal(w, load_model(kept).weights[k]) for k, w in m.weights.items())
+    assert main(["train", str(data), "-o", str(tmp_path / "none.npz"), "--epochs", "0"]) == 2
 
 
 def test_train_with_augmented_copies(tmp_path, tiny_data, capsys):

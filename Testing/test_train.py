@@ -183,3 +183,42 @@ def test_training_stores_landmark_modes_unless_told_to_start_from_the_mean():
     # fine-tuning on too few scans to learn them keeps the model's own
     tuned = fit(scans[:6], scans[36:], labels, tpl, _cfg(1), {}, init_model=model, log=lambda line: None)
     assert tuned.metadata["landmark_modes"] == model.metadata["landmark_modes"]
+
+
+def test_shape_prior_pulls_noisy_landmarks_towards_the_training_shapes():
+    """Landmarks that move together (here 4 hidden factors) let the precisely placed ones
+    correct a loosely placed one; the prior's gain comes from the training shapes and the
+    network's error on validation scans."""
+    from palnet.pipeline import apply_shape_prior
+    from palnet.train import fit_shape_prior
+    rng = np.random.default_rng(0)
+    base, modes = rng.normal(0, 30, (6, 3)), rng.normal(0, 3, (4, 6, 3))
+
+    def faces(n):
+        return base + np.tensordot(rng.normal(0, 1, (n, 4)), modes, 1)
+
+    train = [TrainingScan("s{}".format(i), np.zeros((1, 3), np.float32), t, 1.0) for i, t in enumerate(faces(300))]
+    noise_mm = np.array([0.3, 0.3, 0.3, 0.3, 0.3, 4.0])[:, None]  # the network places landmark 5 loosely
+    val = faces(40)
+    answers = val + rng.normal(0, 1, val.shape) * noise_mm
+    prior = fit_shape_prior(train, answers, val)
+    assert prior["n_validation"] == 40 and 0 <= prior["shrinkage"] < 0.2
+    gain = np.asarray(prior["gain"])
+    test = faces(50)
+    noisy = test + rng.normal(0, 1, test.shape) * noise_mm
+    fixed = np.stack([apply_shape_prior(a, (np.asarray(prior["mean"]), gain)) for a in noisy])
+    before, after = (np.linalg.norm(x - test, axis=2).mean(axis=0) for x in (noisy, fixed))
+    assert after[5] < 0.5 * before[5], (before, after)
+    assert after[:5].mean() < before[:5].mean() + 0.05
+    # too few validation scans to measure the network's error: no prior
+    assert fit_shape_prior(train, answers[:4], val[:4]) is None
+
+
+def test_shrinkage_grows_as_the_training_set_shrinks():
+    from palnet.train import _shrunk_covariance
+    rng = np.random.default_rng(1)
+    mix = rng.normal(0, 1, (30, 30))
+    alphas = [_shrunk_covariance(rng.normal(0, 1, (n, 30)) @ mix)[1] for n in (1000, 100, 15)]
+    assert alphas[0] < alphas[1] < alphas[2] <= 1.0
+    cov, _ = _shrunk_covariance(rng.normal(0, 1, (15, 30)) @ mix)  # fewer scans than numbers per scan
+    assert np.linalg.eigvalsh(cov).min() > 0

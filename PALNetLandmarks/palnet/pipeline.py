@@ -135,6 +135,36 @@ def starting_shape(mean: np.ndarray, shape: np.ndarray,
     return modes[1] + np.tensordot(np.asarray(shape, dtype=np.float64) - modes[0], modes[2], 1)
 
 
+def shape_prior(model: Model) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """(mean landmarks (L, 3), gain (3L, 3L)) of the model's landmark shape prior (see
+    :func:`apply_shape_prior` and train.fit_shape_prior), or None when it has none."""
+    entry = model.metadata.get("shape_prior")
+    if not entry:
+        return None
+    n = model.config.n_landmarks
+    try:
+        mean = np.asarray(entry["mean"], dtype=np.float64).reshape(n, 3)
+        gain = np.asarray(entry["gain"], dtype=np.float64).reshape(3 * n, 3 * n)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PalnetError("model metadata has an unusable shape_prior ({})".format(exc), model.source)
+    if not (np.isfinite(mean).all() and np.isfinite(gain).all()):
+        raise PalnetError("model metadata has a shape_prior with NaN or infinite values", model.source)
+    return mean, gain
+
+
+def apply_shape_prior(points: np.ndarray, prior: Optional[Tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """The most probable landmarks (canonical mm) given the network's answer ``points`` (L, 3):
+    the training landmarks' spread (a Gaussian, mean and covariance S) combined with the
+    network's error on held-out scans (independent per coordinate, variances D), i.e.
+    ``mean + S (S + D)^-1 (points - mean)``; the model stores the gain S (S + D)^-1. A landmark
+    the network places precisely keeps its place; one it places loosely (a cheek's most lateral
+    point) moves towards where the others say it lies."""
+    if prior is None:
+        return points
+    mean, gain = prior
+    return mean + ((points - mean).reshape(-1) @ gain.T).reshape(mean.shape)
+
+
 def template_modes(template: np.ndarray) -> Optional[np.ndarray]:
     """Shape modes for ``template`` when it is the shipped face template (see align_scan)."""
     from .resources import face_template_path
@@ -285,6 +315,7 @@ def predict(mesh: Mesh, model: Model, snap: str = "nearest", units: str = "auto"
     at_mean = init if start is mean else initial_approximation(prep.tree, mean)  # baseline (a)
     steps = refine_steps if refine_steps is not None else int(model.metadata.get("refine_steps", 1))
     centres, spread = predict_with_spread(prep.tree, model, init, steps, scale, confidence_samples)
+    centres = apply_shape_prior(centres, shape_prior(model))
     t2 = time.perf_counter()
 
     to_file = unit_scale("mm", prep.units)

@@ -17,7 +17,7 @@ import copy
 import json
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -28,10 +28,11 @@ from .engine import NetworkConfig
 from .errors import PalnetError
 from .modelfile import Model, load_model, save_model
 from .patches import extract_patches, initial_approximation
-from .pipeline import landmark_modes, starting_shape
+from .pipeline import apply_shape_prior, landmark_modes, shape_prior, starting_shape
 
 MODES_RIDGE = 1.0  # penalty on the landmark modes (the coefficients are about 1 for a typical face)
 MODES_MIN_SCANS_PER_COEFFICIENT = 3  # fewer training scans than this per unknown: keep the mean start
+PRIOR_MIN_VALIDATION = 5  # validation scans needed to measure the network's error for the shape prior
 
 DEFAULT_CONFIG = {
     "network": {"patch_size": 200, "fc": 512, "widths": [32, 64, 128], "pools": [5, 5, 4],
@@ -39,6 +40,7 @@ DEFAULT_CONFIG = {
     "patch": {"spacing_mm": 1.5, "scale_mm": 20.0},
     "refine_steps": 2,
     "start": "shape",  # "shape": the mean landmarks moved with the fitted face template; "mean": the paper's
+    "shape_prior": True,  # combine the network's answer with the training landmarks' spread (needs validation scans)
     "epochs": 100, "batch_size": 16, "lr": 1e-3, "plateau_factor": 0.5, "plateau_patience": 8,
     "early_stop_patience": 30, "loss_weights": [0.6, 0.4], "seed": 0,
     # near_fraction of the training starts lie near the truth (each landmark off by up to
@@ -188,20 +190,70 @@ def evaluate_scans(model: Model, scans: List[TrainingScan], trees: List[cKDTree]
     return _errors(np.stack(preds), np.stack([s.truth for s in scans]))
 
 
-def validate(model: Model, scans: List[TrainingScan], trees: List[cKDTree], starts: np.ndarray, cfg: dict):
-    """Scores of the answers palnet predict gives on scans the network did not train on (the
-    mean of the perturbed runs), and the confidence table calibrated from their spread (see
-    pipeline.calibrate_confidence): (errors, table). ``starts`` as for make_batch."""
-    from .pipeline import calibrate_confidence, predict_with_spread
+def network_answers(model: Model, trees: List[cKDTree], starts: np.ndarray, cfg: dict):
+    """The network's answers (N, L, 3) on each scan, the mean of the perturbed runs as palnet
+    predict computes them (before the shape prior), and their spreads (N, L)."""
+    from .pipeline import predict_with_spread
     answers, spreads = [], []
     for i, tree in enumerate(trees):
         answer, spread = predict_with_spread(tree, model, initial_approximation(tree, _start_of(starts, i)),
                                              cfg["refine_steps"], cfg["patch"]["scale_mm"])
         answers.append(answer)
         spreads.append(spread)
-    answers, truths = np.stack(answers), np.stack([s.truth for s in scans])
-    table = calibrate_confidence(np.concatenate(spreads), np.linalg.norm(answers - truths, axis=2).ravel())
+    return np.stack(answers), np.stack(spreads)
+
+
+def score_answers(model: Model, answers: np.ndarray, spreads: np.ndarray, truths: np.ndarray):
+    """(errors, confidence table) of the network's ``answers`` after the model's shape prior,
+    as palnet predict gives them (see pipeline.calibrate_confidence)."""
+    from .pipeline import calibrate_confidence
+    prior = shape_prior(model)
+    answers = np.stack([apply_shape_prior(a, prior) for a in answers])
+    table = calibrate_confidence(np.ravel(spreads), np.linalg.norm(answers - truths, axis=2).ravel())
     return _errors(answers, truths), table
+
+
+def validate(model: Model, scans: List[TrainingScan], trees: List[cKDTree], starts: np.ndarray, cfg: dict):
+    """Scores of the answers palnet predict gives on scans the network did not train on (the
+    mean of the perturbed runs, after the model's shape prior), and the confidence table
+    calibrated from their spread (see pipeline.calibrate_confidence): (errors, table).
+    ``starts`` as for make_batch."""
+    answers, spreads = network_answers(model, trees, starts, cfg)
+    return score_answers(model, answers, spreads, np.stack([s.truth for s in scans]))
+
+
+def _shrunk_covariance(y: np.ndarray) -> Tuple[np.ndarray, float]:
+    """Covariance of the rows of ``y`` shrunk towards its diagonal, and the shrinkage: the
+    Ledoit-Wolf estimate on the standardised columns, so that a few dozen scans (fewer than
+    the 3L numbers per scan) still give a usable, invertible estimate."""
+    x = y - y.mean(axis=0)
+    sd = np.maximum(x.std(axis=0), 1e-9)
+    z = x / sd
+    n, p = z.shape
+    corr = z.T @ z / n
+    target = np.eye(p)
+    d2 = ((corr - target) ** 2).sum()
+    b2 = sum(((np.outer(r, r) - corr) ** 2).sum() for r in z) / n ** 2
+    alpha = float(min(b2, d2) / d2) if d2 > 0 else 1.0
+    shrunk = (1 - alpha) * corr + alpha * target
+    return shrunk * np.outer(sd, sd) * n / max(n - 1, 1), alpha
+
+
+def fit_shape_prior(train_scans: List[TrainingScan], answers: np.ndarray, truths: np.ndarray) -> Optional[dict]:
+    """The landmark shape prior pipeline.apply_shape_prior uses: the training scans' landmarks
+    as a Gaussian (mean, covariance S shrunk as ``_shrunk_covariance`` says) and the network's
+    error on validation scans (``answers`` against ``truths``, its variance D per coordinate),
+    stored as the mean and the gain S (S + D)^-1; None with fewer than PRIOR_MIN_VALIDATION
+    validation scans or 2 training scans."""
+    if len(answers) < PRIOR_MIN_VALIDATION or len(train_scans) < 2:
+        return None
+    y = np.stack([s.truth for s in train_scans]).reshape(len(train_scans), -1).astype(np.float64)
+    cov, alpha = _shrunk_covariance(y)
+    noise = np.maximum(((np.asarray(answers) - np.asarray(truths)) ** 2).reshape(len(answers), -1).mean(axis=0), 1e-4)
+    gain = np.linalg.solve(cov + np.diag(noise), cov).T  # S (S + D)^-1, S symmetric
+    return {"mean": np.round(y.mean(axis=0).reshape(-1, 3), 4).tolist(), "gain": np.round(gain, 6).tolist(),
+            "n_train": len(train_scans), "n_validation": len(answers), "shrinkage": round(alpha, 4),
+            "noise_rms_mm": round(float(np.sqrt(noise.mean() * 3)), 4)}
 
 
 def _export(net, cfg_net: NetworkConfig, metadata: dict) -> Model:
@@ -299,7 +351,8 @@ def fit(train_scans: List[TrainingScan], val_scans: List[TrainingScan], labels: 
         if since_best >= cfg["early_stop_patience"] or should_stop():
             log("stopping: {}".format("no improvement for {} epochs".format(since_best) if not should_stop() else "asked to stop"))
             break
-    net.load_state_dict(best_state)
+    if best_state is not None:  # None: no epoch ran (--epochs 0 with --init keeps the model's weights)
+        net.load_state_dict(best_state)
     net.eval()
     meta["training_history"] = history
     return _export(net, net_cfg, meta)
@@ -346,6 +399,10 @@ def train(data_dir, output, config: Optional[dict] = None, epochs: Optional[int]
     cfg = merge_config(config)
     if epochs is not None:
         cfg["epochs"] = int(epochs)
+    if cfg["epochs"] < 0 or (cfg["epochs"] == 0 and not init):
+        raise PalnetError("--epochs {} : give a positive number of epochs, or 0 with --init to keep that model's "
+                          "network and only learn its starting shape, shape prior and confidence from the data"
+                          .format(cfg["epochs"]))
     pairs = find_scan_pairs(data_dir)
     if len(pairs) < 2:
         raise PalnetError("found {} (scan, landmark file) pairs; training needs at least 2".format(len(pairs)), data_dir)
@@ -398,10 +455,19 @@ def train(data_dir, output, config: Optional[dict] = None, epochs: Optional[int]
     model = fit(tr, val, labels, template, cfg, metadata, init_model, Path(str(output) + ".ckpt"), log, should_stop)
     mean = np.asarray(model.metadata["mean_landmarks"])
     report.update(n_train=len(tr), n_val=len(val))
+    model.metadata.pop("shape_prior", None)  # the network changed: its error must be measured again
     if val:
         vt = [cKDTree(s.samples) for s in val]
-        report["validation"], model.metadata["confidence"] = validate(model, val, vt,
-                                                                      scan_starts(val, mean, model.metadata), cfg)
+        truths = np.stack([s.truth for s in val])
+        answers, spreads = network_answers(model, vt, scan_starts(val, mean, model.metadata), cfg)
+        report["validation_network"] = _errors(answers, truths)
+        prior = fit_shape_prior(tr, answers, truths) if cfg["shape_prior"] else None
+        if prior:
+            model.metadata["shape_prior"] = prior
+            log("shape prior: network error on the validation scans {:.2f} mm RMS per landmark, covariance of {} "
+                "training scans shrunk by {:.3f}; the validation below uses that error, so it flatters a little"
+                .format(prior["noise_rms_mm"], prior["n_train"], prior["shrinkage"]))
+        report["validation"], model.metadata["confidence"] = score_answers(model, answers, spreads, truths)
         model.metadata["accuracy"] = {"validation": report["validation"], "n": len(val)}
         log("validation: point-wise {pointwise_mm:.3f} mm, distance-wise {distancewise_mm:.3f} mm (answers as palnet "
             "predict gives them; the epochs above score one run per scan)".format(**report["validation"]))
