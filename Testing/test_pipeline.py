@@ -94,9 +94,9 @@ def test_the_shape_prior_moves_loosely_placed_landmarks_towards_the_others(model
     landmarks; an identity gain would leave the answer as it is."""
     from palnet.pipeline import apply_shape_prior, shape_prior
     prior = shape_prior(model)
-    assert prior is not None and prior[1].shape == (150, 150)
+    assert prior is not None and prior[2].shape == (150, 150) and prior[1].shape == (50, 3)
     points = prior[0] + np.random.default_rng(0).normal(0, 3, prior[0].shape)
-    np.testing.assert_allclose(apply_shape_prior(points, (prior[0], np.eye(150))), points)
+    np.testing.assert_allclose(apply_shape_prior(points, (prior[0], np.zeros((50, 3)), np.eye(150))), points)
     assert apply_shape_prior(points, None) is points
     moved = np.linalg.norm(apply_shape_prior(points, prior) - points, axis=1)
     assert moved.max() > 0.5  # a random set of 50 points is not a face: the prior pulls it towards one

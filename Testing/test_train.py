@@ -206,12 +206,23 @@ def test_shape_prior_pulls_noisy_landmarks_towards_the_training_shapes():
     gain = np.asarray(prior["gain"])
     test = faces(50)
     noisy = test + rng.normal(0, 1, test.shape) * noise_mm
-    fixed = np.stack([apply_shape_prior(a, (np.asarray(prior["mean"]), gain)) for a in noisy])
+    fixed = np.stack([apply_shape_prior(a, (np.asarray(prior["mean"]), np.asarray(prior["bias"]), gain))
+                      for a in noisy])
     before, after = (np.linalg.norm(x - test, axis=2).mean(axis=0) for x in (noisy, fixed))
     assert after[5] < 0.5 * before[5], (before, after)
     assert after[:5].mean() < before[:5].mean() + 0.05
     # too few validation scans to measure the network's error: no prior
     assert fit_shape_prior(train, answers[:4], val[:4]) is None
+    # a network that places landmark 0 2 mm too far right: the offset comes off the answer...
+    shifted = answers.copy()
+    shifted[:, 0, 0] += 2.0
+    bias = np.asarray(fit_shape_prior(train, shifted, val)["bias"])
+    assert abs(bias[0, 0] - 2.0) < 0.2 and np.abs(bias[1:5]).max() < 0.1  # (landmark 5 is too noisy to judge)
+    assert (np.abs(bias) <= np.abs((shifted - val).mean(axis=0)) + 1e-9).all()
+    # ...while the chance offsets of a few validation scans are shrunk towards zero
+    few = np.asarray(fit_shape_prior(train, answers[:6], val[:6])["bias"])
+    raw = np.abs((answers[:6] - val[:6]).mean(axis=0))
+    assert (np.abs(few) <= raw + 1e-9).all() and np.abs(few).sum() < 0.8 * raw.sum()
 
 
 def test_shrinkage_grows_as_the_training_set_shrinks():

@@ -135,34 +135,35 @@ def starting_shape(mean: np.ndarray, shape: np.ndarray,
     return modes[1] + np.tensordot(np.asarray(shape, dtype=np.float64) - modes[0], modes[2], 1)
 
 
-def shape_prior(model: Model) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-    """(mean landmarks (L, 3), gain (3L, 3L)) of the model's landmark shape prior (see
-    :func:`apply_shape_prior` and train.fit_shape_prior), or None when it has none."""
+def shape_prior(model: Model) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(mean landmarks (L, 3), the network's bias (L, 3), gain (3L, 3L)) of the model's landmark
+    shape prior (see :func:`apply_shape_prior` and train.fit_shape_prior), or None."""
     entry = model.metadata.get("shape_prior")
     if not entry:
         return None
     n = model.config.n_landmarks
     try:
         mean = np.asarray(entry["mean"], dtype=np.float64).reshape(n, 3)
+        bias = np.asarray(entry.get("bias", np.zeros((n, 3))), dtype=np.float64).reshape(n, 3)
         gain = np.asarray(entry["gain"], dtype=np.float64).reshape(3 * n, 3 * n)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PalnetError("model metadata has an unusable shape_prior ({})".format(exc), model.source)
-    if not (np.isfinite(mean).all() and np.isfinite(gain).all()):
+    if not all(np.isfinite(a).all() for a in (mean, bias, gain)):
         raise PalnetError("model metadata has a shape_prior with NaN or infinite values", model.source)
-    return mean, gain
+    return mean, bias, gain
 
 
-def apply_shape_prior(points: np.ndarray, prior: Optional[Tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+def apply_shape_prior(points: np.ndarray, prior: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
     """The most probable landmarks (canonical mm) given the network's answer ``points`` (L, 3):
     the training landmarks' spread (a Gaussian, mean and covariance S) combined with the
-    network's error on held-out scans (independent per coordinate, variances D), i.e.
-    ``mean + S (S + D)^-1 (points - mean)``; the model stores the gain S (S + D)^-1. A landmark
-    the network places precisely keeps its place; one it places loosely (a cheek's most lateral
-    point) moves towards where the others say it lies."""
+    network's error on held-out scans (its mean, the bias, taken off the answer; the rest a
+    Gaussian with covariance N), i.e. ``mean + S (S + N)^-1 (points - bias - mean)``; the model
+    stores the gain S (S + N)^-1. A landmark the network places precisely keeps its place; one
+    it places loosely (a cheek's most lateral point) moves towards where the others say it lies."""
     if prior is None:
         return points
-    mean, gain = prior
-    return mean + ((points - mean).reshape(-1) @ gain.T).reshape(mean.shape)
+    mean, bias, gain = prior
+    return mean + ((points - bias - mean).reshape(-1) @ gain.T).reshape(mean.shape)
 
 
 def template_modes(template: np.ndarray) -> Optional[np.ndarray]:

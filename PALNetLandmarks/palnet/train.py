@@ -240,20 +240,31 @@ def _shrunk_covariance(y: np.ndarray) -> Tuple[np.ndarray, float]:
 
 
 def fit_shape_prior(train_scans: List[TrainingScan], answers: np.ndarray, truths: np.ndarray) -> Optional[dict]:
-    """The landmark shape prior pipeline.apply_shape_prior uses: the training scans' landmarks
-    as a Gaussian (mean, covariance S shrunk as ``_shrunk_covariance`` says) and the network's
-    error on validation scans (``answers`` against ``truths``, its variance D per coordinate),
-    stored as the mean and the gain S (S + D)^-1; None with fewer than PRIOR_MIN_VALIDATION
-    validation scans or 2 training scans."""
+    """The landmark shape prior pipeline.apply_shape_prior uses, or None with fewer than
+    PRIOR_MIN_VALIDATION validation scans or 2 training scans.
+
+    The training scans' landmarks are a Gaussian (mean, covariance S shrunk as
+    ``_shrunk_covariance`` says). The network's errors on the validation scans (``answers``
+    against ``truths``) give its systematic offset (the bias; zero unless it is clearly more than
+    chance would give from that many scans, and shrunk by that) and the covariance N of the
+    rest (errors of neighbouring landmarks go together; shrunk likewise). Stored: the mean,
+    the bias and the gain S (S + N)^-1."""
     if len(answers) < PRIOR_MIN_VALIDATION or len(train_scans) < 2:
         return None
     y = np.stack([s.truth for s in train_scans]).reshape(len(train_scans), -1).astype(np.float64)
     cov, alpha = _shrunk_covariance(y)
-    noise = np.maximum(((np.asarray(answers) - np.asarray(truths)) ** 2).reshape(len(answers), -1).mean(axis=0), 1e-4)
-    gain = np.linalg.solve(cov + np.diag(noise), cov).T  # S (S + D)^-1, S symmetric
-    return {"mean": np.round(y.mean(axis=0).reshape(-1, 3), 4).tolist(), "gain": np.round(gain, 6).tolist(),
-            "n_train": len(train_scans), "n_validation": len(answers), "shrinkage": round(alpha, 4),
-            "noise_rms_mm": round(float(np.sqrt(noise.mean() * 3)), 4)}
+    err = (np.asarray(answers, dtype=np.float64) - np.asarray(truths)).reshape(len(answers), -1)
+    m, mean_err = len(err), err.mean(axis=0)
+    # kept where it is clearly more than chance (twice its standard error), shrunk by what chance would give
+    bias = mean_err * np.clip(1 - 4 * err.var(axis=0) / (m * np.maximum(mean_err ** 2, 1e-12)), 0, 1)
+    noise, beta = _shrunk_covariance(err)
+    noise += np.outer(mean_err - bias, mean_err - bias)  # the offset left in the answers
+    noise += np.eye(len(noise)) * 1e-4
+    gain = np.linalg.solve(cov + noise, cov).T  # S (S + N)^-1, both symmetric
+    return {"mean": np.round(y.mean(axis=0).reshape(-1, 3), 4).tolist(),
+            "bias": np.round(bias.reshape(-1, 3), 4).tolist(), "gain": np.round(gain, 6).tolist(),
+            "n_train": len(train_scans), "n_validation": m, "shrinkage": round(alpha, 4),
+            "noise_shrinkage": round(beta, 4), "noise_rms_mm": round(float(np.sqrt(np.trace(noise) / len(noise) * 3)), 4)}
 
 
 def _export(net, cfg_net: NetworkConfig, metadata: dict) -> Model:
