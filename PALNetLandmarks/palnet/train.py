@@ -106,8 +106,8 @@ def fit_landmark_modes(scans: List[TrainingScan], ridge: float = MODES_RIDGE) ->
     """How the landmarks (canonical mm) move with the face template's fitted shape: a ridge
     regression of every scan's true landmarks on its template mode coefficients, as
     ``{"coef_mean": (K,), "landmark_mean": (L, 3), "modes": (K, L, 3)}`` (see
-    pipeline.starting_shape), or None when
-    the template has no modes or there are too few scans to learn K x L x 3 numbers."""
+    pipeline.starting_shape), or None when the template has no modes or there are too few
+    scans to learn K x L x 3 numbers."""
     k = {len(s.shape) for s in scans}
     if len(k) != 1 or not next(iter(k)):
         return None
@@ -233,7 +233,8 @@ def _shrunk_covariance(y: np.ndarray) -> Tuple[np.ndarray, float]:
     corr = z.T @ z / n
     target = np.eye(p)
     d2 = ((corr - target) ** 2).sum()
-    b2 = sum(((np.outer(r, r) - corr) ** 2).sum() for r in z) / n ** 2
+    # sum over rows of |z z^T - corr|^2, which is sum |z|^4 - n |corr|^2 since corr is their mean
+    b2 = (((z ** 2).sum(axis=1) ** 2).sum() - n * (corr ** 2).sum()) / n ** 2
     alpha = float(min(b2, d2) / d2) if d2 > 0 else 1.0
     shrunk = (1 - alpha) * corr + alpha * target
     return shrunk * np.outer(sd, sd) * n / max(n - 1, 1), alpha
@@ -466,8 +467,7 @@ def train(data_dir, output, config: Optional[dict] = None, epochs: Optional[int]
     model = fit(tr, val, labels, template, cfg, metadata, init_model, Path(str(output) + ".ckpt"), log, should_stop)
     mean = np.asarray(model.metadata["mean_landmarks"])
     report.update(n_train=len(tr), n_val=len(val))
-    model.metadata.pop("shape_prior", None)  # the network changed: its error must be measured again
-    if val:
+    if val:  # the prior is measured anew for every network (fit never carries one over)
         vt = [cKDTree(s.samples) for s in val]
         truths = np.stack([s.truth for s in val])
         answers, spreads = network_answers(model, vt, scan_starts(val, mean, model.metadata), cfg)
