@@ -213,7 +213,7 @@ def test_shape_prior_pulls_noisy_landmarks_towards_the_training_shapes():
     assert after[:5].mean() < before[:5].mean() + 0.05
     # too few validation scans to measure the network's error: no prior
     assert fit_shape_prior(train, answers[:4], val[:4]) is None
-    # a network that places landmark 0 2 mm too far right: the offset comes off the answer...
+    # a network that places landmark 0 2 mm off along x on every scan: the offset comes off the answer...
     shifted = answers.copy()
     shifted[:, 0, 0] += 2.0
     bias = np.asarray(fit_shape_prior(train, shifted, val)["bias"])
