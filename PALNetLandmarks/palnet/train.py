@@ -129,6 +129,12 @@ def scan_starts(scans: List[TrainingScan], mean: np.ndarray, meta: dict) -> np.n
     return np.stack([starting_shape(mean, s.shape, modes) for s in scans]) if scans else np.zeros((0,) + mean.shape)
 
 
+def _start_of(starts: np.ndarray, i: int) -> np.ndarray:
+    """Scan ``i``'s start from ``starts``: one shape for every scan (L, 3) or one per scan (N, L, 3)."""
+    starts = np.asarray(starts)
+    return starts[i] if starts.ndim == 3 else starts
+
+
 def make_batch(scans: List[TrainingScan], trees: List[cKDTree], idx: np.ndarray, starts: np.ndarray, cfg: dict,
                rng: Optional[np.random.Generator]):
     """Patches, initial approximations and truths for scans ``idx``; jittered when ``rng`` is given.
@@ -136,10 +142,9 @@ def make_batch(scans: List[TrainingScan], trees: List[cKDTree], idx: np.ndarray,
     ``starts``: the shape every scan starts from (L, 3), or each scan's own (len(scans), L, 3)."""
     size, scale = cfg["network"]["patch_size"], cfg["patch"]["scale_mm"]
     jit = cfg["jitter"]
-    starts = np.asarray(starts)
     patches, inits, truths = [], [], []
     for i in idx:
-        start, jitter = (starts[i] if starts.ndim == 3 else starts), None
+        start, jitter = _start_of(starts, i), None
         if rng is not None and rng.random() < jit["near_fraction"]:
             # a start like a refinement pass gets: the landmarks a few mm from the truth
             start = scans[i].truth
@@ -171,11 +176,6 @@ def _errors(preds: np.ndarray, truths: np.ndarray) -> Dict[str, float]:
     from .metrics import distancewise_errors, pointwise_errors
     return {"pointwise_mm": float(np.mean(pointwise_errors(preds, truths))),
             "distancewise_mm": float(np.mean(distancewise_errors(preds, truths)))}
-
-
-def _start_of(starts: np.ndarray, i: int) -> np.ndarray:
-    starts = np.asarray(starts)
-    return starts[i] if starts.ndim == 3 else starts
 
 
 def evaluate_scans(model: Model, scans: List[TrainingScan], trees: List[cKDTree], starts: np.ndarray,
