@@ -633,10 +633,12 @@ class PALNetLandmarksLogic(ScriptedLoadableModuleLogic):
             "accuracy": None,
             "trainingData": (meta.get("training") or {}).get("data"),
         }
-        validation = (meta.get("accuracy") or {}).get("validation")
+        accuracy = meta.get("accuracy") or {}
+        validation = accuracy.get("validation")
         if isinstance(validation, dict) and "pointwise_mm" in validation:
-            info["accuracy"] = "{:.2f} mm point-wise, {:.2f} mm distance-wise (validation)".format(
-                validation["pointwise_mm"], validation.get("distancewise_mm", float("nan")))
+            info["accuracy"] = "{:.2f} mm point-wise, {:.2f} mm distance-wise ({})".format(
+                validation["pointwise_mm"], validation.get("distancewise_mm", float("nan")),
+                "cross-validation" if accuracy.get("out_of_fold") else "validation")
         return info
 
     @staticmethod

@@ -344,7 +344,13 @@ def test_cross_validation_then_final_model(tmp_path, tiny_data, capsys):
     usable = 6 - len(report["skipped"])
     assert usable >= 4 and len(cv["folds"]) == 2 and sum(f["n_val"] for f in cv["folds"]) == usable
     assert report["n_train"] == usable and report["n_val"] == 0
-    assert len(load_model(out).metadata["training_history"]) == cv["median_best_epoch"]
+    final = load_model(out)
+    assert len(final.metadata["training_history"]) == cv["median_best_epoch"]
+    # without validation scans, the prior and the confidence come from the out-of-fold answers
+    assert final.metadata["accuracy"] == {"validation": report["validation"], "n": usable, "out_of_fold": True}
+    assert final.metadata["confidence"]["n"] == usable * 50
+    assert final.metadata["shape_prior"]["n_validation"] == usable == report["n_train"]
+    assert "out-of-fold answers" in log
 
 
 def test_train_predict_finetune_and_resume(tmp_path, tiny_data):
@@ -375,6 +381,13 @@ def test_train_predict_finetune_and_resume(tmp_path, tiny_data):
     assert main(["train", str(data), "-o", str(kept), "--init", str(model_file), "--epochs", "0",
                  "--cache", str(tmp_path / "m.npz.cache")]) == 0
     assert all(np.array_equal(w, load_model(kept).weights[k]) for k, w in m.weights.items())
+    # likewise with folds: every scan answered by the same network, all of them inform the prior
+    folded = tmp_path / "folded.npz"
+    assert main(["train", str(data), "-o", str(folded), "--init", str(model_file), "--epochs", "0", "--folds", "2",
+                 "--cache", str(tmp_path / "m.npz.cache")]) == 0
+    folded = load_model(folded)
+    assert all(np.array_equal(w, folded.weights[k]) for k, w in m.weights.items())
+    assert folded.metadata["training_history"] == [] and folded.metadata["accuracy"]["out_of_fold"]
     assert main(["train", str(data), "-o", str(tmp_path / "none.npz"), "--epochs", "0"]) == 2
 
 

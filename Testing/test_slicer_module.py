@@ -326,7 +326,7 @@ def test_custom_protocol_drives_the_labels(plm, mrml_scene, face, tmp_path):
     assert info["protocol"] == "mine" and info["landmarks"] == 6 and info["patchSize"] == 100
 
 
-def test_results_rows_and_model_info(plm, mrml_scene, face, model_path):
+def test_results_rows_and_model_info(plm, mrml_scene, face, model_path, tmp_path):
     logic = plm.PALNetLandmarksLogic()
     assert logic.lastResultRows() == []
     logic.process(model_node_from_mesh(mrml_scene, face), modelPath=model_path)
@@ -338,6 +338,11 @@ def test_results_rows_and_model_info(plm, mrml_scene, face, model_path):
     assert rows[3]["color"] == protocol.color_of("prn") and 0.0 <= rows[3]["confidence"] <= 1.0
     info = logic.modelInfo(model_path)
     assert info["landmarks"] == 50 and info["patchSize"] == 100 and "1.50 mm point-wise" in info["accuracy"]
+    assert info["accuracy"].endswith("(validation)")
+    cross = tiny_model(face)
+    cross.metadata["accuracy"]["out_of_fold"] = True  # as palnet train --folds saves it
+    save_model(tmp_path / "cv.npz", cross)
+    assert logic.modelInfo(tmp_path / "cv.npz")["accuracy"].endswith("(cross-validation)")
     html = plm.PALNetLandmarksLogic.modelInfoHtml(info)
     assert "Patch size" in html and "palnet50" in html
 

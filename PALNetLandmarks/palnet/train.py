@@ -372,30 +372,37 @@ def fit(train_scans: List[TrainingScan], val_scans: List[TrainingScan], labels: 
 
 def cross_validate(scans: List[TrainingScan], groups: List[List[int]], order: np.ndarray, folds: int,
                    labels: List[str], template: np.ndarray, cfg: dict, metadata: dict, init_model: Optional[Model],
-                   log: Callable[[str], None], should_stop: Callable[[], bool]) -> dict:
+                   log: Callable[[str], None], should_stop: Callable[[], bool]) -> Tuple[dict, tuple]:
     """K-fold cross-validation over annotated scans (``order`` permutes ``groups``): per-fold
-    validation errors, their mean and the median best epoch."""
+    validation errors of the network's answers, their mean and the median best epoch; and the
+    out-of-fold (answers, spreads, truths), every scan answered by the fold that did not train
+    on it, from which the final model learns its shape prior and confidence."""
     if len(groups) < folds:
         raise PalnetError("{} folds need at least {} scans, found {}".format(folds, folds, len(groups)))
-    rows = []
+    rows, answers, spreads, truths = [], [], [], []
     for k in range(folds):
         # Folds in the permuted order, then the training scans in that order too.
         tr, val = split_groups(scans, [groups[i] for i in order], range(k, len(order), folds))
         log("fold {}/{}: training on {}, validating on {}".format(k + 1, folds, len(tr), len(val)))
         model = fit(tr, val, labels, template, cfg, metadata, init_model, None, log, should_stop)
         history = model.metadata["training_history"]
-        best_epoch = min(history, key=lambda r: r["val_pointwise_mm"])["epoch"]
+        # 0 when no epoch ran (--epochs 0 with --init: every fold keeps that network)
+        best_epoch = min(history, key=lambda r: r["val_pointwise_mm"])["epoch"] if history else 0
         vt = [cKDTree(s.samples) for s in val]
-        errors = validate(model, val, vt, scan_starts(val, np.asarray(model.metadata["mean_landmarks"]),
-                                                      model.metadata), cfg)[0]
-        rows.append(dict(errors, fold=k + 1, best_epoch=best_epoch, n_val=len(val)))
+        a, sp = network_answers(model, vt, scan_starts(val, np.asarray(model.metadata["mean_landmarks"]),
+                                                       model.metadata), cfg)
+        t = np.stack([s.truth for s in val])
+        answers.append(a)
+        spreads.append(sp)
+        truths.append(t)
+        rows.append(dict(_errors(a, t), fold=k + 1, best_epoch=best_epoch, n_val=len(val)))
     result = {"folds": rows, "median_best_epoch": int(np.median([r["best_epoch"] for r in rows]))}
     for key in ("pointwise_mm", "distancewise_mm"):
         result[key + "_mean"] = float(np.mean([r[key] for r in rows]))
         result[key + "_std"] = float(np.std([r[key] for r in rows]))
-    log("cross-validation: point-wise {pointwise_mm_mean:.3f} +- {pointwise_mm_std:.3f} mm, distance-wise "
-        "{distancewise_mm_mean:.3f} +- {distancewise_mm_std:.3f} mm".format(**result))
-    return result
+    log("cross-validation (network alone): point-wise {pointwise_mm_mean:.3f} +- {pointwise_mm_std:.3f} mm, "
+        "distance-wise {distancewise_mm_mean:.3f} +- {distancewise_mm_std:.3f} mm".format(**result))
+    return result, (np.concatenate(answers), np.concatenate(spreads), np.concatenate(truths))
 
 
 def train(data_dir, output, config: Optional[dict] = None, epochs: Optional[int] = None, val_split: float = 0.2,
@@ -457,9 +464,10 @@ def train(data_dir, output, config: Optional[dict] = None, epochs: Optional[int]
                 "training": {"data": description or str(data_dir), "n_train": len(tr), "n_val": len(val),
                              "config": cfg, "fine_tuned_from": str(init) if init else None}}
     report = {"skipped": problems}
+    held_out = None  # the network's (answers, spreads, truths) on scans it did not train on
     if folds and folds > 1:
-        report["cross_validation"] = cross_validate(scans, groups, order, folds, labels, template, cfg, metadata,
-                                                    init_model, log, should_stop)
+        report["cross_validation"], held_out = cross_validate(scans, groups, order, folds, labels, template, cfg,
+                                                              metadata, init_model, log, should_stop)
         # The final model learns from every scan for the folds' typical number of epochs.
         cfg = dict(cfg, epochs=report["cross_validation"]["median_best_epoch"])
         tr, val = split_groups(scans, [groups[i] for i in order], ())
@@ -467,21 +475,28 @@ def train(data_dir, output, config: Optional[dict] = None, epochs: Optional[int]
     model = fit(tr, val, labels, template, cfg, metadata, init_model, Path(str(output) + ".ckpt"), log, should_stop)
     mean = np.asarray(model.metadata["mean_landmarks"])
     report.update(n_train=len(tr), n_val=len(val))
-    if val:  # the prior is measured anew for every network (fit never carries one over)
+    if val:
         vt = [cKDTree(s.samples) for s in val]
-        truths = np.stack([s.truth for s in val])
-        answers, spreads = network_answers(model, vt, scan_starts(val, mean, model.metadata), cfg)
+        held_out = network_answers(model, vt, scan_starts(val, mean, model.metadata), cfg) + (
+            np.stack([s.truth for s in val]),)
+        which = "validation scans"
+    else:  # after cross-validation: each scan as answered by the fold that did not train on it
+        which = "out-of-fold answers"
+    if held_out is not None:  # the prior is measured anew for every network (fit never carries one over)
+        answers, spreads, truths = held_out
         report["validation_network"] = _errors(answers, truths)
         prior = fit_shape_prior(tr, answers, truths) if cfg["shape_prior"] else None
         if prior:
             model.metadata["shape_prior"] = prior
-            log("shape prior: network error on the validation scans {:.2f} mm RMS per landmark, covariance of {} "
-                "training scans shrunk by {:.3f}; the validation below uses that error, so it flatters a little"
-                .format(prior["noise_rms_mm"], prior["n_train"], prior["shrinkage"]))
+            log("shape prior: network error on the {} {:.2f} mm RMS per landmark, covariance of {} training scans "
+                "shrunk by {:.3f}; the validation below uses that error, so it flatters a little"
+                .format(which, prior["noise_rms_mm"], prior["n_train"], prior["shrinkage"]))
         report["validation"], model.metadata["confidence"] = score_answers(model, answers, spreads, truths)
-        model.metadata["accuracy"] = {"validation": report["validation"], "n": len(val)}
-        log("validation: point-wise {pointwise_mm:.3f} mm, distance-wise {distancewise_mm:.3f} mm (answers as palnet "
-            "predict gives them; the epochs above score one run per scan)".format(**report["validation"]))
+        model.metadata["accuracy"] = {"validation": report["validation"], "n": len(answers)}
+        if not val:
+            model.metadata["accuracy"]["out_of_fold"] = True
+        log("validation ({}): point-wise {pointwise_mm:.3f} mm, distance-wise {distancewise_mm:.3f} mm (answers as "
+            "palnet predict gives them; the epochs above score one run per scan)".format(which, **report["validation"]))
     save_model(output, model, half=half)
     checkpoint = Path(str(output) + ".ckpt")
     if checkpoint.exists():
