@@ -116,6 +116,12 @@ def test_unusable_landmark_modes_are_refused_naming_the_model(model, sample):
     with pytest.raises(PalnetError, match="shape_prior") as info:
         predict(sample[0], broken)
     assert str(default_model_path()) in str(info.value)
+    for second in ({"refine_steps": 2}, {"refine_steps": 0, "shape_prior": model.metadata["shape_prior"]},
+                   {"refine_steps": "two", "shape_prior": model.metadata["shape_prior"]}):
+        broken.metadata = dict(model.metadata, second_round=second)
+        with pytest.raises(PalnetError, match="second_round") as info:
+            predict(sample[0], broken)
+        assert str(default_model_path()) in str(info.value)
 
 
 @pytest.mark.parametrize("units,factor", [("cm", 0.1), ("m", 0.001)])
@@ -351,6 +357,11 @@ def test_cross_validation_then_final_model(tmp_path, tiny_data, capsys):
     assert final.metadata["confidence"]["n"] == usable * 50
     assert final.metadata["shape_prior"]["n_validation"] == usable == report["n_train"]
     assert "out-of-fold answers" in log
+    # each fold's network answers its scans once more from there; that round has a prior of its own
+    second = final.metadata["second_round"]
+    assert second["refine_steps"] == 2 and second["shape_prior"]["n_validation"] == usable
+    assert second["shape_prior"]["gain"] != final.metadata["shape_prior"]["gain"]
+    assert report["validation_network_second"]["pointwise_mm"] > 0 and "second round:" in log
 
 
 def test_train_predict_finetune_and_resume(tmp_path, tiny_data):
@@ -383,11 +394,17 @@ def test_train_predict_finetune_and_resume(tmp_path, tiny_data):
     assert all(np.array_equal(w, load_model(kept).weights[k]) for k, w in m.weights.items())
     # likewise with folds: every scan answered by the same network, all of them inform the prior
     folded = tmp_path / "folded.npz"
+    one_round = tmp_path / "one_round.json"
+    one_round.write_text(json.dumps({"second_round": 0}))
     assert main(["train", str(data), "-o", str(folded), "--init", str(model_file), "--epochs", "0", "--folds", "2",
-                 "--cache", str(tmp_path / "m.npz.cache")]) == 0
+                 "--cache", str(tmp_path / "m.npz.cache"), "--config", str(one_round)]) == 0
     folded = load_model(folded)
     assert all(np.array_equal(w, folded.weights[k]) for k, w in m.weights.items())
     assert folded.metadata["training_history"] == [] and folded.metadata["accuracy"]["out_of_fold"]
+    assert "shape_prior" in folded.metadata and "second_round" not in folded.metadata  # as configured
+    one_round.write_text(json.dumps({"second_round": -1}))
+    assert main(["train", str(data), "-o", str(tmp_path / "bad.npz"), "--init", str(model_file), "--epochs", "0",
+                 "--config", str(one_round)]) == 2
     assert main(["train", str(data), "-o", str(tmp_path / "none.npz"), "--epochs", "0"]) == 2
 
 

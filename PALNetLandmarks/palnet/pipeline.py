@@ -135,10 +135,11 @@ def starting_shape(mean: np.ndarray, shape: np.ndarray,
     return modes[1] + np.tensordot(np.asarray(shape, dtype=np.float64) - modes[0], modes[2], 1)
 
 
-def shape_prior(model: Model) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def shape_prior(model: Model, entry: Optional[dict] = None) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(mean landmarks (L, 3), the network's bias (L, 3), gain (3L, 3L)) of the model's landmark
-    shape prior (see :func:`apply_shape_prior` and train.fit_shape_prior), or None."""
-    entry = model.metadata.get("shape_prior")
+    shape prior (see :func:`apply_shape_prior` and train.fit_shape_prior), or None. ``entry``:
+    another prior record of the model than its first (the second round's)."""
+    entry = model.metadata.get("shape_prior") if entry is None else entry
     if not entry:
         return None
     n = model.config.n_landmarks
@@ -151,6 +152,22 @@ def shape_prior(model: Model) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarr
     if not all(np.isfinite(a).all() for a in (mean, bias, gain)):
         raise PalnetError("model metadata has a shape_prior with NaN or infinite values", model.source)
     return mean, bias, gain
+
+
+def second_round(model: Model) -> Optional[Tuple[int, Tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """(refinement passes, shape prior) of the model's second round (see :func:`network_answer`), or None."""
+    entry = model.metadata.get("second_round")
+    if not entry:
+        return None
+    try:
+        steps = int(entry["refine_steps"])
+        prior = shape_prior(model, entry["shape_prior"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise PalnetError("model metadata has an unusable second_round ({})".format(exc), model.source)
+    if steps < 1 or prior is None:
+        raise PalnetError("model metadata has an unusable second_round (needs refine_steps >= 1 and a shape_prior)",
+                          model.source)
+    return steps, prior
 
 
 def apply_shape_prior(points: np.ndarray, prior: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
@@ -276,6 +293,22 @@ def predict_with_spread(tree: cKDTree, model: Model, init: np.ndarray, steps: in
     return answer, spread
 
 
+def network_answer(tree: cKDTree, model: Model, init: np.ndarray, steps: int, scale: float,
+                   samples: int = CONFIDENCE_SAMPLES):
+    """What ``predict`` answers (L, 3), canonical mm, and the spread behind its confidence: the
+    network's answer (:func:`predict_with_spread`, from ``init``) after the model's shape prior;
+    with a second round, the network once more from there (as many runs, the second round's
+    passes) and that round's prior, whose spread counts. The prior-corrected answer is a better
+    start than the first one, nearest the truth exactly where the network was loosest."""
+    answer, spread = predict_with_spread(tree, model, init, steps, scale, samples)
+    answer = apply_shape_prior(answer, shape_prior(model))
+    again = second_round(model)
+    if again:
+        answer, spread = predict_with_spread(tree, model, initial_approximation(tree, answer), again[0], scale, samples)
+        answer = apply_shape_prior(answer, again[1])
+    return answer, spread
+
+
 def calibrate_confidence(spread_mm: np.ndarray, error_mm: np.ndarray, bins: int = 12) -> dict:
     """Table for :func:`landmark_confidence` from held-out (spread, error) pairs: the
     fraction of landmarks within 2 mm of the truth in each spread quantile, made
@@ -315,8 +348,7 @@ def predict(mesh: Mesh, model: Model, snap: str = "nearest", units: str = "auto"
     init = initial_approximation(prep.tree, start)
     at_mean = init if start is mean else initial_approximation(prep.tree, mean)  # baseline (a)
     steps = refine_steps if refine_steps is not None else int(model.metadata.get("refine_steps", 1))
-    centres, spread = predict_with_spread(prep.tree, model, init, steps, scale, confidence_samples)
-    centres = apply_shape_prior(centres, shape_prior(model))
+    centres, spread = network_answer(prep.tree, model, init, steps, scale, confidence_samples)
     t2 = time.perf_counter()
 
     to_file = unit_scale("mm", prep.units)

@@ -41,6 +41,8 @@ DEFAULT_CONFIG = {
     "refine_steps": 2,
     "start": "shape",  # "shape": the mean landmarks moved with the fitted face template; "mean": the paper's
     "shape_prior": True,  # combine the network's answer with the training landmarks' spread (needs validation scans)
+    # passes of a second round of the network from the prior-corrected answer, then a prior of its own (0: none)
+    "second_round": 2,
     "epochs": 100, "batch_size": 16, "lr": 1e-3, "plateau_factor": 0.5, "plateau_patience": 8,
     "early_stop_patience": 30, "loss_weights": [0.6, 0.4], "seed": 0,
     # near_fraction of the training starts lie near the truth (each landmark off by up to
@@ -190,24 +192,25 @@ def evaluate_scans(model: Model, scans: List[TrainingScan], trees: List[cKDTree]
     return _errors(np.stack(preds), np.stack([s.truth for s in scans]))
 
 
-def network_answers(model: Model, trees: List[cKDTree], starts: np.ndarray, cfg: dict):
+def network_answers(model: Model, trees: List[cKDTree], starts: np.ndarray, cfg: dict, steps: Optional[int] = None):
     """The network's answers (N, L, 3) on each scan, the mean of the perturbed runs as palnet
-    predict computes them (before the shape prior), and their spreads (N, L)."""
+    predict computes them (before any shape prior), and their spreads (N, L); ``steps``
+    refinement passes (default the configuration's)."""
     from .pipeline import predict_with_spread
     answers, spreads = [], []
     for i, tree in enumerate(trees):
         answer, spread = predict_with_spread(tree, model, initial_approximation(tree, _start_of(starts, i)),
-                                             cfg["refine_steps"], cfg["patch"]["scale_mm"])
+                                             cfg["refine_steps"] if steps is None else steps, cfg["patch"]["scale_mm"])
         answers.append(answer)
         spreads.append(spread)
     return np.stack(answers), np.stack(spreads)
 
 
-def score_answers(model: Model, answers: np.ndarray, spreads: np.ndarray, truths: np.ndarray):
-    """(errors, confidence table) of the network's ``answers`` after the model's shape prior,
-    as palnet predict gives them (see pipeline.calibrate_confidence)."""
+def score_answers(answers: np.ndarray, spreads: np.ndarray, truths: np.ndarray, prior=None):
+    """(errors, confidence table) of the network's ``answers`` after the shape ``prior`` (as
+    pipeline.shape_prior gives it; None: none), as palnet predict gives them (see
+    pipeline.calibrate_confidence)."""
     from .pipeline import calibrate_confidence
-    prior = shape_prior(model)
     answers = np.stack([apply_shape_prior(a, prior) for a in answers])
     table = calibrate_confidence(np.ravel(spreads), np.linalg.norm(answers - truths, axis=2).ravel())
     return _errors(answers, truths), table
@@ -215,11 +218,28 @@ def score_answers(model: Model, answers: np.ndarray, spreads: np.ndarray, truths
 
 def validate(model: Model, scans: List[TrainingScan], trees: List[cKDTree], starts: np.ndarray, cfg: dict):
     """Scores of the answers palnet predict gives on scans the network did not train on (the
-    mean of the perturbed runs, after the model's shape prior), and the confidence table
-    calibrated from their spread (see pipeline.calibrate_confidence): (errors, table).
-    ``starts`` as for make_batch."""
-    answers, spreads = network_answers(model, trees, starts, cfg)
-    return score_answers(model, answers, spreads, np.stack([s.truth for s in scans]))
+    mean of the perturbed runs, the model's shape prior, its second round if it has one), and
+    the confidence table calibrated from their spread (see pipeline.calibrate_confidence):
+    (errors, table). ``starts`` as for make_batch."""
+    from .pipeline import calibrate_confidence, network_answer
+    runs = [network_answer(tree, model, initial_approximation(tree, _start_of(starts, i)), cfg["refine_steps"],
+                           cfg["patch"]["scale_mm"]) for i, tree in enumerate(trees)]
+    answers, spreads = np.stack([r[0] for r in runs]), np.stack([r[1] for r in runs])
+    truths = np.stack([s.truth for s in scans])
+    return _errors(answers, truths), calibrate_confidence(spreads, np.linalg.norm(answers - truths, axis=2))
+
+
+def second_round_answers(runs: List[Tuple[Model, List[cKDTree]]], corrected: np.ndarray, cfg: dict):
+    """The network once more, ``cfg["second_round"]`` passes from the prior-corrected answers
+    ``corrected`` (N, L, 3): ``runs`` lists (network, trees of its held-out scans) in the order of
+    the answers (one network, or each fold's). Returns (answers, spreads) as network_answers."""
+    answers, spreads, at = [], [], 0
+    for model, trees in runs:
+        a, s = network_answers(model, trees, corrected[at:at + len(trees)], cfg, steps=cfg["second_round"])
+        answers.append(a)
+        spreads.append(s)
+        at += len(trees)
+    return np.concatenate(answers), np.concatenate(spreads)
 
 
 def _shrunk_covariance(y: np.ndarray) -> Tuple[np.ndarray, float]:
@@ -372,14 +392,15 @@ def fit(train_scans: List[TrainingScan], val_scans: List[TrainingScan], labels: 
 
 def cross_validate(scans: List[TrainingScan], groups: List[List[int]], order: np.ndarray, folds: int,
                    labels: List[str], template: np.ndarray, cfg: dict, metadata: dict, init_model: Optional[Model],
-                   log: Callable[[str], None], should_stop: Callable[[], bool]) -> Tuple[dict, tuple]:
+                   log: Callable[[str], None], should_stop: Callable[[], bool]) -> Tuple[dict, tuple, list]:
     """K-fold cross-validation over annotated scans (``order`` permutes ``groups``): per-fold
-    validation errors of the network's answers, their mean and the median best epoch; and the
+    validation errors of the network's answers, their mean and the median best epoch; the
     out-of-fold (answers, spreads, truths), every scan answered by the fold that did not train
-    on it, from which the final model learns its shape prior and confidence."""
+    on it, from which the final model learns its shape prior and confidence; and each fold's
+    (network, trees of its held-out scans) in the same order, for the second round."""
     if len(groups) < folds:
         raise PalnetError("{} folds need at least {} scans, found {}".format(folds, folds, len(groups)))
-    rows, answers, spreads, truths = [], [], [], []
+    rows, answers, spreads, truths, runs = [], [], [], [], []
     for k in range(folds):
         # Folds in the permuted order, then the training scans in that order too.
         tr, val = split_groups(scans, [groups[i] for i in order], range(k, len(order), folds))
@@ -395,6 +416,7 @@ def cross_validate(scans: List[TrainingScan], groups: List[List[int]], order: np
         answers.append(a)
         spreads.append(sp)
         truths.append(t)
+        runs.append((model, vt))
         rows.append(dict(_errors(a, t), fold=k + 1, best_epoch=best_epoch, n_val=len(val)))
     result = {"folds": rows, "median_best_epoch": int(np.median([r["best_epoch"] for r in rows]))}
     for key in ("pointwise_mm", "distancewise_mm"):
@@ -402,7 +424,7 @@ def cross_validate(scans: List[TrainingScan], groups: List[List[int]], order: np
         result[key + "_std"] = float(np.std([r[key] for r in rows]))
     log("cross-validation (network alone): point-wise {pointwise_mm_mean:.3f} +- {pointwise_mm_std:.3f} mm, "
         "distance-wise {distancewise_mm_mean:.3f} +- {distancewise_mm_std:.3f} mm".format(**result))
-    return result, (np.concatenate(answers), np.concatenate(spreads), np.concatenate(truths))
+    return result, (np.concatenate(answers), np.concatenate(spreads), np.concatenate(truths)), runs
 
 
 def train(data_dir, output, config: Optional[dict] = None, epochs: Optional[int] = None, val_split: float = 0.2,
@@ -422,6 +444,10 @@ def train(data_dir, output, config: Optional[dict] = None, epochs: Optional[int]
         raise PalnetError("--epochs {} : give a positive number of epochs, or 0 with --init to keep that model's "
                           "network and only learn its starting shape, shape prior and confidence from the data"
                           .format(cfg["epochs"]))
+    rounds = cfg["second_round"]
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+        raise PalnetError("training setting 'second_round' takes a number of refinement passes (0: no second round), "
+                          "not {!r}".format(rounds))
     pairs = find_scan_pairs(data_dir)
     if len(pairs) < 2:
         raise PalnetError("found {} (scan, landmark file) pairs; training needs at least 2".format(len(pairs)), data_dir)
@@ -466,8 +492,8 @@ def train(data_dir, output, config: Optional[dict] = None, epochs: Optional[int]
     report = {"skipped": problems}
     held_out = None  # the network's (answers, spreads, truths) on scans it did not train on
     if folds and folds > 1:
-        report["cross_validation"], held_out = cross_validate(scans, groups, order, folds, labels, template, cfg,
-                                                              metadata, init_model, log, should_stop)
+        report["cross_validation"], held_out, runs = cross_validate(scans, groups, order, folds, labels, template,
+                                                                    cfg, metadata, init_model, log, should_stop)
         # The final model learns from every scan for the folds' typical number of epochs.
         cfg = dict(cfg, epochs=report["cross_validation"]["median_best_epoch"])
         tr, val = split_groups(scans, [groups[i] for i in order], ())
@@ -479,6 +505,7 @@ def train(data_dir, output, config: Optional[dict] = None, epochs: Optional[int]
         vt = [cKDTree(s.samples) for s in val]
         held_out = network_answers(model, vt, scan_starts(val, mean, model.metadata), cfg) + (
             np.stack([s.truth for s in val]),)
+        runs = [(model, vt)]
         which = "validation scans"
     else:  # after cross-validation: each scan as answered by the fold that did not train on it
         which = "out-of-fold answers"
@@ -491,7 +518,17 @@ def train(data_dir, output, config: Optional[dict] = None, epochs: Optional[int]
             log("shape prior: network error on the {} {:.2f} mm RMS per landmark, covariance of {} training scans "
                 "shrunk by {:.3f}; the validation below uses that error, so it flatters a little"
                 .format(which, prior["noise_rms_mm"], prior["n_train"], prior["shrinkage"]))
-        report["validation"], model.metadata["confidence"] = score_answers(model, answers, spreads, truths)
+        final = shape_prior(model)
+        if prior and cfg["second_round"]:
+            corrected = np.stack([apply_shape_prior(a, final) for a in answers])
+            answers, spreads = second_round_answers(runs, corrected, cfg)
+            report["validation_network_second"] = _errors(answers, truths)
+            again = fit_shape_prior(tr, answers, truths)
+            model.metadata["second_round"] = {"refine_steps": int(cfg["second_round"]), "shape_prior": again}
+            final = shape_prior(model, again)
+            log("second round: network from the prior-corrected answers {:.3f} mm, its error {:.2f} mm RMS per "
+                "landmark".format(report["validation_network_second"]["pointwise_mm"], again["noise_rms_mm"]))
+        report["validation"], model.metadata["confidence"] = score_answers(answers, spreads, truths, final)
         model.metadata["accuracy"] = {"validation": report["validation"], "n": len(answers)}
         if not val:
             model.metadata["accuracy"]["out_of_fold"] = True
