@@ -102,6 +102,32 @@ def test_the_shape_prior_moves_loosely_placed_landmarks_towards_the_others(model
     assert moved.max() > 0.5  # a random set of 50 points is not a face: the prior pulls it towards one
 
 
+def test_the_second_round_starts_from_the_prior_corrected_answer(model, sample):
+    """The shipped model runs the network twice: the first answer after the shape prior is
+    where the second round starts, and that round has a prior of its own; its spread is the
+    one the confidence reads."""
+    from palnet.patches import initial_approximation
+    from palnet.pipeline import (apply_shape_prior, landmark_modes, model_arrays, network_answer,
+                                 predict_with_spread, prepare_scan, second_round, shape_prior, starting_shape,
+                                 template_modes)
+    mesh, truth = sample
+    template, mean, spacing, scale = model_arrays(model)
+    prep = prepare_scan(mesh, template, mean, spacing, "auto", template_modes(template))
+    init = initial_approximation(prep.tree, starting_shape(mean, prep.alignment.shape, landmark_modes(model)))
+    steps = model.metadata["refine_steps"]
+    again = second_round(model)
+    assert again is not None and again[0] == 2 and not np.array_equal(again[1][2], shape_prior(model)[2])
+    first = apply_shape_prior(predict_with_spread(prep.tree, model, init, steps, scale)[0], shape_prior(model))
+    second, second_spread = predict_with_spread(prep.tree, model, initial_approximation(prep.tree, first), 2, scale)
+    answer, spread = network_answer(prep.tree, model, init, steps, scale)
+    np.testing.assert_allclose(answer, apply_shape_prior(second, again[1]))
+    assert np.array_equal(spread, second_spread)
+    to_canonical = prep.alignment.to_canonical(truth.points)
+    err_first = np.linalg.norm(first - to_canonical, axis=1).mean()
+    err = np.linalg.norm(answer - to_canonical, axis=1).mean()
+    assert err < err_first, (err, err_first)
+
+
 def test_unusable_landmark_modes_are_refused_naming_the_model(model, sample):
     import copy
     from palnet import PalnetError

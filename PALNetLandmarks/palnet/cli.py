@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", default=None, help="JSON file overriding training settings")
     t.add_argument("--epochs", type=int, default=None,
                    help="training epochs (default 100); 0 with --init keeps that model's network and only learns "
-                        "its starting shape, shape prior and confidence from DATA")
+                        "its starting shape, shape priors and confidence from DATA")
     split = t.add_mutually_exclusive_group()
     split.add_argument("--val-split", type=float, default=0.2, help="fraction of scans held out for validation")
     split.add_argument("--folds", type=int, default=None,

@@ -442,7 +442,7 @@ def train(data_dir, output, config: Optional[dict] = None, epochs: Optional[int]
         cfg["epochs"] = int(epochs)
     if cfg["epochs"] < 0 or (cfg["epochs"] == 0 and not init):
         raise PalnetError("--epochs {} : give a positive number of epochs, or 0 with --init to keep that model's "
-                          "network and only learn its starting shape, shape prior and confidence from the data"
+                          "network and only learn its starting shape, shape priors and confidence from the data"
                           .format(cfg["epochs"]))
     rounds = cfg["second_round"]
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
