@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--val-split", type=float, default=0.2, help="fraction of scans held out for validation")
     split.add_argument("--folds", type=int, default=None,
                        help="K-fold cross-validation report, then a final model trained on all scans (its shape "
-                            "prior and confidence learnt from the out-of-fold answers)")
+                            "priors and confidence learnt from the out-of-fold answers)")
     t.add_argument("--augment", type=int, default=None, metavar="K",
                    help="also train on K altered copies of each scan (coarser, cut, holes, noise, spikes, any "
                         "pose), each aligned like a new scan; settings in the config's \"augment\" (default 0)")
