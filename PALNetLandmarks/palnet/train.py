@@ -221,12 +221,12 @@ def validate(model: Model, scans: List[TrainingScan], trees: List[cKDTree], star
     mean of the perturbed runs, the model's shape prior, its second round if it has one), and
     the confidence table calibrated from their spread (see pipeline.calibrate_confidence):
     (errors, table). ``starts`` as for make_batch."""
-    from .pipeline import calibrate_confidence, network_answer
+    from .pipeline import network_answer
     runs = [network_answer(tree, model, initial_approximation(tree, _start_of(starts, i)), cfg["refine_steps"],
                            cfg["patch"]["scale_mm"]) for i, tree in enumerate(trees)]
-    answers, spreads = np.stack([r[0] for r in runs]), np.stack([r[1] for r in runs])
-    truths = np.stack([s.truth for s in scans])
-    return _errors(answers, truths), calibrate_confidence(spreads, np.linalg.norm(answers - truths, axis=2))
+    # network_answer has applied the priors already
+    return score_answers(np.stack([r[0] for r in runs]), np.stack([r[1] for r in runs]),
+                         np.stack([s.truth for s in scans]))
 
 
 def second_round_answers(runs: List[Tuple[Model, List[cKDTree]]], corrected: np.ndarray, cfg: dict):
