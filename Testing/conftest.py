@@ -51,7 +51,7 @@ def mrml_scene():
 def bumpy_mesh():
     """A closed, lumpy, asymmetric surface away from the origin: sign or axis mix-ups show."""
     from vtkmodules.vtkFiltersSources import vtkSphereSource
-    from palnet.io import polydata_to_mesh
+    from palnet.mesh_io import polydata_to_mesh
 
     source = vtkSphereSource()
     source.SetThetaResolution(24)

@@ -10,7 +10,7 @@ import pytest
 from scipy.spatial import Delaunay
 
 from palnet.batch import SUMMARY_NAME, predict_files
-from palnet.io import mesh_to_polydata, polydata_to_mesh, read_mesh, write_mesh
+from palnet.mesh_io import mesh_to_polydata, polydata_to_mesh, read_mesh, write_mesh
 from palnet.landmark_io import read_landmarks
 from palnet.modelfile import load_model
 from palnet.resources import default_model_path, sample_landmarks_path, sample_scan_path

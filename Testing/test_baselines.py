@@ -158,7 +158,7 @@ def test_subsample_is_even_and_near_the_count():
 
 @pytest.fixture(scope="module")
 def sample():
-    from palnet.io import read_mesh
+    from palnet.mesh_io import read_mesh
     from palnet.landmark_io import read_landmarks
     if not sample_scan_path().exists() or not face_template_path().exists():
         pytest.skip("the sample scan or the face template is not in Resources")

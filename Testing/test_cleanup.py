@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from palnet.cleanup import _neighbour_centres, edges_and_border, find_fragments, find_spikes, remove_spikes
-from palnet.io import read_mesh
+from palnet.mesh_io import read_mesh
 from palnet.resources import sample_scan_path
 from palnet.types import Mesh
 

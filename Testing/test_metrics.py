@@ -219,7 +219,7 @@ def test_format_report_tables():
 # --- directory level with a stand-in io module (tests pairing, not file formats) ----
 
 def _fake_io():
-    io = types.ModuleType("palnet.io")
+    io = types.ModuleType("palnet.mesh_io")
     ext = ".lm.json"
 
     def read_landmarks(path):
@@ -249,7 +249,7 @@ def _write(path, labels, points, units="mm"):
 
 @pytest.fixture
 def fake_io(monkeypatch):
-    monkeypatch.setitem(sys.modules, "palnet.io", _fake_io())
+    monkeypatch.setitem(sys.modules, "palnet.mesh_io", _fake_io())
 
 
 TRI = np.array([[0.0, 0, 0], [3, 0, 0], [0, 4, 0]])
@@ -338,16 +338,16 @@ def _write_mrk(path, labels, points, units="mm"):
 
 
 def test_dirs_with_real_io(tmp_path, monkeypatch):
-    monkeypatch.delitem(sys.modules, "palnet.io", raising=False)
+    monkeypatch.delitem(sys.modules, "palnet.mesh_io", raising=False)
     try:
-        importlib.import_module("palnet.io")
+        importlib.import_module("palnet.mesh_io")
     except ImportError:
-        pytest.skip("palnet.io not written yet")
+        pytest.skip("palnet.mesh_io not written yet")
     _write_mrk(tmp_path / "t" / "s1.mrk.json", ["n", "l", "r"], TRI)
     _write_mrk(tmp_path / "t" / "s2.mrk.json", ["n", "l", "r"], TRI)
     _write_mrk(tmp_path / "p" / "s1.mrk.json", ["n", "l", "r"], TRI + [0.0, 1.0, 0.0])
     _write_mrk(tmp_path / "p" / "s2.mrk.json", ["n", "l"], TRI[:2])
-    # the same scan in another format beside it: the .mrk.json is preferred, as in palnet.io
+    # the same scan in another format beside it: the .mrk.json is preferred, as in palnet.mesh_io
     (tmp_path / "p" / "s2.csv").write_text("not,a,landmark,file,at,all\n")
     (tmp_path / "p" / "summary.csv").write_text("scan,status\ns1,ok\n")  # unmatched, never read
     report = evaluate_dirs(os.fspath(tmp_path / "p"), os.fspath(tmp_path / "t"))

@@ -7,7 +7,7 @@ and point lists Slicer saves must read back with the same labels and LPS points.
 import numpy as np
 import pytest
 
-from palnet.io import read_landmarks, write_landmarks, write_mesh
+from palnet.mesh_io import read_landmarks, write_landmarks, write_mesh
 from palnet.types import Landmarks
 
 pytest.importorskip("slicer")

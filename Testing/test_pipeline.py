@@ -8,7 +8,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from palnet.cli import main
-from palnet.io import read_mesh, write_mesh
+from palnet.mesh_io import read_mesh, write_mesh
 from palnet.landmark_io import read_landmarks
 from palnet.modelfile import load_model
 from palnet.pipeline import predict

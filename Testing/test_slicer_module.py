@@ -25,7 +25,7 @@ import pytest
 slicer = pytest.importorskip("slicer")
 
 from palnet.engine import NetworkConfig, expected_weight_shapes  # noqa: E402
-from palnet.io import mesh_to_polydata, write_mesh  # noqa: E402
+from palnet.mesh_io import mesh_to_polydata, write_mesh  # noqa: E402
 from palnet.landmark_io import read_landmarks, split_description  # noqa: E402
 from palnet.modelfile import Model, save_model  # noqa: E402
 from palnet.protocol import Protocol, default_protocol  # noqa: E402

@@ -7,7 +7,7 @@ from scipy.spatial import cKDTree
 
 from palnet import PalnetError
 from palnet.cli import main
-from palnet.io import read_mesh
+from palnet.mesh_io import read_mesh
 from palnet.landmark_io import read_landmarks
 from palnet.snap import closest_points_on_surface
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from palnet.dataset import load_training_scans
-from palnet.io import find_scan_pairs
+from palnet.mesh_io import find_scan_pairs
 from palnet.protocol import default_protocol
 from palnet.resources import face_template_path
 from palnet.train import merge_config

@@ -75,7 +75,7 @@ def _error_text(exc: BaseException) -> str:
 def evaluate_scan(task) -> Dict[str, Any]:
     """Predict one scan with every method; nothing raised here escapes (each failure is recorded)."""
     from palnet.baselines import template_registration_baseline
-    from palnet.io import read_mesh
+    from palnet.mesh_io import read_mesh
     from palnet.landmark_io import check_labels, read_landmarks
     from palnet.pipeline import predict
     scan_id, mesh_path, landmark_path = task
@@ -213,7 +213,7 @@ def _mean_face(arg: str, model) -> Optional[np.ndarray]:
 
 
 def run_accuracy(args) -> int:
-    from palnet.io import find_scan_pairs
+    from palnet.mesh_io import find_scan_pairs
     from palnet.modelfile import load_model
     from palnet.protocol import Protocol, default_protocol
     from palnet.resources import default_model_path

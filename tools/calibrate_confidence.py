@@ -14,7 +14,7 @@ import json
 
 import numpy as np
 
-from palnet.io import find_scan_pairs, read_mesh
+from palnet.mesh_io import find_scan_pairs, read_mesh
 from palnet.landmark_io import check_labels, read_landmarks
 from palnet.modelfile import load_model, save_model
 from palnet.pipeline import calibrate_confidence, predict

@@ -8,7 +8,7 @@ Usage: python tools/make_sample.py [--ict PATH]
 import argparse
 import json
 
-from palnet.io import write_mesh
+from palnet.mesh_io import write_mesh
 from palnet.landmark_io import write_landmarks
 from palnet.resources import sample_landmarks_path, sample_scan_path
 from palnet.synth import generate_scan, load_ict

@@ -14,7 +14,7 @@ from vtk.util import numpy_support
 import slicer
 
 from palnet.errors import PalnetError
-from palnet.io import polydata_to_mesh
+from palnet.mesh_io import polydata_to_mesh
 from palnet.landmark_io import describe
 from palnet.protocol import Protocol
 from palnet.types import Landmarks, Mesh

@@ -35,7 +35,7 @@ def coarsen(mesh: Mesh, reduction: float) -> Mesh:
     """The same surface with ``reduction`` of its vertices taken out (VTK's topology-preserving
     decimation: no folds, holes or non-manifold edges are made), never below COARSEST vertices."""
     from vtkmodules.vtkFiltersCore import vtkDecimatePro
-    from .io import mesh_to_polydata, polydata_to_mesh
+    from .mesh_io import mesh_to_polydata, polydata_to_mesh
     reduction = min(float(reduction), 1.0 - COARSEST / max(mesh.n_vertices, 1))
     if reduction <= 0.01 or not mesh.n_triangles:
         return mesh

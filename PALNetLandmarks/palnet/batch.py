@@ -14,7 +14,7 @@ from typing import Callable, Iterable, List, Optional
 import numpy as np
 
 from .errors import PalnetError
-from .io import MESH_EXTENSIONS, NOT_LANDMARK_FILES, read_mesh, scan_id_for
+from .mesh_io import MESH_EXTENSIONS, NOT_LANDMARK_FILES, read_mesh, scan_id_for
 from .landmark_io import LANDMARK_FORMATS, atomic_write, write_landmarks
 from .modelfile import Model
 from .pipeline import Prediction, predict

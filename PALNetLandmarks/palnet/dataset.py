@@ -58,7 +58,7 @@ def preprocess_pair(mesh_path: Path, landmark_path: Path, labels: Sequence[str],
     :mod:`palnet.augment`) and sample it: (samples, canonical truth, fit RMS, the fitted
     template's shape coefficients)."""
     from .align import detect_units
-    from .io import read_mesh
+    from .mesh_io import read_mesh
     from .landmark_io import check_labels, read_landmarks
     from .patches import roi_samples
     from .pipeline import template_modes, to_canonical_frame

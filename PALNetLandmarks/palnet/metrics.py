@@ -224,7 +224,7 @@ def evaluate_arrays(pred, truth, labels: Sequence[str], protocol=None,
     }
 
 
-# Same order of preference as palnet.io uses when one folder holds a scan in several formats.
+# Same order of preference as palnet.mesh_io uses when one folder holds a scan in several formats.
 _FORMAT_PREFERENCE = (".mrk.json", ".fcsv", ".csv", ".txt")
 
 
@@ -262,7 +262,7 @@ def evaluate_dirs(pred_dir, truth_dir, protocol=None,
     converted to mm. Scans on one side only are listed in ``unmatched_truth`` /
     ``unmatched_pred``.
     """
-    from .io import find_landmark_files, read_landmarks, scan_id_for
+    from .mesh_io import find_landmark_files, read_landmarks, scan_id_for
 
     for d in (pred_dir, truth_dir):
         if not os.path.isdir(d):

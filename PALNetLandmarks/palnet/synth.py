@@ -416,7 +416,7 @@ def scan_id(seed: int) -> str:
 
 def write_scan(out_dir: Path, seed: int, ict: IctModel, pose: str, units: str, crop: str = "random",
                spikes: float = 0.0) -> Path:
-    from .io import write_landmarks, write_mesh
+    from .mesh_io import write_landmarks, write_mesh
     scan, lms, info = generate_scan(seed, ict, pose, units, crop=crop, spikes=spikes)
     folder = Path(out_dir) / scan_id(seed)
     folder.mkdir(parents=True, exist_ok=True)

@@ -433,7 +433,7 @@ def train(data_dir, output, config: Optional[dict] = None, epochs: Optional[int]
           description: str = "", should_stop: Callable[[], bool] = lambda: False,
           folds: Optional[int] = None) -> dict:
     """``palnet train``: preprocess, split, fit, evaluate, save. Returns the final report."""
-    from .io import find_scan_pairs
+    from .mesh_io import find_scan_pairs
     from .landmark_io import read_landmarks
     from .protocol import Protocol, default_protocol
     from .resources import default_model_path, face_template_path

@@ -1,4 +1,4 @@
-"""palnet.io: meshes and landmark files round-trip, and bad input gives one clear line."""
+"""palnet.mesh_io: meshes and landmark files round-trip, and bad input gives one clear line."""
 import json
 import os
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from palnet.errors import PalnetError
-from palnet.io import (LANDMARK_FORMATS, MESH_EXTENSIONS, check_labels, describe, find_landmark_files,
+from palnet.mesh_io import (LANDMARK_FORMATS, MESH_EXTENSIONS, check_labels, describe, find_landmark_files,
                        find_scan_pairs, mesh_to_polydata, polydata_to_mesh, read_landmarks, read_mesh,
                        read_triangle_ply, scan_id_for, split_description, write_landmarks, write_mesh)
 from palnet.types import Landmarks, Mesh
