@@ -57,13 +57,30 @@ def detect_units(vertices: np.ndarray) -> str:
 
 
 def grid_subsample(points: np.ndarray, cell: float) -> np.ndarray:
-    """One point (the first) per occupied cubic cell: an even density whatever the triangulation."""
+    """One point per occupied cubic cell, the one nearest the centroid of the cell's points:
+    an even density whatever the triangulation.
+
+    The choice and the order of the result (by cell) depend only on the set of points, not
+    on the order a file lists them in: a re-saved scan whose vertices come in another order
+    is subsampled alike, and so is aligned alike.
+    """
+    points = np.asarray(points)
+    if len(points) == 0:
+        return points
     q = np.floor(points / cell).astype(np.int64)
     q -= q.min(axis=0)
     span = q.max(axis=0) + 1
     keys = (q[:, 0] * span[1] + q[:, 1]) * span[2] + q[:, 2]
-    _, first = np.unique(keys, return_index=True)
-    return points[np.sort(first)]
+    cells, which, count = np.unique(keys, return_inverse=True, return_counts=True)
+    which = which.reshape(-1)
+    centroid = np.stack([np.bincount(which, points[:, k], len(cells)) for k in range(3)], axis=1) / count[:, None]
+    off = ((points - centroid[which]) ** 2).sum(axis=1)
+    # Sorted by cell, then distance to the centroid, then the coordinates themselves (exact
+    # ties: duplicate points, equal whichever is taken): the first of each cell is kept.
+    order = np.lexsort((points[:, 2], points[:, 1], points[:, 0], off, which))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = which[order][1:] != which[order][:-1]
+    return points[order[first]]
 
 
 SCORE_CAP_MM = 8.0
@@ -225,6 +242,70 @@ def _fit_plane(tree: cKDTree, template: np.ndarray, normals: np.ndarray, modes: 
     return rot, t, float(robust_score(dist[None])[0]), float((dist < 5.0).mean()), coef
 
 
+POLISH_NEIGHBOURS = 16  # surface samples that make up the smooth surface near a point
+POLISH_STOP = (1e-9, 1e-7)  # radians, mm: far below what moves a landmark
+POLISH_ITERS = 40
+
+
+def _smooth_surface_points(tree: cKDTree, points: np.ndarray):
+    """For each point, the plane of its POLISH_NEIGHBOURS nearest surface samples: their
+    centroid and normal (the least direction of their spread), each sample weighted by
+    (1 - (d/h)^2)^3 with h the distance of the next nearest one.
+
+    Unlike the nearest sample, which jumps from sample to sample, this plane moves
+    continuously with the point (a sample joins or leaves the neighbours with weight zero),
+    and the distance to it does not change as the point slides along a flat surface: a fit
+    to these planes has one answer, not one per set of nearest samples."""
+    k = min(POLISH_NEIGHBOURS + 1, tree.n)
+    d, idx = tree.query(points, k=k)
+    d, idx = d.reshape(len(points), k), idx.reshape(len(points), k)
+    h = np.maximum(d[:, -1:], 1e-12)
+    phi = (1.0 - np.minimum(d / h, 1.0) ** 2) ** 3
+    phi[:, 0] += 1e-12  # a lone sample (or coinciding neighbours) still gives a point
+    phi /= phi.sum(axis=1, keepdims=True)
+    nb = tree.data[idx]
+    centroid = np.einsum("nk,nki->ni", phi, nb)
+    spread = nb - centroid[:, None]
+    cov = np.einsum("nk,nki,nkj->nij", phi, spread, spread)
+    return centroid, np.linalg.eigh(cov)[1][:, :, 0]
+
+
+def _polish(tree: cKDTree, template: np.ndarray, normals: np.ndarray, modes: Optional[np.ndarray],
+            rot: np.ndarray, t: np.ndarray, coef: np.ndarray, sigma: float, ridge: float = SHAPE_RIDGE):
+    """The last fit carried on against a smooth surface (:func:`_smooth_surface_points`)
+    until it stops moving (POLISH_STOP): the end no longer depends on where the fit started
+    within its basin, so the same scan in any pose, listed in any order, ends in the same
+    place to within rounding, and so do the landmarks the network reads off it."""
+    k = 0 if modes is None else len(modes)
+    m = None if modes is None else np.transpose(modes, (1, 2, 0))  # (N, 3, K)
+    coef = np.asarray(coef, dtype=np.float64).reshape(k) if k else np.zeros(0)
+    for _ in range(POLISH_ITERS):
+        turned = (template if m is None else template + m @ coef) @ rot.T
+        moved = turned + t
+        centroid, nrm = _smooth_surface_points(tree, moved)
+        off = moved - centroid
+        w = 1.0 / (1.0 + (off ** 2).sum(axis=1) / sigma ** 2)
+        res = (off * nrm).sum(axis=1)  # distance to the scan's local plane (the normal's sign cancels out)
+        centre = (w[:, None] * turned).sum(axis=0) / w.sum()
+        cols = [np.cross(turned - centre, nrm), nrm]
+        if k:
+            cols.append(np.einsum("nj,njk->nk", nrm @ rot, m))
+        a = np.concatenate(cols, axis=1)
+        lhs = (a * w[:, None]).T @ a + 1e-9 * np.eye(a.shape[1])
+        rhs = -(a * w[:, None]).T @ res
+        if k:
+            lhs[6:, 6:] += ridge * np.eye(k)
+            rhs[6:] -= ridge * coef
+        x = np.linalg.solve(lhs, rhs)
+        turn = rotvec_matrix(x[:3])
+        rot = turn @ rot
+        t = t + centre - turn @ centre + x[3:6]
+        coef = coef + x[6:]
+        if np.linalg.norm(x[:3]) < POLISH_STOP[0] and np.linalg.norm(x[3:6]) < POLISH_STOP[1]:
+            break
+    return rot, t, coef
+
+
 def rotation_grid(n_directions: int = 120, n_rolls: int = 18) -> np.ndarray:
     """Rotations spread evenly over SO(3): the template's +z (out of the face) sent to
     ``n_directions`` Fibonacci-sphere directions, each with ``n_rolls`` turns about it.
@@ -314,7 +395,7 @@ def _distinct_best(score: np.ndarray, rot: np.ndarray, t: np.ndarray, n: int,
     """
     chosen = []
     cos_min = 1.0 + 2.0 * np.cos(np.radians(min_degrees))  # trace of a rotation by min_degrees
-    for i in np.argsort(score):
+    for i in np.argsort(score, kind="stable"):  # equal scores: the lower index first, on every machine
         if chosen:
             c = np.array(chosen)
             same = (np.einsum("bij,ij->b", rot[c], rot[i]) > cos_min) & (np.linalg.norm(t[c] - t[i], axis=1) < min_mm)
@@ -434,7 +515,7 @@ def align_scan(vertices_mm: np.ndarray, template: np.ndarray, seed: int = 0,
     # Basin hopping: restart the best few poses turned by small rotations and moved up,
     # down and sideways, since closest-point fits stop in shallow minima a few degrees
     # or a feature (nose on lips) off.
-    top = np.argsort(rms)[:HOP_POSES]
+    top = np.argsort(rms, kind="stable")[:HOP_POSES]
     before_hop = rot[top], t[top]
     kicks = Rotation.from_rotvec(np.radians(KICK_DEGREES) * np.vstack([np.eye(3), -np.eye(3)])).as_matrix()
     kicks = np.concatenate([np.eye(3)[None], kicks, np.repeat(np.eye(3)[None], len(KICK_SHIFTS), 0)])
@@ -487,7 +568,14 @@ def align_scan(vertices_mm: np.ndarray, template: np.ndarray, seed: int = 0,
         other = last_fit(r0, t0, COARSE_FIT_POINTS, COARSE_STOP)
         if other[2] < rms:
             r, t, rms, inl, coef = other
-    r, t, rms, inl, coef = last_fit(r, t, FINAL_FIT[0])
+    # The winner is refined on all FINAL_FIT[0] points against the smooth surface (see _polish).
+    sub = order[: min(FINAL_FIT[0], len(template))]
+    r, t, coef = _polish(tree, template[sub], all_normals[sub], None if modes is None else modes[:, sub], r, t, coef,
+                         FINAL_SIGMA_MM)
+    fitted = (template[sub] if modes is None or not len(coef) else
+              template[sub] + np.transpose(modes[:, sub], (1, 2, 0)) @ coef) @ r.T + t
+    dist = tree.query(fitted)[0]
+    rms, inl = float(robust_score(dist[None])[0]), float((dist < 5.0).mean())
     shaped = template if modes is None or not len(coef) else template + np.transpose(modes, (1, 2, 0)) @ coef
     return Alignment(rotation=r.T, translation=-r.T @ t, scale=1.0, rms_mm=rms, inlier_fraction=inl,
                      surface_agreement=surface_agreement(tree.data, template, shaped @ r.T + t, r),

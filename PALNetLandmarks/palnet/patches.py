@@ -48,8 +48,7 @@ def sample_surface(vertices: np.ndarray, triangles: np.ndarray, spacing: float,
     different region of interest, gets the same samples on the same triangles.
     """
     if len(triangles) == 0:
-        from .align import grid_subsample
-        return grid_subsample(vertices, spacing)
+        return thin_points(vertices, spacing, seed)
     ids = np.arange(len(triangles)) if triangle_ids is None else np.asarray(triangle_ids)
     a, b, c = (vertices[triangles[:, k]] for k in range(3))
     area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
@@ -68,16 +67,42 @@ def sample_surface(vertices: np.ndarray, triangles: np.ndarray, spacing: float,
     # Tiny triangles may all round to zero points: a small fragment would vanish. Their
     # vertices farther than ``spacing`` from every sample are kept, thinned to the same
     # spacing, so a dense scan (millions of tiny triangles) is sampled as evenly as a coarse one.
-    from .align import grid_subsample
     lonely = np.zeros(len(vertices), bool)
     lonely[triangles[counts == 0].ravel()] = True
     lonely[triangles[counts > 0].ravel()] = False
-    extra = vertices[lonely]
-    if len(extra) and len(pts):
-        extra = extra[~np.isfinite(cKDTree(pts).query(extra, distance_upper_bound=spacing)[0])]
-    if len(extra):
-        extra = grid_subsample(extra, spacing)
-    return np.vstack([pts, extra]) if len(extra) else pts
+    lonely = np.flatnonzero(lonely)
+    if len(lonely) and len(pts):
+        lonely = lonely[~np.isfinite(cKDTree(pts).query(vertices[lonely], distance_upper_bound=spacing)[0])]
+    if len(lonely):
+        # Ranked by the first triangle they belong to, and their corner of it, not by their
+        # own index: the same samples whatever order the vertices are listed in.
+        first = np.full(len(vertices), len(triangles) * 3, dtype=np.int64)
+        np.minimum.at(first, triangles.ravel(), np.arange(triangles.size, dtype=np.int64))
+        extra = thin_points(vertices[lonely], spacing, seed, ids=ids[first[lonely] // 3] * 3 + first[lonely] % 3)
+        return np.vstack([pts, extra])
+    return pts
+
+
+THIN_NEIGHBOURS = 16  # neighbours compared when thinning; more within ``spacing`` is a far denser cloud
+
+
+def thin_points(points: np.ndarray, spacing: float, seed: int = 0, ids: Optional[np.ndarray] = None) -> np.ndarray:
+    """The points that outrank every other point within ``spacing`` of them, each ranked by a
+    random number that depends only on its index (``ids``): no two kept points are closer
+    than ``spacing``, and each piece of a cloud keeps at least its top-ranked point.
+
+    Unlike a grid, whose cells are fixed in space, the choice does not change when the
+    cloud is moved or turned, so the same scan in another pose is sampled alike."""
+    points = np.asarray(points, dtype=np.float64)
+    if len(points) < 2:
+        return points
+    ids = np.arange(len(points)) if ids is None else np.asarray(ids)
+    rank = _hash_uniform(ids, np.full(len(ids), 7), seed)
+    k = min(THIN_NEIGHBOURS + 1, len(points))
+    d, idx = cKDTree(points).query(points, k=k, distance_upper_bound=spacing)
+    near = np.isfinite(d[:, 1:])
+    other = np.where(near, rank[np.minimum(idx[:, 1:], len(points) - 1)], -1.0)
+    return points[rank > other.max(axis=1)]
 
 
 def roi_samples(mesh_canonical: Mesh, anchors: np.ndarray, spacing: float, seed: int = 0) -> np.ndarray:
