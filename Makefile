@@ -18,9 +18,11 @@ $(VENV)/.demo-deps: pyproject.toml | $(BIN)/python
 	touch $@
 
 # Training and test extras in the same environment; slicer-core pins vtk, so it is
-# resolved together with the project.
-$(VENV)/.test-deps: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e ".[train,test]" "$(TORCH)"
+# resolved together with the project. The constraints file fixes the versions the suite runs
+# against, the same on every machine.
+CONSTRAINTS := Testing/constraints.txt
+$(VENV)/.test-deps: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[train,test]" "$(TORCH)" -c $(CONSTRAINTS)
 	touch $@ $(VENV)/.demo-deps
 
 SAMPLE := PALNetLandmarks/Resources/Samples
