@@ -47,13 +47,30 @@ class Alignment:
 
 
 def detect_units(vertices: np.ndarray) -> str:
-    """mm, cm or m: the unit in which this scan has the size of a face or head."""
-    v = np.asarray(vertices, dtype=np.float64)
-    radius = float(np.sqrt(((v - v.mean(axis=0)) ** 2).sum(axis=1).mean()))
+    """mm, cm or m: the unit in which this scan is something palnet can place landmarks on.
+
+    Read in a unit, the scan has a size (RMS distance of its points from their centroid) and
+    a point spacing (median distance from a point to its nearest other point). A unit is
+    plausible when the size is 5-300 mm (a close-up of a nose up to a head with shoulders)
+    and the spacing at most 5 mm; of the plausible units the one that makes the size nearest
+    a face's (TYPICAL_FACE_RADIUS_MM) wins; with none plausible, the nearest of all.
+    """
+    size_range_mm, max_spacing_mm = (5.0, 300.0), 5.0
+    v = np.asarray(vertices, dtype=np.float64).reshape(-1, 3)
+    radius = float(np.sqrt(((v - v.mean(axis=0)) ** 2).sum(axis=1).mean())) if len(v) else float("nan")
     if not np.isfinite(radius) or radius <= 0:
         raise PalnetError("cannot detect units of a scan with no extent")
-    # The unit whose conversion to mm brings the radius closest to a face's.
-    return min(UNITS_PER_MM, key=lambda u: abs(np.log(radius / UNITS_PER_MM[u] / TYPICAL_FACE_RADIUS_MM)))
+    units = [u for u in UNITS_PER_MM if size_range_mm[0] <= radius / UNITS_PER_MM[u] <= size_range_mm[1]]
+    if len(units) > 1:
+        # Size alone cannot tell a close-up in mm from a head with shoulders in cm (both have an
+        # RMS radius of about 15); their spacing can (about 1 against 0.1), since no scanner
+        # leaves 5 mm between the points of a surface one could place landmarks on.
+        tree = cKDTree(v, balanced_tree=False, compact_nodes=False)  # a quick build: one query
+        d = tree.query(v[::max(1, len(v) // 2000)], k=min(4, len(v)))[0].reshape(-1, min(4, len(v)))
+        d = np.where(d > 0, d, np.inf).min(axis=1)  # past duplicated points
+        spacing = float(np.median(d[np.isfinite(d)])) if np.isfinite(d).any() else 0.0
+        units = [u for u in units if spacing / UNITS_PER_MM[u] <= max_spacing_mm] or units
+    return min(units or UNITS_PER_MM, key=lambda u: abs(np.log(radius / UNITS_PER_MM[u] / TYPICAL_FACE_RADIUS_MM)))
 
 
 def grid_subsample(points: np.ndarray, cell: float) -> np.ndarray:

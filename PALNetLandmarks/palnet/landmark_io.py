@@ -1,8 +1,14 @@
 """Landmark files: Slicer's .mrk.json and .fcsv, a plain .csv and PAL-Net's .txt.
 
-Coordinates in every landmark file are in the frame of the mesh file they
-belong to, which 3D Slicer reads as LPS (millimetres). Files are written in
-LPS; files that say they are RAS are converted to LPS when read.
+Coordinates in every landmark file are in the frame and units of the mesh file
+they belong to, which 3D Slicer reads as LPS. Files are written in LPS; files
+that say they are RAS are converted to LPS when read.
+
+Every file states its length unit: ``"coordinateUnits"`` in .mrk.json (as
+Slicer writes it), a ``# CoordinateUnits = cm`` comment line in .fcsv and .txt,
+a ``units`` column in .csv. Readers honour it (mm, cm, m; Slicer's um is
+converted to mm) and refuse any other value; a file that states none is in mm,
+as Slicer assumes.
 
 Confidence travels in the control point description for the Slicer formats:
 ``describe("Soft tissue nasion", 0.87)`` gives ``"Soft tissue nasion;
@@ -24,7 +30,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .errors import PalnetError
-from .types import Landmarks, unit_scale
+from .types import UNITS_PER_MM, Landmarks
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -38,6 +44,10 @@ _LPS_ORIENTATION = [-1.0, -0.0, -0.0, -0.0, -1.0, -0.0, 0.0, 0.0, 1.0]
 _CONFIDENCE = re.compile(r"(?:^|[;,]\s*|\s)confidence\s*[:=]?\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$",
                          re.IGNORECASE)
 _TXT_POINT = re.compile(r"^(.*?)\s*\(\s*([^,()]+?)\s*,\s*([^,()]+?)\s*,\s*([^,()]+?)\s*\)\s*$")
+_UNITS_COMMENT = re.compile(r"^#\s*coordinateunits\s*[=:]\s*(.*?)\s*$", re.IGNORECASE)
+# Units a file may state -> (the units palnet keeps, factor applied to the numbers). Slicer's
+# schema allows um besides mm; palnet has no um scans, so such points are taken to mm.
+FILE_UNITS = {"mm": ("mm", 1.0), "cm": ("cm", 1.0), "m": ("m", 1.0), "um": ("mm", 0.001)}
 
 
 # ---------------------------------------------------------------- helpers
@@ -123,6 +133,38 @@ def _read_text(path: PathLike) -> str:
         raise PalnetError("cannot read: {}".format(e.strerror or e), path) from None
 
 
+def _stated_units(value, path: PathLike, where: str = "") -> Optional[str]:
+    """The units a file states (a key of FILE_UNITS), None when it states none; anything else
+    is refused rather than guessed, since a wrong guess scales every point by 10 or 1000."""
+    if isinstance(value, list) and len(value) == 3 and all(isinstance(v, str) for v in value) \
+            and value[1] == "UCUM":
+        value = value[0]  # Slicer's coded form: [code, "UCUM", meaning]
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str) and value.strip() in FILE_UNITS:
+        return value.strip()
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    raise PalnetError("{}unknown coordinate units {} (palnet reads {})".format(
+        where + ": " if where else "", shown, ", ".join(FILE_UNITS)), path)
+
+
+class _UnitsSeen:
+    """The one unit a text file states, however many times it states it."""
+
+    def __init__(self, path: PathLike):
+        self.path, self.units, self.where = path, None, ""
+
+    def add(self, value, where: str) -> None:
+        units = _stated_units(value, self.path, where)
+        if units is None:
+            return
+        if self.units is not None and units != self.units:
+            raise PalnetError("{}: units {!r} differ from {!r} stated at {}".format(
+                where, units, self.units, self.where), self.path)
+        if self.units is None:
+            self.units, self.where = units, where
+
+
 def _number(text: str, what: str, where: str, path: PathLike) -> float:
     try:
         return float(text)
@@ -132,8 +174,9 @@ def _number(text: str, what: str, where: str, path: PathLike) -> float:
 
 def _finish(labels: List[str], points: List[Sequence[float]], descriptions: List[str],
             confidence: List[Optional[float]], where: List[str], path: PathLike,
-            units: str) -> Landmarks:
-    """Validate what a reader collected and build the Landmarks."""
+            stated: Optional[str]) -> Landmarks:
+    """Validate what a reader collected and build the Landmarks, in the units the file states."""
+    units, factor = FILE_UNITS[stated or "mm"]
     if not labels:
         raise PalnetError("contains no landmarks", path)
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
@@ -152,10 +195,13 @@ def _finish(labels: List[str], points: List[Sequence[float]], descriptions: List
     if any(c is not None for c in confidence):
         conf = np.array([np.nan if c is None else c for c in confidence], dtype=np.float64)
     desc = list(descriptions) if any(descriptions) else None
-    return Landmarks(labels, pts, conf, desc, units)
+    return Landmarks(labels, pts * factor if factor != 1.0 else pts, conf, desc, units)
 
 
 def _rows_for_writing(landmarks: Landmarks, path: PathLike):
+    if landmarks.units not in UNITS_PER_MM:
+        raise PalnetError("cannot write landmarks in unknown units {!r} (use {})".format(
+            landmarks.units, ", ".join(UNITS_PER_MM)), path)
     pts = np.asarray(landmarks.points, dtype=np.float64)
     bad = np.flatnonzero(~np.isfinite(pts).all(axis=1))
     if bad.size:
@@ -177,13 +223,15 @@ def _num(x: float) -> str:
 
 # ---------------------------------------------------------------- readers
 
-def _read_mrk_json(text: str, path: PathLike, units: str) -> Landmarks:
+def _read_mrk_json(text: str, path: PathLike) -> Landmarks:
     try:
         doc = json.loads(text)
     except ValueError as e:
         line = getattr(e, "lineno", None)
         raise PalnetError("not valid JSON{}: {}".format(
             " (line {})".format(line) if line else "", getattr(e, "msg", e)), path) from None
+    except RecursionError:  # the decoder recurses once per level of nesting
+        raise PalnetError("not a Slicer markups file (JSON nested too deeply)", path) from None
     markups = doc.get("markups") if isinstance(doc, dict) else None
     if not isinstance(markups, list):
         raise PalnetError("not a Slicer markups file (no \"markups\" list)", path)
@@ -194,6 +242,7 @@ def _read_mrk_json(text: str, path: PathLike, units: str) -> Landmarks:
     system = str(markup.get("coordinateSystem", "LPS")).upper()
     if system not in ("LPS", "RAS"):
         raise PalnetError("unknown coordinateSystem {!r} (expected LPS or RAS)".format(system), path)
+    stated = _stated_units(markup.get("coordinateUnits"), path, "coordinateUnits")
     cps = markup.get("controlPoints", [])
     if not isinstance(cps, list):
         raise PalnetError("\"controlPoints\" is not a list", path)
@@ -213,20 +262,25 @@ def _read_mrk_json(text: str, path: PathLike, units: str) -> Landmarks:
         descs.append(desc)
         confs.append(conf)
         where.append(at)
-    lm = _finish(labels, points, descs, confs, where, path, units)
+    lm = _finish(labels, points, descs, confs, where, path, stated)
     if system == "RAS":
         lm.points[:, :2] *= -1.0
     return lm
 
 
-def _read_fcsv(text: str, path: PathLike, units: str) -> Landmarks:
+def _read_fcsv(text: str, path: PathLike) -> Landmarks:
     columns = FCSV_COLUMNS.split(",")
     system = "LPS"  # what Slicer assumes when the header does not say
+    stated = _UnitsSeen(path)
     labels, points, descs, confs, where = [], [], [], [], []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         if line.startswith("#"):
+            m = _UNITS_COMMENT.match(line.strip())
+            if m:
+                stated.add(m.group(1), "line {}".format(lineno))
+                continue
             key, _, value = line[1:].partition("=")
             key, value = key.strip().lower(), value.strip()
             if key == "coordinatesystem":
@@ -249,15 +303,24 @@ def _read_fcsv(text: str, path: PathLike, units: str) -> Landmarks:
         descs.append(desc)
         confs.append(conf)
         where.append(at)
-    lm = _finish(labels, points, descs, confs, where, path, units)
+    lm = _finish(labels, points, descs, confs, where, path, stated.units)
     if system == "RAS":
         lm.points[:, :2] *= -1.0
     return lm
 
 
-def _read_csv(text: str, path: PathLike, units: str) -> Landmarks:
-    rows = [(n, r) for n, r in enumerate(csv.reader(_stdio.StringIO(text)), 1)
-            if r and any(c.strip() for c in r) and not r[0].lstrip().startswith("#")]
+def _read_csv(text: str, path: PathLike) -> Landmarks:
+    stated = _UnitsSeen(path)
+    rows = []
+    for n, r in enumerate(csv.reader(_stdio.StringIO(text)), 1):
+        if not r or not any(c.strip() for c in r):
+            continue
+        if r[0].lstrip().startswith("#"):
+            m = _UNITS_COMMENT.match(",".join(r).strip())
+            if m:
+                stated.add(m.group(1), "line {}".format(n))
+            continue
+        rows.append((n, r))
     columns = ["label", "x", "y", "z", "confidence", "description"]
     if rows and {"x", "y", "z"} <= {c.strip().lower() for c in rows[0][1]}:
         columns = [c.strip().lower() for c in rows[0][1]]
@@ -274,16 +337,23 @@ def _read_csv(text: str, path: PathLike, units: str) -> Landmarks:
         conf = col.get("confidence", "")
         confs.append(_number(conf, "confidence", at, path) if conf else None)
         descs.append(col.get("description", ""))
+        stated.add(col.get("units"), at)
         where.append(at)
-    return _finish(labels, points, descs, confs, where, path, units)
+    return _finish(labels, points, descs, confs, where, path, stated.units)
 
 
-def _read_txt(text: str, path: PathLike, units: str) -> Landmarks:
+def _read_txt(text: str, path: PathLike) -> Landmarks:
+    stated = _UnitsSeen(path)
     labels, points, where = [], [], []
     first = True
     for lineno, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
+        if stripped.startswith("#"):
+            m = _UNITS_COMMENT.match(stripped)
+            if m:
+                stated.add(m.group(1), "line {}".format(lineno))
+            continue
+        if not stripped:
             continue
         if first and stripped.lower().startswith("landmark name"):
             first = False
@@ -302,21 +372,24 @@ def _read_txt(text: str, path: PathLike, units: str) -> Landmarks:
         labels.append(name.strip())
         where.append(at)
     n = len(labels)
-    return _finish(labels, points, [""] * n, [None] * n, where, path, units)
+    return _finish(labels, points, [""] * n, [None] * n, where, path, stated.units)
 
 
 _READERS = {"mrk.json": _read_mrk_json, "fcsv": _read_fcsv, "csv": _read_csv, "txt": _read_txt}
 
 
-def read_landmarks(path: PathLike, units: str = "mm") -> Landmarks:
+def read_landmarks(path: PathLike, units: Optional[str] = None) -> Landmarks:
     """Read a landmark file (.mrk.json, .fcsv, .csv, .txt) into LPS coordinates.
 
-    ``units`` is the length unit of the file's numbers (Slicer files are mm).
+    The points come in the units the file states (``Landmarks.units``; mm when it
+    states none), or converted to ``units`` (mm, cm or m) when given.
     Slicer control points whose position is undefined or missing are skipped.
     """
-    unit_scale(units, "mm")  # unknown units fail before reading
+    if units is not None and units not in UNITS_PER_MM:  # fail before reading
+        raise PalnetError("unknown length unit {!r} asked for (use {})".format(units, ", ".join(UNITS_PER_MM)), path)
     fmt = landmark_format(path)
-    return _READERS[fmt](_read_text(path), path, units)
+    lm = _READERS[fmt](_read_text(path), path)
+    return lm if units is None or units == lm.units else lm.in_units(units)
 
 
 # ---------------------------------------------------------------- writers
@@ -340,7 +413,7 @@ def _mrk_json_text(landmarks: Landmarks, path: PathLike) -> str:
         "markups": [{
             "type": "Fiducial",
             "coordinateSystem": "LPS",
-            "coordinateUnits": "mm",
+            "coordinateUnits": landmarks.units,
             "locked": False,
             "fixedNumberOfControlPoints": False,
             "labelFormat": "%N-%d",
@@ -366,6 +439,8 @@ def _fcsv_text(landmarks: Landmarks, path: PathLike) -> str:
     pts, descs, conf = _rows_for_writing(landmarks, path)
     out = _stdio.StringIO()
     out.write("# Markups fiducial file version = 4.11\n# CoordinateSystem = LPS\n")
+    # Slicer skips comment lines it does not know; palnet reads this one back.
+    out.write("# CoordinateUnits = {}\n".format(landmarks.units))
     out.write("# columns = {}\n".format(FCSV_COLUMNS))
     writer = csv.writer(out, lineterminator="\n")
     for i, label in enumerate(landmarks.labels):
@@ -380,22 +455,24 @@ def _csv_text(landmarks: Landmarks, path: PathLike) -> str:
     has_desc = landmarks.descriptions is not None
     out = _stdio.StringIO()
     writer = csv.writer(out, lineterminator="\n")
+    # A column rather than a comment line: spreadsheets and CSV readers keep it with the rows.
     writer.writerow(["label", "x", "y", "z"] + (["confidence"] if has_conf else [])
-                    + (["description"] if has_desc else []))
+                    + (["description"] if has_desc else []) + ["units"])
     for i, label in enumerate(landmarks.labels):
         row = [label] + [_num(v) for v in pts[i]]
         if has_conf:
             row.append(_num(conf[i]) if conf[i] is not None and math.isfinite(conf[i]) else "")
         if has_desc:
             row.append(_one_line(descs[i]))
-        writer.writerow(row)
+        writer.writerow(row + [landmarks.units])
     return out.getvalue()
 
 
 def _txt_text(landmarks: Landmarks, path: PathLike) -> str:
     pts, _, _ = _rows_for_writing(landmarks, path)
-    lines = ["{}\t({}, {}, {})".format(_one_line(label), *(_num(v) for v in pts[i]))
-             for i, label in enumerate(landmarks.labels)]
+    lines = ["# CoordinateUnits = {}".format(landmarks.units)]
+    lines += ["{}\t({}, {}, {})".format(_one_line(label), *(_num(v) for v in pts[i]))
+              for i, label in enumerate(landmarks.labels)]
     return "\n".join(lines) + "\n"
 
 
@@ -405,8 +482,8 @@ _WRITERS = {"mrk.json": _mrk_json_text, "fcsv": _fcsv_text, "csv": _csv_text, "t
 def write_landmarks(landmarks: Landmarks, path: PathLike, fmt: Optional[str] = None) -> Path:
     """Write landmarks (LPS, the mesh file's frame) atomically; ``fmt`` defaults to the extension.
 
-    Numbers are written as they are (``landmarks.units`` is not converted);
-    Slicer formats say ``mm``. Returns the path written.
+    Numbers are written as they are, and the file states ``landmarks.units``
+    (see the module notes). Returns the path written.
     """
     if fmt is None:
         fmt = landmark_format(path)

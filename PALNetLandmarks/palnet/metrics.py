@@ -258,9 +258,11 @@ def evaluate_dirs(pred_dir, truth_dir, protocol=None,
 
     Scans are paired by id (file name without the landmark extension, or the folder
     name for generic names), landmarks by label; only labels found in the truth are
-    evaluated, and a prediction lacking one counts as missing. Both sides are
-    converted to mm. Scans on one side only are listed in ``unmatched_truth`` /
-    ``unmatched_pred``.
+    evaluated, and a prediction lacking one counts as missing. Each file is read in
+    the units it states and both sides are converted to mm. Scans on one side only are
+    listed in ``unmatched_truth`` / ``unmatched_pred``; scans whose predicted landmarks
+    are far larger or smaller than the true ones (a file whose numbers are not in the
+    units it states) in ``size_mismatch``.
     """
     from .mesh_io import find_landmark_files, read_landmarks, scan_id_for
 
@@ -278,8 +280,12 @@ def evaluate_dirs(pred_dir, truth_dir, protocol=None,
         raise PalnetError("no scan in the predictions {} has the same name as a scan in the truth {}"
                           .format(os.fspath(pred_dir), os.fspath(truth_dir)))
 
-    truths = [read_landmarks(truth_files[s]).in_units("mm") for s in matched]
-    preds = [read_landmarks(pred_files[s]).in_units("mm") for s in matched]
+    # Each file in the units it states, then both sides in mm: a scan annotated in cm and
+    # predicted in cm compares as it would in mm.
+    truths_read = [read_landmarks(truth_files[s]) for s in matched]
+    preds_read = [read_landmarks(pred_files[s]) for s in matched]
+    truths = [t.in_units("mm") for t in truths_read]
+    preds = [p.in_units("mm") for p in preds_read]
 
     protocol = _resolve_protocol(protocol)
     seen = {}  # type: Dict[str, None]
@@ -305,7 +311,32 @@ def evaluate_dirs(pred_dir, truth_dir, protocol=None,
     report["truth_dir"] = os.fspath(truth_dir)
     report["unmatched_truth"] = sorted(set(truth_files) - set(pred_files))
     report["unmatched_pred"] = sorted(set(pred_files) - set(truth_files))
+    report["size_mismatch"] = [
+        {"scan": sid, "ratio": round(r, 3), "pred_units": p.units, "truth_units": t.units}
+        for sid, t, p, r in zip(matched, truths_read, preds_read, _size_ratios(pred_pts, truth_pts))
+        if np.isfinite(r) and not 1.0 / SIZE_MISMATCH < r < SIZE_MISMATCH]
     return report
+
+
+# Predicted landmarks this many times larger or smaller than the true ones are not a poor
+# prediction (that moves points over the same face) but numbers in other units than their file
+# states, e.g. a file written in cm that says mm: the report says so instead of only
+# printing an error 10 or 1000 times too large.
+SIZE_MISMATCH = 3.0
+
+
+def _size_ratios(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per scan, the RMS spread of the predicted landmarks about their centroid over that of
+    the true ones, on the landmarks both have (NaN with fewer than 3)."""
+    both = np.isfinite(pred).all(axis=-1) & np.isfinite(truth).all(axis=-1)
+    out = np.full(len(pred), np.nan)
+    for s in range(len(pred)):
+        if both[s].sum() >= 3:
+            p, t = pred[s, both[s]], truth[s, both[s]]
+            spread_t = np.sqrt(((t - t.mean(axis=0)) ** 2).sum(axis=1).mean())
+            if spread_t > 0:
+                out[s] = np.sqrt(((p - p.mean(axis=0)) ** 2).sum(axis=1).mean()) / spread_t
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -341,6 +372,12 @@ def format_report(report: Dict[str, Any]) -> str:
         names = report.get(key) or []
         if names:
             lines.append("{} {}: {}".format(len(names), what, _name_list(names)))
+    odd = report.get("size_mismatch") or []
+    if odd:
+        lines.append("{} scan(s) whose predicted landmarks differ in size from the true ones by more than {:g}x: "
+                     "check the units their files state: {}".format(len(odd), SIZE_MISMATCH, _name_list([
+                         "{} ({:.3g}x, predicted {}, true {})".format(
+                             r["scan"], r["ratio"], r["pred_units"], r["truth_units"]) for r in odd])))
 
     per_landmark = report["per_landmark"]
     n_in_region = {}  # type: Dict[str, int]

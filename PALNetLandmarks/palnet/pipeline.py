@@ -342,9 +342,14 @@ def landmark_confidence(spread_mm: np.ndarray, model: Model) -> np.ndarray:
     landmark lies within 2 mm of the truth; without one, 1 / (1 + spread / 1 mm).
     """
     table = model.metadata.get("confidence")
-    if table:
-        return np.interp(spread_mm, table["spread_mm"], table["p_within_2mm"])
-    return 1.0 / (1.0 + spread_mm)
+    if not table:
+        return np.clip(1.0 / (1.0 + spread_mm), 0.0, 1.0)
+    try:
+        conf = np.interp(spread_mm, table["spread_mm"], table["p_within_2mm"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PalnetError("model metadata has an unusable confidence table ({})".format(exc), model.source) from None
+    # load_model checks the table, but a Model built in code is not loaded: a probability either way.
+    return np.clip(conf, 0.0, 1.0)
 
 
 def predict(mesh: Mesh, model: Model, snap: str = "nearest", units: str = "auto",

@@ -279,8 +279,9 @@ def _spread_labels(anchors: np.ndarray, sizes: np.ndarray, center: np.ndarray,
     return pos
 
 
-def _visibility(window, renderers, views, points, up, front, size, radius):
-    """Which landmarks each view sees (depth test against the bare surface) and where."""
+def _visibility(window, renderers, views, points, up, front, size, slack):
+    """Which landmarks each view sees (depth test against the bare surface) and where; a
+    surface less than ``slack`` in front of a landmark does not hide it."""
     from vtkmodules.util.numpy_support import vtk_to_numpy
     from vtkmodules.vtkCommonCore import vtkFloatArray
 
@@ -314,7 +315,7 @@ def _visibility(window, renderers, views, points, up, front, size, radius):
             wp = ren.GetWorldPoint()
             hit = np.array(wp[:3]) / max(wp[3], 1e-12)
             # How far in front of the landmark (towards the camera) that surface is.
-            visible[k, i] = float(np.dot(hit - p, direction)) < max(1.5, 2.5 * radius)
+            visible[k, i] = float(np.dot(hit - p, direction)) < slack
     return visible, screen
 
 
@@ -476,7 +477,10 @@ def render_landmarks(
     window.SetOffScreenRendering(1)
     window.SetMultiSamples(8)
     window.SetSize(w_px * n, h_px)
-    extent = float(np.linalg.norm(np.ptp(vertices, axis=0))) + 1.0
+    # Every length below is a fraction of the scan's size, never a number of mm: a scan in
+    # metres (a face 0.2 across) is drawn like the same scan in millimetres.
+    extent = float(np.linalg.norm(np.ptp(vertices, axis=0)))
+    extent = extent if np.isfinite(extent) and extent > 0 else 1.0
 
     renderers, halves = [], []
     for k, view in enumerate(views):
@@ -500,10 +504,11 @@ def render_landmarks(
         renderers.append(ren)
         halves.append(half)
 
-    radius = point_radius if point_radius is not None else max(0.6, min(halves) * 0.012)
+    # Floors: about 0.6 mm and 1.5 mm on a head 400 mm across (corner to corner).
+    radius = point_radius if point_radius is not None else max(0.0015 * extent, min(halves) * 0.012)
     if len(points):
         visible, screen = _visibility(window, renderers, views, points, up, front,
-                                      (w_px, h_px), radius)
+                                      (w_px, h_px), max(0.004 * extent, 2.5 * radius))
         spheres = _spheres_actor(points, rgb, radius)
         for ren in renderers:
             ren.AddActor(spheres)

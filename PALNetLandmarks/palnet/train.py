@@ -15,6 +15,7 @@ on the training scans turns those mode coefficients into landmark offsets (see
 """
 import copy
 import json
+import os
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
@@ -26,7 +27,7 @@ from .augment import DEFAULT_AUGMENT
 from .dataset import TrainingScan, load_training_scans
 from .engine import NetworkConfig
 from .errors import PalnetError
-from .modelfile import Model, load_model, save_model
+from .modelfile import METADATA_RANGES, Model, load_model, save_model
 from .patches import extract_patches, initial_approximation
 from .pipeline import apply_shape_prior, landmark_modes, shape_prior, starting_shape
 
@@ -52,21 +53,122 @@ DEFAULT_CONFIG = {
 }
 
 
-def merge_config(user: Optional[dict]) -> dict:
+# The type and range of every training setting: (int or float, low, high) inclusive, or the
+# values allowed; LIST_SETTINGS take a list of such numbers. The settings a model file stores
+# keep its ranges (modelfile.METADATA_RANGES), so whatever trains also loads. How the network's
+# sizes fit together (patch_size against the pools) NetworkConfig checks when the model is built.
+SETTING_RANGES = {
+    "network.patch_size": (int,) + METADATA_RANGES["network.patch_size"],
+    "network.fc": (int,) + METADATA_RANGES["network.fc"],
+    "network.widths": (int,) + METADATA_RANGES["network.widths"],
+    "network.pools": (int,) + METADATA_RANGES["network.pools"],
+    "network.dropout": (float, 0.0, 0.99),
+    "network.attention": ("soft", "topk", "none"),
+    "network.attention_topk": (int, 1, 1_000_000),
+    "patch.spacing_mm": (float,) + METADATA_RANGES["patch.spacing_mm"],
+    "patch.scale_mm": (float,) + METADATA_RANGES["patch.scale_mm"],
+    "refine_steps": (int,) + METADATA_RANGES["refine_steps"],
+    "start": ("shape", "mean"),
+    "shape_prior": (True, False),
+    "second_round": (int, 0, METADATA_RANGES["second_round.refine_steps"][1]),
+    "epochs": (int, 0, 100_000),
+    "batch_size": (int, 1, 4096),
+    "lr": (float, 1e-8, 1.0),
+    "plateau_factor": (float, 0.01, 0.99),
+    "plateau_patience": (int, 0, 100_000),
+    "early_stop_patience": (int, 1, 100_000),
+    "loss_weights": (float, 0.0, 100.0),
+    "seed": (int, 0, 2 ** 32 - 1),
+    "jitter.landmark_mm": (float, 0.0, 50.0),
+    "jitter.shift_mm": (float, 0.0, 50.0),
+    "jitter.rotate_deg": (float, 0.0, 180.0),
+    "jitter.near_fraction": (float, 0.0, 1.0),
+    "jitter.near_mm": (float, 0.0, 50.0),
+    "augment.copies": (int, 0, 100),
+    "augment.coarsen": (float, 0.0, 1.0),
+    "augment.crop": (float, 0.0, 1.0),
+    "augment.holes": (int, 0, 100),
+    "augment.noise_mm": (float, 0.0, 10.0),
+    "augment.spikes": (float, 0.0, 1.0),
+    "augment.any_pose": (True, False),
+}
+LIST_SETTINGS = {"loss_weights": (2, 2), "network.widths": (1, 8), "network.pools": (1, 8)}  # (fewest, most)
+
+
+def _setting_error(key: str, what: str, value, source) -> PalnetError:
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    return PalnetError("training setting {!r} must be {}, not {}".format(key, what, shown), source)
+
+
+def _check_setting(key: str, value, source) -> None:
+    rule = SETTING_RANGES[key]
+    if not isinstance(rule[0], type):
+        if isinstance(value, bool) != isinstance(rule[0], bool) or value not in rule:
+            raise _setting_error(key, "one of " + ", ".join(json.dumps(v) for v in rule), value, source)
+        return
+    kind, lo, hi = rule
+    number = (int, float, np.integer, np.floating) if kind is float else (int, np.integer)
+    if isinstance(value, bool) or not isinstance(value, number) or not lo <= value <= hi:  # NaN fails it too
+        raise _setting_error(key, "{} from {:g} to {:g}".format("an integer" if kind is int else "a number", lo, hi),
+                             value, source)
+
+
+def check_config(cfg: dict, source=None) -> dict:
+    """Refuse, in one line naming ``source`` (the configuration file) and the setting, any
+    merged training setting of the wrong type or out of its range (SETTING_RANGES)."""
+    for key in SETTING_RANGES:
+        group, _, name = key.rpartition(".")
+        value = cfg[group][name] if group else cfg[name]
+        if key in LIST_SETTINGS:
+            fewest, most = LIST_SETTINGS[key]
+            if not isinstance(value, (list, tuple)) or not fewest <= len(value) <= most:
+                raise _setting_error(key, "a list of {} numbers".format(
+                    fewest if fewest == most else "{} to {}".format(fewest, most)), value, source)
+            for v in value:
+                _check_setting(key, v, source)
+        else:
+            _check_setting(key, value, source)
+    if not sum(cfg["loss_weights"]) > 0:
+        raise _setting_error("loss_weights", "two numbers, at least one above 0", cfg["loss_weights"], source)
+    return cfg
+
+
+def merge_config(user: Optional[dict], source=None) -> dict:
+    """The default settings updated by ``user``'s and checked (``check_config``); errors name
+    ``source``, the file the settings came from."""
+    if user is not None and not isinstance(user, dict):
+        raise PalnetError("a training configuration must be a JSON object of settings", source)
     cfg = copy.deepcopy(DEFAULT_CONFIG)
     for key, value in (user or {}).items():
         if key not in cfg:
-            raise PalnetError("unknown training setting {!r} (known: {})".format(key, ", ".join(sorted(cfg))))
+            raise PalnetError("unknown training setting {!r} (known: {})".format(key, ", ".join(sorted(cfg))), source)
         if isinstance(cfg[key], dict):
             if not isinstance(value, dict):
-                raise PalnetError("training setting {!r} takes a mapping of {}".format(key, ", ".join(sorted(cfg[key]))))
+                raise PalnetError("training setting {!r} takes a mapping of {}".format(key, ", ".join(sorted(cfg[key]))),
+                                  source)
             unknown = sorted(set(value) - set(cfg[key]))
             if unknown:
-                raise PalnetError("unknown {} setting {!r} (known: {})".format(key, unknown[0], ", ".join(sorted(cfg[key]))))
+                raise PalnetError("unknown {} setting {!r} (known: {})".format(key, unknown[0], ", ".join(sorted(cfg[key]))),
+                                  source)
             cfg[key].update(value)
         else:
             cfg[key] = value
-    return cfg
+    return check_config(cfg, source)
+
+
+def load_config(path) -> dict:
+    """The settings in a ``palnet train --config`` JSON file, checked as merge_config checks
+    them; every problem is one line naming the file (and the setting)."""
+    try:
+        with open(path, "r", encoding="utf-8-sig") as f:
+            user = json.load(f)
+    except OSError as exc:
+        raise PalnetError("cannot read training configuration: {}".format(exc.strerror or exc), path) from None
+    except (ValueError, RecursionError) as exc:
+        why = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise PalnetError("training configuration is not valid JSON ({})".format(why), path) from None
+    merge_config(user, path)
+    return user
 
 
 def _random_rotations(rng: np.random.Generator, n: int, degrees: float) -> np.ndarray:
@@ -427,27 +529,28 @@ def cross_validate(scans: List[TrainingScan], groups: List[List[int]], order: np
     return result, (np.concatenate(answers), np.concatenate(spreads), np.concatenate(truths)), runs
 
 
-def train(data_dir, output, config: Optional[dict] = None, epochs: Optional[int] = None, val_split: float = 0.2,
+def train(data_dir, output, config=None, epochs: Optional[int] = None, val_split: float = 0.2,
           init: Optional[str] = None, cache_dir: Optional[str] = None, jobs: int = 1, units: str = "auto",
           log: Callable[[str], None] = print, progress: Optional[Callable] = None, half: bool = True,
           description: str = "", should_stop: Callable[[], bool] = lambda: False,
           folds: Optional[int] = None) -> dict:
-    """``palnet train``: preprocess, split, fit, evaluate, save. Returns the final report."""
+    """``palnet train``: preprocess, split, fit, evaluate, save. Returns the final report.
+
+    ``config``: settings overriding DEFAULT_CONFIG, as a dict or the path of a JSON file."""
     from .mesh_io import find_scan_pairs
     from .landmark_io import read_landmarks
     from .protocol import Protocol, default_protocol
     from .resources import default_model_path, face_template_path
-    cfg = merge_config(config)
+    source = None
+    if isinstance(config, (str, os.PathLike)):  # a --config file: its errors name it
+        source, config = config, load_config(config)
+    cfg = merge_config(config, source)
     if epochs is not None:
+        _check_setting("epochs", epochs, None)
         cfg["epochs"] = int(epochs)
-    if cfg["epochs"] < 0 or (cfg["epochs"] == 0 and not init):
-        raise PalnetError("--epochs {} : give a positive number of epochs, or 0 with --init to keep that model's "
-                          "network and only learn its starting shape, shape priors and confidence from the data"
-                          .format(cfg["epochs"]))
-    rounds = cfg["second_round"]
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
-        raise PalnetError("training setting 'second_round' takes a number of refinement passes (0: no second round), "
-                          "not {!r}".format(rounds))
+    if cfg["epochs"] == 0 and not init:
+        raise PalnetError("--epochs 0 : give a positive number of epochs, or 0 with --init to keep that model's "
+                          "network and only learn its starting shape, shape priors and confidence from the data")
     pairs = find_scan_pairs(data_dir)
     if len(pairs) < 2:
         raise PalnetError("found {} (scan, landmark file) pairs; training needs at least 2".format(len(pairs)), data_dir)
