@@ -758,8 +758,10 @@ class PALNetLandmarksLogic(ScriptedLoadableModuleLogic):
         if not outputDir:
             raise ValueError(_("No output folder given."))
         model = self.loadModel(modelPath)
+        # Workers are forked from Slicer; on Windows they would be spawned from sys.executable,
+        # which inside Slicer may be the application itself.
         rows = predict_files([str(inputDir)], str(outputDir), model, fmt=format, snap=snap, units=units,
-                             overwrite=overwrite, progress=progress)
+                             overwrite=overwrite, progress=progress, isolate=os.name != "nt")
         self.lastBatchRows = rows
         failed = [r for r in rows if r.status == "error"]
         for r in failed:

@@ -119,6 +119,8 @@ def test_every_bad_input_gets_its_message_or_status(tmp_path, model):
         if status == "error":
             assert str(data / scan) in r.message, r.message  # names the file
             assert not (out / (scan + ".mrk.json")).exists()
+        elif status == "not a face":  # rejected: no landmark file unless asked for
+            assert not (out / (scan + ".mrk.json")).exists() and r.output == ""
         else:
             assert (out / (scan + ".mrk.json")).exists()
         assert r.seconds < SECONDS_PER_SCAN, (scan, r.seconds)

@@ -318,7 +318,7 @@ def test_batch_survives_bad_scans_and_keeps_outputs(tmp_path, capsys):
     (out / "good.mrk.json").write_text("edited by hand")
     main(["predict", str(scans / "good.ply"), "-o", str(out), "-q"])
     assert (out / "good.mrk.json").read_text() == "edited by hand"
-    assert _summary(out)[0]["status"] == "skipped"
+    assert _summary(out)[-1]["status"] == "skipped"
     main(["predict", str(scans / "good.ply"), "-o", str(out), "-q", "--overwrite"])
     assert (out / "good.mrk.json").read_bytes() == before
     assert not [p for p in out.iterdir() if ".tmp" in p.name]

@@ -419,7 +419,7 @@ def test_batch_reports_a_broken_file_and_finishes(plm, face, model_path, tmp_pat
     assert status == {"a": "ok", "b": "error", "c": "ok"}
     bad = next(r for r in rows if r.scan == "b")
     assert "b.ply" in bad.message
-    assert (tmp_path / "out" / "a.fcsv").exists() and (tmp_path / "out" / "c.fcsv").exists()
+    assert (tmp_path / "out" / "a.fcsv").exists() and (tmp_path / "out" / "sub" / "c.fcsv").exists()
     summary = (tmp_path / "out" / "palnet_summary.csv").read_text()
     assert summary.count("\n") == 4 and "error" in summary
     assert [c[0] for c in calls] == [1, 2, 3]

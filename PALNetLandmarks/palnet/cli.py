@@ -45,15 +45,57 @@ def _load_model_arg(path):
     return load_model(path or default_model_path())
 
 
+class _Stopped(KeyboardInterrupt):
+    """A stop signal, raised where the batch is so that its summary is still written."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop_signals():
+    """Turn SIGTERM, SIGINT and SIGHUP into _Stopped; returns what to restore afterwards."""
+    import signal
+
+    def stop(signum, frame):
+        for s in handled:  # a second signal must not cut the summary short
+            signal.signal(s, signal.SIG_IGN)
+        raise _Stopped(signum)
+
+    handled = {}
+    for name in ("SIGTERM", "SIGINT", "SIGHUP"):
+        s = getattr(signal, name, None)
+        # A signal already ignored (nohup, a background job) stays ignored.
+        if s is not None and signal.getsignal(s) is not signal.SIG_IGN:
+            handled[s] = signal.signal(s, stop)
+    return handled
+
+
 def _cmd_predict(args) -> int:
-    from .batch import predict_files
+    import signal
+    from .batch import ERROR, LOW_FIT, OK, REJECTED, SKIPPED, SUMMARY_NAME, predict_files
     from .progress import ProgressBar
-    model = _load_model_arg(args.model)
-    rows = predict_files(args.inputs, args.output, model, args.format, args.snap, args.units,
-                         args.overwrite, args.png, ProgressBar("predict") if not args.quiet else None, args.jobs)
+    summary = Path(args.output) / SUMMARY_NAME
+    handled = _stop_signals()
+    try:
+        model = _load_model_arg(args.model)
+        rows = predict_files(args.inputs, args.output, model, args.format, args.snap, args.units,
+                             args.overwrite, args.png, ProgressBar("predict") if not args.quiet else None, args.jobs,
+                             keep_rejected=args.keep_rejected)
+    except _Stopped as stop:
+        if not args.quiet and sys.stderr.isatty():
+            sys.stderr.write("\n")  # below the progress bar's unfinished line
+        print("palnet predict: stopped by {}; {}".format(
+            signal.Signals(stop.signum).name, "summary in {}".format(summary) if summary.is_file()
+            else "no summary (stopped before the run began)"), file=sys.stderr)
+        return 128 + stop.signum
+    finally:
+        for s, previous in handled.items():
+            signal.signal(s, previous)
     for r in rows:
-        if r.status in ("ok", "low fit", "not a face"):
-            print("{:<24} {:<10} fit {:5.2f} mm  {:6.3f} s  -> {}".format(r.scan, r.status, r.fit_rms_mm, r.seconds, r.output))
+        if r.status in (OK, LOW_FIT, REJECTED):
+            print("{:<24} {:<10} fit {:5.2f} mm  {:6.3f} s  -> {}".format(r.scan, r.status, r.fit_rms_mm, r.seconds,
+                                                                      r.output or "no landmark file"))
             if r.message:
                 print("{:<24} {:<10} {}".format("", "", r.message))
         else:
@@ -61,16 +103,16 @@ def _cmd_predict(args) -> int:
     if args.show:
         from .landmark_io import read_landmarks
         for r in rows:
-            if r.status in ("ok", "low fit", "not a face"):
+            if r.status in (OK, LOW_FIT, REJECTED) and r.output:
                 lms = read_landmarks(r.output)
                 print("\n{} ({}):".format(r.scan, lms.units))
                 for label, p in zip(lms.labels, lms.points):
                     print("  {:<6} {:10.3f} {:10.3f} {:10.3f}".format(label, *p))
-    bad = [r for r in rows if r.status == "error"]
-    print("{} scans: {} done, {} skipped, {} failed; summary in {}".format(
-        len(rows), sum(r.status not in ("error", "skipped") for r in rows),
-        sum(r.status == "skipped" for r in rows), len(bad), Path(args.output) / "palnet_summary.csv"))
-    return 1 if bad else 0
+    count = {s: sum(r.status == s for r in rows) for s in (OK, LOW_FIT, REJECTED, SKIPPED, ERROR)}
+    print("{} scans: {} done ({} low fit), {} not a face, {} skipped, {} failed; summary in {}".format(
+        len(rows), count[OK] + count[LOW_FIT], count[LOW_FIT], count[REJECTED], count[SKIPPED], count[ERROR],
+        summary))
+    return 1 if count[ERROR] or count[REJECTED] else 0
 
 
 def _cmd_train(args) -> int:
@@ -129,16 +171,25 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--protocol", default=None, help="protocol JSON for region names (default: the 50-landmark protocol)")
     e.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     e.set_defaults(func=_cmd_evaluate)
-    pr = sub.add_parser("predict", help="place landmarks on scans (files or folders)")
+    pr = sub.add_parser("predict", help="place landmarks on scans (files or folders)",
+                        epilog="exit status: 0 every scan done (ok, low fit) or skipped (its output kept); "
+                               "1 a scan failed or is not a face; 2 nothing done (bad arguments, output folder "
+                               "in use by another run or a file); 128+N stopped by signal N (130 Ctrl-C, "
+                               "143 SIGTERM), the summary still written")
     pr.add_argument("inputs", nargs="+", metavar="INPUT", help="mesh files (.ply .obj .stl .vtk .vtp) or folders")
-    pr.add_argument("-o", "--output", required=True, help="output folder: one landmark file per scan + palnet_summary.csv")
+    pr.add_argument("-o", "--output", required=True,
+                    help="output folder: one landmark file per scan, in the inputs' sub-folders, and "
+                         "palnet_summary.csv, to which each run adds its rows")
     pr.add_argument("--model", default=None, help="model file (default: the shipped model)")
     pr.add_argument("--format", default="mrk.json", choices=("mrk.json", "fcsv", "csv", "txt"))
     pr.add_argument("--snap", default="nearest", choices=("nearest", "mean-k", "surface", "none"),
                     help="put each landmark on the nearest vertex, the mean of the 12 nearest, or the closest surface point")
     pr.add_argument("--units", default="auto", choices=("auto", "mm", "cm", "m"))
-    pr.add_argument("--png", default=None, help="also render each scan with its landmarks to this PNG")
-    pr.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    pr.add_argument("--png", default=None,
+                    help="also render each scan with its landmarks to this PNG (PNG_<scan>.png for several scans)")
+    pr.add_argument("--overwrite", action="store_true", help="replace existing landmark files and pictures")
+    pr.add_argument("--keep-rejected", action="store_true",
+                    help="also write the landmarks of a scan that is not a face (the exit status is still 1)")
     pr.add_argument("--show", action="store_true", help="print the landmarks of each scan")
     pr.add_argument("--jobs", type=int, default=1, help="scans predicted at once in worker processes (default 1)")
     pr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
