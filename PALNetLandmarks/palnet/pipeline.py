@@ -35,14 +35,19 @@ NOT_A_FACE_INLIERS = 0.62
 NOT_A_FACE_AGREEMENT = 0.6
 SPARSE_VERTICES = 2000  # fewer vertices than this cannot show a face's detail
 # A landmark is missing from the scan (a hole, a cut) when no surface lies within this distance
-# of where the fitted face puts it. Measured on 60 held-out scans (any pose and crop, with the
-# generator's random holes, which spare 3.5 mm around each landmark): at most 5.3 mm for the
-# landmarks inside the face template; a hole 8 mm in radius over one of them: 7.1-8.1 mm, wider
-# ones more. Landmarks outside the template (ears, tragion, gonion, trichion) are placed less
-# surely (at most 11.1 mm): they are missing only beyond MISSING_OUTSIDE_MM.
+# of where the fitted face template puts it, and the surface nearest that spot is the scan's
+# border (its nearest border vertex within MISSING_BORDER_MM farther than its nearest vertex):
+# the spot looks into a hole or past a cut, not at surface the template missed. Measured on 100
+# scans of training seeds (2000-2099, with the generator's random holes, which spare 3.5 mm
+# around each landmark), landmarks well inside the template (10 of its points within 8 mm) came
+# at most 5.0 mm from the surface on a border; the others (chin, ears, tragion, gonion,
+# trichion), whose fitted place is less sure, up to 13.2 mm. Holes of 8-15 mm radius over a
+# landmark inside the template: 6.6-12.0 mm.
 MISSING_SURFACE_MM = 6.5
 MISSING_OUTSIDE_MM = 15.0
-TEMPLATE_SUPPORT_MM = 8.0  # a landmark with 5 template points this close lies inside the template
+MISSING_BORDER_MM = 1.0
+TEMPLATE_SUPPORT_MM = 8.0  # a landmark with TEMPLATE_SUPPORT_POINTS template points this close is well inside it
+TEMPLATE_SUPPORT_POINTS = 10
 CONFIDENCE_SAMPLES = 12  # perturbed extra runs of the network per scan
 PERTURB_MM = 1.0  # spread of their starting points around the initial approximation
 PERTURB_DEGREES = 3.0  # and of the turns of their patches
@@ -375,7 +380,7 @@ def predict(mesh: Mesh, model: Model, snap: str = "nearest", units: str = "auto"
     initial = Landmarks(labels, snap_to_surface(prep.clean, prep.alignment.to_scan(at_mean) * to_file, "nearest",
                                                 tree=vertex_tree), units=prep.units)
     conf = landmark_confidence(spread, model)
-    missing = missing_landmarks(prep.tree, start, template, mean)
+    missing = missing_landmarks(prep, start, template, mean)
     conf = np.where(missing, 0.0, conf)
     if missing.any():
         gone = ", ".join(lab for lab, m in zip(labels, missing) if m)
@@ -392,14 +397,26 @@ def predict(mesh: Mesh, model: Model, snap: str = "nearest", units: str = "auto"
                       prep.spikes, prep.fragments, tuple(lab for lab, m in zip(labels, missing) if m))
 
 
-def missing_landmarks(samples: cKDTree, expected: np.ndarray, template: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    """Mask of the landmarks the scan lacks: no surface sample near where the fitted face
-    (the aligner's shape-fitted start, canonical mm) expects them. The network always
-    answers on some surface, so without this a landmark over a hole lands on the hole's rim
-    as confidently as any other."""
-    inside = np.array([len(n) >= 5 for n in cKDTree(template).query_ball_point(mean, TEMPLATE_SUPPORT_MM)])
+def missing_landmarks(prep: PreparedScan, expected: np.ndarray, template: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Mask of the landmarks the scan lacks: no surface near where the fitted face (the
+    aligner's shape-fitted start, canonical mm) expects them, and the scan's border nearest
+    that spot (see MISSING_SURFACE_MM). The network always answers on some surface, so
+    without this a landmark over a hole lands on the hole's rim as confidently as any other."""
+    near = cKDTree(template).query_ball_point(mean, TEMPLATE_SUPPORT_MM)
+    inside = np.array([len(n) >= TEMPLATE_SUPPORT_POINTS for n in near])
     limit = np.where(inside, MISSING_SURFACE_MM, MISSING_OUTSIDE_MM)
-    return samples.query(expected, distance_upper_bound=float(limit.max()))[0] > limit
+    far = prep.tree.query(expected, distance_upper_bound=float(limit.max()))[0] > limit
+    if not far.any() or not prep.clean.n_triangles:
+        return far
+    # Rare: only now is the border found (a sort of the scan's edges).
+    mm = prep.alignment.to_canonical(prep.clean.vertices * unit_scale(prep.units, "mm"))
+    border = edges_and_border(prep.clean.triangles, len(mm))[1]
+    if not border.any():
+        return np.zeros_like(far)
+    gap = cKDTree(mm).query(expected[far])[0]
+    to_border = cKDTree(mm[border]).query(expected[far])[0]
+    far[far] = to_border - gap < MISSING_BORDER_MM
+    return far
 
 
 def _small_rotations(rng: np.random.Generator, n: int, degrees: float) -> np.ndarray:
