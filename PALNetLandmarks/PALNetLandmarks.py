@@ -761,7 +761,8 @@ class PALNetLandmarksLogic(ScriptedLoadableModuleLogic):
         # Workers are forked from Slicer; on Windows they would be spawned from sys.executable,
         # which inside Slicer may be the application itself.
         rows = predict_files([str(inputDir)], str(outputDir), model, fmt=format, snap=snap, units=units,
-                             overwrite=overwrite, progress=progress, isolate=os.name != "nt")
+                             overwrite=overwrite, progress=progress, isolate=os.name != "nt",
+                             rejected_hint=_("to place its landmarks anyway, load the scan and press Apply"))
         self.lastBatchRows = rows
         failed = [r for r in rows if r.status == "error"]
         for r in failed:
@@ -771,12 +772,13 @@ class PALNetLandmarksLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def batchSummary(rows, outputDir: str = "") -> str:
-        from palnet.batch import SUMMARY_NAME
-        done = sum(r.status not in ("error", "skipped") for r in rows)
-        skipped = sum(r.status == "skipped" for r in rows)
-        failed = sum(r.status == "error" for r in rows)
-        text = _("{n} scans: {done} done, {skipped} skipped, {failed} failed").format(
-            n=len(rows), done=done, skipped=skipped, failed=failed)
+        from palnet.batch import ERROR, LOW_FIT, OK, REJECTED, SKIPPED, SUMMARY_NAME
+        done = sum(r.status in (OK, LOW_FIT) for r in rows)
+        rejected = sum(r.status == REJECTED for r in rows)
+        skipped = sum(r.status == SKIPPED for r in rows)
+        failed = sum(r.status == ERROR for r in rows)
+        text = _("{n} scans: {done} done, {rejected} not a face, {skipped} skipped, {failed} failed").format(
+            n=len(rows), done=done, rejected=rejected, skipped=skipped, failed=failed)
         if outputDir:
             text += _("; summary in {}").format(os.path.join(str(outputDir), SUMMARY_NAME))
         return text

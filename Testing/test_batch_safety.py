@@ -295,7 +295,7 @@ def test_an_interrupted_batch_lists_every_scan_and_stops_its_workers(tmp_path, m
         raise KeyboardInterrupt
 
     # what a worker killed while writing a scan's landmarks would leave (all 4 are handed out at once)
-    partial = {name: tmp_path / "out" / ".{}.mrk.json.0123abcd.tmp.mrk.json".format(name) for name in "abcd"}
+    partial = {name: tmp_path / "out" / ".{}.mrk.json.0123abcd.tmp".format(name) for name in "abcd"}
     (tmp_path / "out").mkdir()
     for path in partial.values():
         path.write_text("{")

@@ -316,8 +316,14 @@ def test_dirs_empty_missing_and_duplicate(tmp_path, fake_io):
     _write(tmp_path / "t" / "a.lm.json", ["n"], TRI[:1])
     _write(tmp_path / "t" / "x" / "a.lm.json", ["n"], TRI[:1])
     _write(tmp_path / "p" / "a.lm.json", ["n"], TRI[:1])
-    with pytest.raises(PalnetError, match="two landmark files for scan 'a'"):
-        evaluate_dirs(tmp_path / "p", tmp_path / "t")
+    # two scans named a in different folders: the prediction is the one at the same place
+    report = evaluate_dirs(tmp_path / "p", tmp_path / "t")
+    assert [s["scan"] for s in report["per_scan"]] == ["a"] and report["unmatched_truth"] == ["x/a"]
+    # two files for one scan (x/a), in different folders: left out and reported, not guessed
+    _write(tmp_path / "t" / "x" / "a" / "landmarks.lm.json", ["n"], TRI[:1])
+    report = evaluate_dirs(tmp_path / "p", tmp_path / "t")
+    assert [s["scan"] for s in report["per_scan"]] == ["a"] and report["unmatched_truth"] == []
+    assert report["ambiguous"] == [{"scan": "a", "truth": ["x/a.lm.json", "x/a/landmarks.lm.json"], "pred": []}]
 
 
 # --- directory level with the real io module (Slicer .mrk.json files) ---------------

@@ -423,13 +423,29 @@ def test_batch_reports_a_broken_file_and_finishes(plm, face, model_path, tmp_pat
     summary = (tmp_path / "out" / "palnet_summary.csv").read_text()
     assert summary.count("\n") == 4 and "error" in summary
     assert [c[0] for c in calls] == [1, 2, 3]
-    assert plm.PALNetLandmarksLogic.batchSummary(rows).startswith("3 scans: 2 done, 0 skipped, 1 failed")
+    assert plm.PALNetLandmarksLogic.batchSummary(rows).startswith("3 scans: 2 done, 0 not a face, 0 skipped, 1 failed")
     # A second run keeps existing outputs.
     again = logic.processDirectory(str(scans), str(tmp_path / "out"), "fcsv", modelPath=model_path)
     assert [r.status for r in again] == ["skipped", "error", "skipped"]
     from palnet.errors import PalnetError
     with pytest.raises(PalnetError, match="input folder not found"):
         logic.processDirectory(str(tmp_path / "nothing"), str(tmp_path / "out"), modelPath=model_path)
+
+
+def test_batch_counts_scans_that_are_not_a_face_and_tells_slicer_users_what_to_do(plm, face, model_path, tmp_path):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    write_mesh(face.transformed(pose_matrix()), scans / "a.ply")
+    top = face.vertices[:, 1] > np.percentile(face.vertices[:, 1], 70)  # a strip of forehead: not a face
+    triangles = face.triangles[top[face.triangles].all(axis=1)]
+    write_mesh(Mesh(face.vertices[top], (np.cumsum(top) - 1)[triangles]), scans / "forehead.ply")
+    rows = plm.PALNetLandmarksLogic().processDirectory(str(scans), str(tmp_path / "out"), modelPath=model_path)
+    assert [(r.scan, r.status) for r in rows] == [("a", "ok"), ("forehead", "not a face")]
+    rejected = rows[1]
+    assert rejected.output == "" and not (tmp_path / "out" / "forehead.mrk.json").exists()
+    assert "--" not in rejected.message and "Apply" in rejected.message  # no command-line option in Slicer
+    assert "--keep-rejected" not in (tmp_path / "out" / "palnet_summary.csv").read_text()
+    assert plm.PALNetLandmarksLogic.batchSummary(rows) == "2 scans: 1 done, 1 not a face, 0 skipped, 0 failed"
 
 
 # ---------------------------------------------------------------- training

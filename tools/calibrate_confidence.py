@@ -20,6 +20,12 @@ from palnet.modelfile import load_model, save_model
 from palnet.pipeline import calibrate_confidence, predict
 
 
+def errors_mm(pred, truth) -> np.ndarray:
+    """Each landmark's error in mm, as the spreads are: a prediction is in its scan's units
+    and a landmark file in the units it states, which may differ from each other."""
+    return np.linalg.norm(pred.landmarks.in_units("mm").points - truth.in_units("mm").points, axis=1)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("model")
@@ -33,7 +39,7 @@ def main():
         pred = predict(read_mesh(mesh_path), model)
         truth = check_labels(read_landmarks(lm_path), labels, lm_path)
         spreads.append(pred.spread_mm)
-        errors.append(np.linalg.norm(pred.landmarks.points - truth.points, axis=1))
+        errors.append(errors_mm(pred, truth))
     spreads, errors = np.concatenate(spreads), np.concatenate(errors)
     table = calibrate_confidence(spreads, errors)
     model.metadata["confidence"] = dict(table, data=str(args.data))

@@ -4,9 +4,9 @@ Nothing the user had is lost or replaced without ``overwrite``: outputs are writ
 atomically (temporary file, then rename) and an existing landmark file or picture is kept,
 so re-running a folder after fixing a few scans only does those; every run adds its rows
 to the summary after the earlier runs' rows; the outputs mirror the inputs' folders, so
-two scans never share an output; and a lock file keeps a second run out of a folder that
-one is writing into. Each scan is predicted in a worker process, so a reader that crashes
-on a damaged file costs only that scan, and the workers end with the run.
+two scans never share an output; and a lock file (palnet.folderlock) keeps a second run
+out of a folder that one is writing into. Each scan is predicted in a worker process, so a
+reader that crashes on a damaged file costs only that scan, and the workers end with the run.
 """
 import csv
 import io as _io
@@ -21,6 +21,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Set
 import numpy as np
 
 from .errors import PalnetError
+from .folderlock import LOCK_NAME, release_lock, take_lock  # noqa: F401 (LOCK_NAME: callers know it from here)
 from .mesh_io import MESH_EXTENSIONS, NOT_LANDMARK_FILES, read_mesh, scan_id_for
 from .landmark_io import LANDMARK_FORMATS, atomic_write, write_landmarks
 from .modelfile import Model
@@ -32,11 +33,13 @@ SUMMARY_NAME = "palnet_summary.csv"
 assert SUMMARY_NAME in NOT_LANDMARK_FILES  # evaluate must not take it for a landmark file
 SUMMARY_FIELDS = ("run", "scan", "input", "output", "status", "fit_rms_mm", "template_coverage", "mean_confidence",
                   "spikes_removed", "fragment_vertices_removed", "units", "seconds", "message")
-LOCK_NAME = ".palnet.lock"
 
 # Statuses of a row. The first three come from the prediction (see pipeline.scan_status).
 OK, LOW_FIT, REJECTED = "ok", "low fit", "not a face"
 ERROR, SKIPPED, NOT_RUN = "error", "skipped", "not run"
+# What a row of a scan that is not a face says its user can do; a caller without the
+# command line's options (the Slicer module) gives its own.
+KEEP_REJECTED_HINT = "--keep-rejected writes it"
 
 
 @dataclass
@@ -151,16 +154,17 @@ def predict_one(mesh_path: Path, out_file: Path, model: Model, fmt: str, snap: s
 def predict_files(inputs: Iterable[str], out_dir, model: Model, fmt: str = "mrk.json", snap: str = "nearest",
                   units: str = "auto", overwrite: bool = False, png: Optional[str] = None,
                   progress: Optional[Callable] = None, jobs: int = 1, keep_rejected: bool = False,
-                  isolate: bool = True) -> List[BatchItem]:
+                  isolate: bool = True, rejected_hint: str = KEEP_REJECTED_HINT) -> List[BatchItem]:
     """Predict every scan; returns one row per scan and adds them to the summary CSV in ``out_dir``.
 
     ``jobs`` scans are predicted at once, each in a worker process (``isolate``, the default,
     even for one job: a scan that crashes its process is then only that scan's error);
     ``isolate=False`` with one job predicts in this process, for hosts that cannot start
     workers. Rows keep the input order. A scan that is not a face gets no landmark file
-    unless ``keep_rejected``. Raises PalnetError, before predicting anything, when
-    ``out_dir`` is a file or another run holds its lock. Interrupted (KeyboardInterrupt or
-    any exception), the summary still gets a row per scan, ``not run`` for those not done.
+    unless ``keep_rejected``, and its row's message then ends with ``rejected_hint``.
+    Raises PalnetError, before predicting anything, when ``out_dir`` is a file or another
+    run holds its lock. Interrupted (KeyboardInterrupt or any exception), the summary
+    still gets a row per scan, ``not run`` for those not done.
     """
     if fmt not in LANDMARK_FORMATS:
         raise PalnetError("unknown output format {!r} (use {})".format(fmt, ", ".join(LANDMARK_FORMATS)))
@@ -175,7 +179,7 @@ def predict_files(inputs: Iterable[str], out_dir, model: Model, fmt: str = "mrk.
         picture = None
         if png:
             picture = Path(png) if len(meshes) == 1 else _picture_path(Path(png), out_file, out_dir, fmt)
-        tasks.append((mesh_path, out_file, fmt, snap, units, overwrite, picture, keep_rejected))
+        tasks.append((mesh_path, out_file, fmt, snap, units, overwrite, picture, keep_rejected, rejected_hint))
     jobs = max(1, min(int(jobs or 1), len(tasks)))
     run = datetime.now().isoformat(sep=" ", timespec="milliseconds")
     done: Dict[int, BatchItem] = {}  # task index -> row
@@ -186,7 +190,7 @@ def predict_files(inputs: Iterable[str], out_dir, model: Model, fmt: str = "mrk.
         if progress:
             progress(len(done), len(tasks), row.scan, row.message if row.status == ERROR else None)
 
-    lock = _take_lock(out_dir)
+    lock = take_lock(out_dir)
     try:
         if isolate or jobs > 1:
             _predict_parallel(tasks, model, jobs, record)
@@ -201,7 +205,7 @@ def predict_files(inputs: Iterable[str], out_dir, model: Model, fmt: str = "mrk.
                       for i, t in enumerate(tasks)]
             write_summary(listed, out_dir / SUMMARY_NAME, run)
         finally:
-            _release_lock(lock)
+            release_lock(lock)
     return rows
 
 
@@ -223,7 +227,8 @@ def _output_folder(out_dir) -> Path:
 
 
 def _predict_item(model: Model, mesh_path: Path, out_file: Path, fmt: str, snap: str, units: str,
-                  overwrite: bool, picture: Optional[Path], keep_rejected: bool = False) -> BatchItem:
+                  overwrite: bool, picture: Optional[Path], keep_rejected: bool = False,
+                  rejected_hint: str = KEEP_REJECTED_HINT) -> BatchItem:
     """One scan of a batch; every failure becomes the row's status and message."""
     row = BatchItem(scan=scan_id_for(mesh_path), input=str(mesh_path), output=str(out_file))
     t0 = time.perf_counter()
@@ -245,7 +250,8 @@ def _predict_item(model: Model, mesh_path: Path, out_file: Path, fmt: str, snap:
                 notes.insert(0, pred.message)
             if pred.status == REJECTED and not keep_rejected:
                 row.output = ""
-                notes.append("no landmark file written (--keep-rejected writes it)")
+                notes.append("no landmark file written ({})".format(rejected_hint) if rejected_hint
+                             else "no landmark file written")
             row.message = "; ".join(notes)
         except PalnetError as exc:
             row.status, row.message = ERROR, str(exc)
@@ -370,107 +376,6 @@ def _init_worker(model: Model, parent: int) -> None:
 
 def _worker_item(task) -> BatchItem:
     return _predict_item(_WORKER_MODEL, *task)
-
-
-# ---------------------------------------------------------------- the output folder's lock
-
-_HELD: Set[str] = set()  # locks this process holds: its own pid in another lock is a dead run's
-
-
-def _take_lock(out_dir: Path) -> Path:
-    """Create ``out_dir/.palnet.lock`` holding this pid; one left by a run that has ended is taken over."""
-    path = out_dir / LOCK_NAME
-    for _ in range(10):
-        try:
-            fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            text, owner = _lock_owner(path)
-            if owner:
-                raise PalnetError("another palnet run ({}) is writing into this folder; wait for it to end, or "
-                                  "delete {} if that run is gone".format(owner, LOCK_NAME), out_dir) from None
-            if text is not None:
-                _remove_stale_lock(path, text)
-            continue
-        except OSError as exc:
-            raise PalnetError("cannot write into the output folder ({})".format(exc.strerror or exc), out_dir) \
-                from None
-        with os.fdopen(fd, "w") as f:
-            f.write("{}\n".format(os.getpid()))
-        _HELD.add(os.path.abspath(str(path)))
-        return path
-    raise PalnetError("cannot take the lock {} of this folder".format(LOCK_NAME), out_dir)
-
-
-def _lock_owner(path: Path):
-    """(the lock's text or None if it vanished, a description of its live owner or "" if none)."""
-    try:
-        text = path.read_text()
-        age = time.time() - path.stat().st_mtime
-    except FileNotFoundError:
-        return None, ""
-    except (OSError, ValueError):
-        return "", "unreadable lock"
-    try:
-        pid = int(text.split()[0])
-    except (IndexError, ValueError):
-        # A run writes its pid right after creating the file: a new empty lock is still being taken.
-        return text, "just starting" if age < 10 else ""
-    if pid == os.getpid():
-        held = os.path.abspath(str(path)) in _HELD
-        return text, "process {}, this one".format(pid) if held else ""
-    return text, "process {}".format(pid) if _pid_alive(pid) else ""
-
-
-def _remove_stale_lock(path: Path, seen: str) -> None:
-    # Moved aside first, not deleted: two runs taking over the same stale lock must not
-    # delete the new lock of the one that was quicker; that one gets it back.
-    aside = path.with_name("{}.{}.stale".format(LOCK_NAME, os.getpid()))
-    try:
-        os.replace(str(path), str(aside))
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise PalnetError("cannot remove the lock left by an earlier run ({})".format(exc.strerror or exc),
-                          path) from None
-    try:
-        if aside.read_text() != seen:
-            try:
-                os.link(str(aside), str(path))
-            except OSError:
-                pass
-    finally:
-        aside.unlink()
-
-
-def _release_lock(path: Path) -> None:
-    _HELD.discard(os.path.abspath(str(path)))
-    try:
-        if path.read_text().split()[0] == str(os.getpid()):
-            path.unlink()
-    except (OSError, IndexError):
-        pass
-
-
-def _pid_alive(pid: int) -> bool:
-    if os.name == "nt":  # os.kill(pid, 0) would end the process there
-        import ctypes
-        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
-        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
-        if not handle:
-            return ctypes.get_last_error() == 5  # access denied: it exists
-        code = ctypes.c_ulong()
-        ok = kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
-        kernel32.CloseHandle(handle)
-        return bool(ok) and code.value == 259  # STILL_ACTIVE
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    except OSError:
-        return False
-    return True
 
 
 # ---------------------------------------------------------------- the summary

@@ -117,13 +117,9 @@ def _cmd_predict(args) -> int:
 
 def _cmd_train(args) -> int:
     from .progress import ProgressBar
-    from .train import train
-    config = None
-    if args.config:
-        try:
-            config = json.loads(Path(args.config).read_text())
-        except (OSError, ValueError) as exc:
-            raise PalnetError("cannot read training configuration ({})".format(exc), args.config)
+    from .train import load_config, train
+    # Read and checked here, so that each problem is one line naming the file and the setting.
+    config = load_config(args.config) if args.config else None
     if args.augment is not None:
         if args.augment < 0:
             raise PalnetError("--augment must be 0 or more copies per scan, not {}".format(args.augment))

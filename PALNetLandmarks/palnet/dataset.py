@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import PalnetError
 
-CACHE_VERSION = 12  # bump when alignment or sampling changes what a scan preprocesses to
+CACHE_VERSION = 13  # bump when alignment or sampling changes what a scan preprocesses to
 
 
 @dataclass
@@ -67,16 +67,18 @@ def preprocess_pair(mesh_path: Path, landmark_path: Path, labels: Sequence[str],
     lms = check_labels(read_landmarks(landmark_path), labels, landmark_path)
     if not np.isfinite(lms.points).all():
         raise PalnetError("landmark file has undefined points", landmark_path)
-    points = lms.points
+    # The file states its units, which need not be the scan's (a scan in cm annotated in mm);
+    # mm is what the scan is converted to for alignment.
+    points = lms.in_units("mm").points
     if copy > 0:
         from .augment import augment_scan
         to_mm = unit_scale(detect_units(mesh.vertices) if units == "auto" else units, "mm")
         rng = np.random.default_rng([zlib.crc32(np.ascontiguousarray(mesh.vertices).tobytes()), int(copy)])
         mesh, points = augment_scan(Mesh(mesh.vertices * to_mm, mesh.triangles, "mm", mesh.source),
-                                    points * to_mm, rng, augment or {})
+                                    points, rng, augment or {})
         units = "mm"
     c = to_canonical_frame(mesh, template, units, template_modes(template))
-    truth = c.alignment.to_canonical(points * unit_scale(c.units, "mm"))
+    truth = c.alignment.to_canonical(points)
     samples = roi_samples(c.mesh, truth, spacing)
     return samples.astype(np.float32), truth, float(c.alignment.rms_mm), np.asarray(c.alignment.shape, np.float64)
 

@@ -99,9 +99,7 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise PalnetError("cannot write: folder {} does not exist".format(folder), path)
-    base = os.path.basename(path)
-    # Keep the extension last: some writers choose their format from it.
-    tmp = os.path.join(folder, ".{}.{}.tmp{}".format(base, uuid.uuid4().hex[:8], _suffix(base)))
+    tmp = os.path.join(folder, _temporary_name(os.path.basename(path)))
     try:
         # os.open with 0o666 honours the umask, unlike tempfile's 0o600.
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
@@ -112,6 +110,18 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _temporary_name(base: str) -> str:
+    """atomic_write's temporary file for ``base``: hidden, and never a landmark file's name,
+    since a run killed while writing leaves it in a folder that is later searched for them."""
+    tag = uuid.uuid4().hex[:8]
+    try:
+        landmark_format(base)
+    except PalnetError:
+        # Not a landmark file: keep its extension last, as a writer may choose its format from it.
+        return ".{}.{}.tmp{}".format(base, tag, _suffix(base))
+    return ".{}.{}.tmp".format(base, tag)  # landmark (and summary) writers write text whatever the name
 
 
 def _suffix(name: str) -> str:

@@ -15,7 +15,7 @@ ready for ``json.dumps``.
 """
 import os
 import warnings
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -234,56 +234,121 @@ def _format_rank(path) -> int:
                 len(_FORMAT_PREFERENCE))
 
 
-def _files_by_scan(directory, find_landmark_files, scan_id_for) -> Dict[str, str]:
-    """One landmark file per scan id. Several formats of a scan in one folder (e.g.
-    ``S01.mrk.json`` and ``S01.csv``) -> the preferred one; the same id in two
-    folders is ambiguous and an error."""
-    by_id = {}  # type: Dict[str, str]
+def _scan_key(path: str, root: str, scan_id_for) -> str:
+    """Where a landmark file's scan lies below ``root``, as ``palnet predict`` mirrors it: the
+    folders down to the file, then the scan id. ``a/S01.mrk.json`` and ``a/S01/landmarks.mrk.json``
+    are both ``a/S01``: a generic name stands for its folder, as a generic mesh name does."""
+    sid = scan_id_for(path)
+    rel = os.path.relpath(os.path.dirname(path), root)
+    parts = [] if rel == os.curdir else rel.replace(os.sep, "/").split("/")
+    if parts and parts[-1] == sid and not os.path.basename(path).startswith(sid + "."):
+        parts.pop()
+    return "/".join(parts + [sid])
+
+
+def _inside(path: str, folder: str) -> bool:
+    try:
+        return os.path.commonpath([path, folder]) == folder
+    except ValueError:  # another drive
+        return False
+
+
+def _files_by_scan(directory, find_landmark_files, scan_id_for, skip: Optional[str] = None):
+    """``({key: file}, {key: [files]})``: one landmark file per scan key (see _scan_key), the
+    preferred format when one folder holds a scan in several (``S01.mrk.json`` and
+    ``S01.csv``); and the keys whose files lie in different folders (``a/S01.mrk.json`` and
+    ``a/S01/landmarks.mrk.json``), which nothing tells apart. Files below ``skip`` are left out."""
+    root = os.path.abspath(os.fspath(directory))
+    found = {}  # type: Dict[str, List[str]]
     for path in find_landmark_files(directory):
-        sid = scan_id_for(path)
-        other = by_id.get(sid)
-        if other is None:
-            by_id[sid] = path
-        elif os.path.dirname(os.fspath(other)) == os.path.dirname(os.fspath(path)):
-            by_id[sid] = min(other, path, key=lambda p: (_format_rank(p), os.fspath(p)))
+        path = os.fspath(path)
+        full = os.path.abspath(path)
+        if skip is not None and _inside(full, skip):
+            continue
+        found.setdefault(_scan_key(full, root, scan_id_for), []).append(path)
+    files, clashes = {}, {}
+    for key, paths in found.items():
+        if len({os.path.dirname(p) for p in paths}) == 1:
+            files[key] = min(paths, key=lambda p: (_format_rank(p), p))
         else:
-            raise PalnetError("two landmark files for scan {!r}: {} and {}".format(
-                sid, os.fspath(other), os.fspath(path)), directory)
-    return by_id
+            clashes[key] = sorted(paths)
+    return files, clashes
+
+
+def _pair_scans(truth: Dict[str, str], pred: Dict[str, str], truth_clashes: Dict[str, List[str]],
+                pred_clashes: Dict[str, List[str]]):
+    """Pair true and predicted scan keys: the same key (the same place below both folders)
+    first; then, where the folders are laid out differently (truth ``study/S01.mrk.json``,
+    the prediction of ``palnet predict study`` ``S01.mrk.json``), by scan id, but only where
+    each side has that id once. Returns ``({name: (truth key, pred key)}, unmatched truth
+    keys, unmatched pred keys, ambiguous)``, ambiguous being ``{scan id: (truth keys, pred keys)}``
+    of the files that could be one of several."""
+    pairs = {k: (k, k) for k in set(truth) & set(pred)}
+    groups = {}  # type: Dict[str, Tuple[List[str], List[str]]]
+    for side, keys in ((0, list(truth) + list(truth_clashes)), (1, list(pred) + list(pred_clashes))):
+        for key in keys:
+            groups.setdefault(key.rsplit("/", 1)[-1], ([], []))[side].append(key)
+    unmatched_truth, unmatched_pred, ambiguous = [], [], {}
+    for sid, (t_keys, p_keys) in groups.items():
+        if len(t_keys) == 1 and len(p_keys) == 1 and t_keys[0] in truth and p_keys[0] in pred:
+            if t_keys[0] != p_keys[0]:
+                pairs[sid] = (t_keys[0], p_keys[0])
+            continue
+        t_left = sorted(k for k in t_keys if k not in pairs)
+        p_left = sorted(k for k in p_keys if k not in pairs)
+        if (t_left and p_left) or any(k in truth_clashes for k in t_left) or any(k in pred_clashes for k in p_left):
+            ambiguous[sid] = (t_left, p_left)
+        else:
+            unmatched_truth += t_left
+            unmatched_pred += p_left
+    return pairs, sorted(unmatched_truth), sorted(unmatched_pred), ambiguous
 
 
 def evaluate_dirs(pred_dir, truth_dir, protocol=None,
                   radii_mm: Sequence[float] = SDR_RADII_MM) -> Dict[str, Any]:
     """Compare every predicted landmark file with the true one of the same scan.
 
-    Scans are paired by id (file name without the landmark extension, or the folder
-    name for generic names), landmarks by label; only labels found in the truth are
-    evaluated, and a prediction lacking one counts as missing. Each file is read in
-    the units it states and both sides are converted to mm. Scans on one side only are
-    listed in ``unmatched_truth`` / ``unmatched_pred``; scans whose predicted landmarks
-    are far larger or smaller than the true ones (a file whose numbers are not in the
-    units it states) in ``size_mismatch``.
+    Files are paired by where they lie below the two folders (``a/S01.mrk.json`` with
+    ``a/S01.mrk.json``; a generic name such as ``a/S01/landmarks.mrk.json`` stands for its
+    folder, as ``palnet predict`` names its outputs), then, where the two folders are laid
+    out differently, by scan id (file name without the landmark extension, or the folder
+    name for generic names) when each side has that id only once; landmarks are paired by
+    label. Only labels found in the truth are evaluated, and a prediction lacking one counts
+    as missing. Each file is read in the units it states and both sides are converted to mm.
+    Scans on one side only are listed in ``unmatched_truth`` / ``unmatched_pred``; files that
+    could belong to more than one scan, left out rather than guessed, in ``ambiguous``; scans
+    whose predicted landmarks are far larger or smaller than the true ones (a file whose
+    numbers are not in the units it states) in ``size_mismatch``. One folder inside the other
+    (predictions written into the data folder) is left out of the outer one.
     """
     from .mesh_io import find_landmark_files, read_landmarks, scan_id_for
 
     for d in (pred_dir, truth_dir):
         if not os.path.isdir(d):
             raise PalnetError("not a directory", d)
-    truth_files = _files_by_scan(truth_dir, find_landmark_files, scan_id_for)
-    pred_files = _files_by_scan(pred_dir, find_landmark_files, scan_id_for)
-    if not truth_files:
+    pred_abs, truth_abs = os.path.abspath(os.fspath(pred_dir)), os.path.abspath(os.fspath(truth_dir))
+    nested = pred_abs != truth_abs
+    truth_files, truth_clashes = _files_by_scan(truth_dir, find_landmark_files, scan_id_for,
+                                                pred_abs if nested and _inside(pred_abs, truth_abs) else None)
+    pred_files, pred_clashes = _files_by_scan(pred_dir, find_landmark_files, scan_id_for,
+                                              truth_abs if nested and _inside(truth_abs, pred_abs) else None)
+    if not truth_files and not truth_clashes:
         raise PalnetError("no landmark files found", truth_dir)
-    if not pred_files:
+    if not pred_files and not pred_clashes:
         raise PalnetError("no landmark files found", pred_dir)
-    matched = sorted(set(truth_files) & set(pred_files))
-    if not matched:
-        raise PalnetError("no scan in the predictions {} has the same name as a scan in the truth {}"
-                          .format(os.fspath(pred_dir), os.fspath(truth_dir)))
+    pairs, unmatched_truth, unmatched_pred, ambiguous = _pair_scans(truth_files, pred_files, truth_clashes,
+                                                                    pred_clashes)
+    if not pairs:
+        raise PalnetError("no predicted landmark file in {} pairs with a true one in {}: none lies at the same "
+                          "place below its folder or has the same scan name{}".format(
+                              os.fspath(pred_dir), os.fspath(truth_dir),
+                              " ({} ambiguous)".format(len(ambiguous)) if ambiguous else ""))
+    matched = sorted(pairs)
 
     # Each file in the units it states, then both sides in mm: a scan annotated in cm and
     # predicted in cm compares as it would in mm.
-    truths_read = [read_landmarks(truth_files[s]) for s in matched]
-    preds_read = [read_landmarks(pred_files[s]) for s in matched]
+    truths_read = [read_landmarks(truth_files[pairs[s][0]]) for s in matched]
+    preds_read = [read_landmarks(pred_files[pairs[s][1]]) for s in matched]
     truths = [t.in_units("mm") for t in truths_read]
     preds = [p.in_units("mm") for p in preds_read]
 
@@ -309,13 +374,24 @@ def evaluate_dirs(pred_dir, truth_dir, protocol=None,
                              scan_ids=matched, radii_mm=radii_mm)
     report["pred_dir"] = os.fspath(pred_dir)
     report["truth_dir"] = os.fspath(truth_dir)
-    report["unmatched_truth"] = sorted(set(truth_files) - set(pred_files))
-    report["unmatched_pred"] = sorted(set(pred_files) - set(truth_files))
+    report["unmatched_truth"] = unmatched_truth
+    report["unmatched_pred"] = unmatched_pred
+    report["ambiguous"] = [
+        {"scan": sid, "truth": _relative(t_keys, truth_files, truth_clashes, truth_dir),
+         "pred": _relative(p_keys, pred_files, pred_clashes, pred_dir)}
+        for sid, (t_keys, p_keys) in sorted(ambiguous.items())]
     report["size_mismatch"] = [
         {"scan": sid, "ratio": round(r, 3), "pred_units": p.units, "truth_units": t.units}
         for sid, t, p, r in zip(matched, truths_read, preds_read, _size_ratios(pred_pts, truth_pts))
         if np.isfinite(r) and not 1.0 / SIZE_MISMATCH < r < SIZE_MISMATCH]
     return report
+
+
+def _relative(keys: List[str], files: Dict[str, str], clashes: Dict[str, List[str]], directory) -> List[str]:
+    """The files of ``keys`` as paths below ``directory``, for a report."""
+    paths = [p for k in keys for p in ([files[k]] if k in files else clashes[k])]
+    return sorted(os.path.relpath(os.path.abspath(p), os.path.abspath(os.fspath(directory))).replace(os.sep, "/")
+                  for p in paths)
 
 
 # Predicted landmarks this many times larger or smaller than the true ones are not a poor
@@ -372,6 +448,11 @@ def format_report(report: Dict[str, Any]) -> str:
         names = report.get(key) or []
         if names:
             lines.append("{} {}: {}".format(len(names), what, _name_list(names)))
+    ambiguous = report.get("ambiguous") or []
+    if ambiguous:
+        lines.append("{} scan name(s) whose files could not be paired one to one, left out: {}".format(
+            len(ambiguous), _name_list(["{} (true {}; predicted {})".format(
+                a["scan"], ", ".join(a["truth"]) or "none", ", ".join(a["pred"]) or "none") for a in ambiguous])))
     odd = report.get("size_mismatch") or []
     if odd:
         lines.append("{} scan(s) whose predicted landmarks differ in size from the true ones by more than {:g}x: "
