@@ -36,14 +36,16 @@ MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 if MODULE_DIR not in sys.path:
     sys.path.insert(0, MODULE_DIR)
 
+from palnet import options as _options  # noqa: E402
 from palnet import resources  # noqa: E402
 from palnet.errors import PalnetError  # noqa: E402
 from PALNetLandmarksLib import mrml, training  # noqa: E402
 
 DOCS_URL = "https://github.com/palnet-slicer/SlicerPALNet/blob/main/docs/slicer.md"
-SNAP_CHOICES = ["nearest", "mean-k", "surface"]
-UNIT_CHOICES = ["auto", "mm", "cm", "m"]
-FORMAT_CHOICES = ["mrk.json", "fcsv", "csv", "txt"]
+# The choices come from palnet.options, which the command line uses too (the .ui lists them for display).
+SNAP_CHOICES = list(_options.SNAP_METHODS)
+UNIT_CHOICES = list(_options.UNIT_CHOICES)
+FORMAT_CHOICES = list(_options.LANDMARK_FORMATS)
 DEFAULT_EPOCHS = 100
 
 # Models are loaded once per (path, modification time, size) and shared by every logic instance.

@@ -12,7 +12,7 @@ except ImportError:  # a plain checkout without `pip install -e .`
                                     "PALNetLandmarks"))
 
 from palnet.resources import default_ict_path  # noqa: E402
-from palnet.types import Mesh  # noqa: E402
+from palnet.datatypes import Mesh  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -48,7 +48,7 @@ def test_the_sweep_finds_the_nose_despite_spikes_and_brows(ict, template, seed, 
     grid orientation nearest the truth, on a forehead or chin standing out beyond the nose."""
     from palnet.cleanup import MIN_SPIKE_MM, remove_spikes
     from palnet.synth import generate_scan
-    from palnet.types import unit_scale
+    from palnet.datatypes import unit_scale
     scan, _, meta = generate_scan(seed, ict, pose="any", units=units, crop=crop, spikes=0.02)
     clean, _ = remove_spikes(scan, min_offset=MIN_SPIKE_MM / unit_scale(units, "mm"))
     a = align_scan(clean.vertices * unit_scale(units, "mm"), template[0], modes=template[1],

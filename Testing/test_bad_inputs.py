@@ -14,7 +14,7 @@ from palnet.mesh_io import mesh_to_polydata, polydata_to_mesh, read_mesh, write_
 from palnet.landmark_io import read_landmarks
 from palnet.modelfile import load_model
 from palnet.resources import default_model_path, sample_landmarks_path, sample_scan_path
-from palnet.types import Mesh
+from palnet.datatypes import Mesh
 
 SECONDS_PER_SCAN = 60.0  # generous for a loaded 2-core CI machine; measured 1.5-4 s here
 

@@ -13,7 +13,7 @@ from palnet.engine import NetworkConfig, expected_weight_shapes
 from palnet.modelfile import Model
 from palnet.protocol import default_protocol
 from palnet.resources import face_template_path, sample_landmarks_path, sample_scan_path
-from palnet.types import Mesh
+from palnet.datatypes import Mesh
 
 
 # ---------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from palnet.landmark_io import read_landmarks
 from palnet.mesh_io import polydata_to_mesh, read_mesh, write_mesh
 from palnet.modelfile import load_model
 from palnet.resources import default_model_path, sample_scan_path
-from palnet.types import Mesh
+from palnet.datatypes import Mesh
 
 PACKAGE_DIR = Path(batch.__file__).resolve().parent.parent
 POSIX = os.name == "posix"

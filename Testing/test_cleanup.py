@@ -6,7 +6,7 @@ import pytest
 from palnet.cleanup import _neighbour_centres, edges_and_border, find_fragments, find_spikes, remove_spikes
 from palnet.mesh_io import read_mesh
 from palnet.resources import sample_scan_path
-from palnet.types import Mesh
+from palnet.datatypes import Mesh
 
 
 @pytest.fixture(scope="module")

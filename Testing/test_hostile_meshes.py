@@ -18,7 +18,7 @@ import pytest
 
 import palnet
 from palnet.mesh_io import write_mesh
-from palnet.types import Mesh
+from palnet.datatypes import Mesh
 
 OK = None  # the file reads
 CHILD_SECONDS = 120.0

@@ -9,7 +9,7 @@ from palnet.errors import PalnetError
 from palnet.mesh_io import (LANDMARK_FORMATS, MESH_EXTENSIONS, check_labels, describe, find_landmark_files,
                        find_scan_pairs, mesh_to_polydata, polydata_to_mesh, read_landmarks, read_mesh,
                        read_triangle_ply, scan_id_for, split_description, write_landmarks, write_mesh)
-from palnet.types import Landmarks, Mesh
+from palnet.datatypes import Landmarks, Mesh
 
 
 def assert_one_line_error(excinfo, path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from palnet.mesh_io import read_landmarks, write_landmarks, write_mesh
-from palnet.types import Landmarks
+from palnet.datatypes import Landmarks
 
 pytest.importorskip("slicer")
 

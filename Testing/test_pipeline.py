@@ -14,7 +14,7 @@ from palnet.modelfile import load_model
 from palnet.pipeline import predict
 from palnet.resources import default_model_path, sample_landmarks_path, sample_scan_path
 from palnet.snap import closest_points_on_surface
-from palnet.types import Mesh
+from palnet.datatypes import Mesh
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from palnet.modelfile import load_model
 from palnet.patches import sample_surface, thin_points
 from palnet.pipeline import predict
 from palnet.resources import default_model_path, face_template_path, sample_scan_path
-from palnet.types import Mesh
+from palnet.datatypes import Mesh
 
 EQUIVARIANCE_MM = 0.05  # the promise: any rigid motion moves the landmarks with it, this close
 
@@ -85,7 +85,7 @@ def test_rounding_level_changes_do_not_change_the_pose(template, ict_path, seed,
     of where it started)."""
     from palnet.cleanup import MIN_SPIKE_MM, remove_spikes
     from palnet.synth import generate_scan, load_ict
-    from palnet.types import unit_scale
+    from palnet.datatypes import unit_scale
     mesh, _, _ = generate_scan(seed, load_ict(ict_path), pose="any", units=units, crop=crop, spikes=0.02)
     clean, _ = remove_spikes(mesh, min_offset=MIN_SPIKE_MM / unit_scale(units, "mm"))
     v = clean.vertices * unit_scale(units, "mm")

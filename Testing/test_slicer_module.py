@@ -30,7 +30,7 @@ from palnet.landmark_io import read_landmarks, split_description  # noqa: E402
 from palnet.modelfile import Model, save_model  # noqa: E402
 from palnet.protocol import Protocol, default_protocol  # noqa: E402
 from palnet.resources import default_model_path, face_template_path, sample_landmarks_path, sample_scan_path  # noqa
-from palnet.types import Mesh  # noqa: E402
+from palnet.datatypes import Mesh  # noqa: E402
 
 TESTING = Path(__file__).resolve().parent
 REPO = TESTING.parent
@@ -613,7 +613,7 @@ def test_training_end_to_end_with_palnet_train(plm, mrml_scene, face, tmp_path):
     """The real ``palnet train`` in a background process: two tiny epochs on three scans."""
     pytest.importorskip("torch")
     from palnet.landmark_io import write_landmarks
-    from palnet.types import Landmarks
+    from palnet.datatypes import Landmarks
     rng = np.random.default_rng(5)
     labels = default_protocol().labels
     truth = face.vertices[rng.choice(face.n_vertices, len(labels), replace=False)]

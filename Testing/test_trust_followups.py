@@ -22,7 +22,7 @@ from palnet.errors import PalnetError
 from palnet.landmark_io import LANDMARK_FORMATS, atomic_write, landmark_format, read_landmarks, write_landmarks
 from palnet.metrics import evaluate_dirs, format_report
 from palnet.resources import sample_landmarks_path, sample_scan_path
-from palnet.types import Landmarks, Mesh
+from palnet.datatypes import Landmarks, Mesh
 
 ROOT = Path(__file__).resolve().parent.parent
 

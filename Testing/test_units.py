@@ -9,7 +9,7 @@ import pytest
 
 from palnet import PalnetError
 from palnet.landmark_io import LANDMARK_FORMATS, read_landmarks, write_landmarks
-from palnet.types import Landmarks, Mesh
+from palnet.datatypes import Landmarks, Mesh
 
 
 def one_line_error(excinfo, *parts):

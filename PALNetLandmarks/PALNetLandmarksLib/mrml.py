@@ -17,7 +17,7 @@ from palnet.errors import PalnetError
 from palnet.mesh_io import polydata_to_mesh
 from palnet.landmark_io import describe
 from palnet.protocol import Protocol
-from palnet.types import Landmarks, Mesh
+from palnet.datatypes import Landmarks, Mesh
 
 # One colour for the whole point list (markups colours are per node); saturated
 # cyan reads well on skin-coloured surfaces in light and dark backgrounds.

@@ -15,7 +15,7 @@ from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 from .errors import PalnetError
-from .types import UNITS_PER_MM
+from .datatypes import UNITS_PER_MM
 
 TYPICAL_FACE_RADIUS_MM = 80.0  # RMS distance of scan points from their centroid, roughly
 

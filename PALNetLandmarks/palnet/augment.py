@@ -16,7 +16,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
-from .types import Mesh
+from .datatypes import Mesh
 
 DEFAULT_AUGMENT = {
     "copies": 0,            # altered copies per training scan (0: none)

@@ -28,7 +28,7 @@ from .align import grid_subsample
 from .errors import PalnetError
 from .modelfile import Model
 from .snap import snap_to_surface
-from .types import Landmarks, Mesh, unit_scale
+from .datatypes import Landmarks, Mesh, unit_scale
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Optional, Tuple
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .types import Mesh
+from .datatypes import Mesh
 
 SPIKE_RATIO = 1.5  # offset from the neighbours' centre / the neighbours' spread around it
 MIN_SPIKE_MM = 1.5  # a vertex this close to its neighbours' centre does no harm

@@ -62,7 +62,7 @@ def preprocess_pair(mesh_path: Path, landmark_path: Path, labels: Sequence[str],
     from .landmark_io import check_labels, read_landmarks
     from .patches import roi_samples
     from .pipeline import template_modes, to_canonical_frame
-    from .types import Mesh, unit_scale
+    from .datatypes import Mesh, unit_scale
     mesh = read_mesh(mesh_path)
     lms = check_labels(read_landmarks(landmark_path), labels, landmark_path)
     if not np.isfinite(lms.points).all():

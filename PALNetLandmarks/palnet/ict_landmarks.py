@@ -632,7 +632,7 @@ def render_documentation(out_dir, ict_path=None, size: int = 600) -> List[str]:
     import tempfile
 
     from .render import render_landmarks, stack_pngs
-    from .types import Landmarks, Mesh
+    from .datatypes import Landmarks, Mesh
 
     tpl = _template(ict_path)
     path = str(ict_path) if ict_path is not None else None

@@ -30,11 +30,11 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .errors import PalnetError
-from .types import UNITS_PER_MM, Landmarks
+from .datatypes import UNITS_PER_MM, Landmarks
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-LANDMARK_FORMATS = ("mrk.json", "fcsv", "csv", "txt")
+from .options import LANDMARK_FORMATS  # noqa: E402  (re-exported)
 
 MARKUPS_SCHEMA = ("https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/"
                   "Markups/Resources/Schema/markups-schema-v1.0.3.json#")

@@ -25,7 +25,7 @@ from .meshfiles.polydata import mesh_to_polydata, polydata_to_mesh, read_with_vt
 from .meshfiles.stl import check_stl, read_stl
 from .meshfiles.vtk_legacy import read_legacy_vtk
 from .meshfiles.vtp import check_vtp
-from .types import Mesh, unit_scale
+from .datatypes import Mesh, unit_scale
 
 MESH_EXTENSIONS = (".ply", ".obj", ".stl", ".vtk", ".vtp")
 # File stems that name the content rather than the scan: the scan id is then the folder's name.

@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .types import Mesh
+from .datatypes import Mesh
 
 ROI_MARGIN_MM = 40.0
 

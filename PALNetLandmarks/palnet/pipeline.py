@@ -17,7 +17,7 @@ from .modelfile import Model
 from .landmark_io import describe
 from .patches import extract_patches, initial_approximation, roi_samples
 from .snap import snap_to_surface
-from .types import Landmarks, Mesh, unit_scale
+from .datatypes import Landmarks, Mesh, unit_scale
 
 # Above this template-to-scan RMS (distances capped at 8 mm) the face fit is doubtful; well
 # above, it is no face. Below this fraction of the (shape-fitted) face template within 5 mm of

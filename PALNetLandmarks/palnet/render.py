@@ -19,7 +19,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .types import Landmarks, Mesh
+from .datatypes import Landmarks, Mesh
 
 SKIN_RGB = (0.91, 0.74, 0.64)
 BACKGROUND_RGB = (1.0, 1.0, 1.0)

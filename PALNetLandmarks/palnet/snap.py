@@ -5,9 +5,9 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from .errors import PalnetError
-from .types import Mesh
+from .datatypes import Mesh
 
-SNAP_METHODS = ("nearest", "mean-k", "surface")
+from .options import SNAP_METHODS  # noqa: E402  (re-exported)
 
 
 def closest_point_on_triangles(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:

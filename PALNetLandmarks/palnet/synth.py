@@ -18,7 +18,7 @@ from scipy.spatial.transform import Rotation
 
 from .errors import PalnetError
 from .snap import closest_points_on_surface
-from .types import Landmarks, Mesh, unit_scale
+from .datatypes import Landmarks, Mesh, unit_scale
 
 GENERATOR_VERSION = 1
 NARROW_FACE_END = 6706  # ICT vertex range [0, 6706): the face without ears and neck

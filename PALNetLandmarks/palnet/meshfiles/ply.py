@@ -9,7 +9,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from ..errors import PalnetError
-from ..types import Mesh
+from ..datatypes import Mesh
 from .checks import MAX_INT, Lines, check_face_ids, check_vertices, cut_off, show
 from .ply_elements import PLY_TYPES, PlyElement, read_ascii_element, read_binary_element
 from .polydata import faces_to_mesh, read_with_vtk

@@ -8,7 +8,7 @@ from typing import Iterator, List, Optional, Tuple
 import numpy as np
 
 from ..errors import PalnetError
-from ..types import Mesh
+from ..datatypes import Mesh
 from .checks import check_face_ids, check_vertices
 
 # VTK triangulates a polygon of n vertices in time growing as n * n: about 2 s for this sum of

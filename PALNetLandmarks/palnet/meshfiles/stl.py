@@ -6,7 +6,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import PalnetError
-from ..types import Mesh
+from ..datatypes import Mesh
 from .checks import CHUNK, cut_off, plural
 from .polydata import read_with_vtk
 

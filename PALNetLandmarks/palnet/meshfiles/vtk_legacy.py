@@ -6,7 +6,7 @@ from typing import Tuple
 import numpy as np
 
 from ..errors import PalnetError
-from ..types import Mesh
+from ..datatypes import Mesh
 from .checks import SPACE, check_face_ids, check_vertices, cut_off, damaged, numbers, parses, plural, show
 from .polydata import faces_to_mesh
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from .errors import PalnetError
 
-UNITS_PER_MM = {"mm": 1.0, "cm": 0.1, "m": 0.001}
+from .options import UNITS_PER_MM  # noqa: E402  (re-exported)
 
 
 def unit_scale(from_units: str, to_units: str) -> float:

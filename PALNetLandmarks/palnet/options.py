@@ -1,0 +1,10 @@
+"""Every choice a user makes by name, in one place: the command line, the Slicer module and
+the readers and writers all take their lists from here (nothing heavy is imported, so the
+command line can build its help before NumPy loads)."""
+
+LANDMARK_FORMATS = ("mrk.json", "fcsv", "csv", "txt")  # landmark files palnet reads and writes
+SNAP_METHODS = ("nearest", "mean-k", "surface")  # how predicted points are put onto the scan's surface
+NO_SNAP = "none"
+UNITS_PER_MM = {"mm": 1.0, "cm": 0.1, "m": 0.001}  # the length units of mesh and landmark files
+AUTO_UNITS = "auto"
+UNIT_CHOICES = (AUTO_UNITS,) + tuple(UNITS_PER_MM)
