@@ -92,9 +92,9 @@ def grid_subsample(points: np.ndarray, cell: float) -> np.ndarray:
     which = which.reshape(-1)
     centroid = np.stack([np.bincount(which, points[:, k], len(cells)) for k in range(3)], axis=1) / count[:, None]
     off = ((points - centroid[which]) ** 2).sum(axis=1)
-    # Sorted by cell, then distance to the centroid, then the coordinates themselves (exact
-    # ties: duplicate points, equal whichever is taken): the first of each cell is kept.
-    order = np.lexsort((points[:, 2], points[:, 1], points[:, 0], off, which))
+    # Sorted by cell, then distance to the centroid, then x (points tied on both are, in
+    # practice, duplicates: equal whichever is taken): the first of each cell is kept.
+    order = np.lexsort((points[:, 0], off, which))
     first = np.ones(len(order), dtype=bool)
     first[1:] = which[order][1:] != which[order][:-1]
     return points[order[first]]
@@ -281,9 +281,9 @@ def _smooth_surface_points(tree: cKDTree, points: np.ndarray):
     phi[:, 0] += 1e-12  # a lone sample (or coinciding neighbours) still gives a point
     phi /= phi.sum(axis=1, keepdims=True)
     nb = tree.data[idx]
-    centroid = np.einsum("nk,nki->ni", phi, nb)
-    spread = nb - centroid[:, None]
-    cov = np.einsum("nk,nki,nkj->nij", phi, spread, spread)
+    centroid = np.matmul(phi[:, None, :], nb)[:, 0]
+    spread = (nb - centroid[:, None]) * np.sqrt(phi)[:, :, None]
+    cov = np.matmul(np.transpose(spread, (0, 2, 1)), spread)  # weighted covariance, (n, 3, 3)
     return centroid, np.linalg.eigh(cov)[1][:, :, 0]
 
 
