@@ -1,0 +1,87 @@
+"""Two checkouts of palnet side by side on this machine: the same jobs, alternated, as ratios.
+
+    python tools/bench_versus.py OLD_CHECKOUT NEW_CHECKOUT --scan SCAN.ply --batch DIR [--repeats 5]
+
+Each job runs the checkout's own ``palnet`` command line in a fresh process (its package
+folder first on PYTHONPATH), old and new taking turns so that the machine's drift falls on
+both alike. Jobs:
+  scan    one scan, whole process (imports, model, scan, prediction, writing), one core:
+          pinned to CPU 0 where ``taskset`` exists, one BLAS thread;
+  batch   every mesh in DIR (e.g. 10 scans) with ``--jobs 2`` in this shell's environment as it
+          is (no thread settings added: what a user who types the command gets).
+Each prints wall seconds; the table gives medians and new/old ratios.
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+                    "NUMEXPR_NUM_THREADS")
+
+
+def _env(checkout: Path, one_thread: bool) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(checkout / "PALNetLandmarks")
+    if one_thread:
+        for var in THREAD_VARIABLES:
+            env[var] = "1"
+    return env
+
+
+def _run(checkout: Path, argv, one_core: bool) -> dict:
+    cmd = [sys.executable, "-m", "palnet"] + argv
+    if one_core and sys.platform.startswith("linux") and shutil.which("taskset"):
+        cmd = ["taskset", "-c", "0"] + cmd
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=_env(checkout, one_core), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          universal_newlines=True, cwd=str(checkout))
+    seconds = time.perf_counter() - t0
+    if proc.returncode not in (0, 1):
+        raise SystemExit("{} failed in {}: {}".format(" ".join(argv), checkout, proc.stderr.strip()[-400:]))
+    return {"seconds": seconds}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("old", type=Path)
+    p.add_argument("new", type=Path)
+    p.add_argument("--scan", help="one mesh file for the single-scan job")
+    p.add_argument("--batch", help="a folder of meshes for the batch job")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--out", default=None, help="also write the raw timings as JSON")
+    args = p.parse_args()
+    jobs = []
+    if args.scan:
+        jobs.append(("scan", lambda out: ["predict", str(Path(args.scan).resolve()), "-o", out, "-q"], True))
+    if args.batch:
+        jobs.append(("batch", lambda out: ["predict", str(Path(args.batch).resolve()), "-o", out, "-q",
+                                           "--jobs", "2"], False))
+    if not jobs:
+        p.error("give --scan, --batch or both")
+    results = {name: {"old": [], "new": []} for name, _, _ in jobs}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):
+            for name, argv, one_core in jobs:
+                for side in (("old", "new") if r % 2 == 0 else ("new", "old")):
+                    out = os.path.join(tmp, "{}-{}-{}".format(name, side, r))
+                    res = _run(getattr(args, side).resolve(), argv(out), one_core)
+                    results[name][side].append(res["seconds"])
+                    print("{:<6} {:<4} run {}: {:7.3f} s".format(name, side, r + 1, res["seconds"]), flush=True)
+    print("\njob     old s    new s   new/old   (medians of {} runs each)".format(args.repeats))
+    for name in results:
+        old, new = statistics.median(results[name]["old"]), statistics.median(results[name]["new"])
+        print("{:<6} {:7.3f}  {:7.3f}   {:6.2f}".format(name, old, new, new / old))
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
