@@ -159,11 +159,9 @@ def test_units_are_detected_and_do_not_change_the_answer(model, sample, sample_p
 
 
 def test_pose_and_units_do_not_change_the_answer(model, sample):
-    """The network's answers before snapping: on the coarse sample (vertices up to ~5 mm apart
-    at the jaw) snapping to the nearest vertex turns a tenth of a mm into a jump to the next
-    vertex, which says nothing about the pose. Measured: median 0.27, mean 0.33 mm (the
-    previous model, a single run: median 1.07 mm projected onto the surface, which
-    nearest-vertex snapping had hidden)."""
+    """The network's answers before snapping, the scan in another pose and in cm: the same
+    points, moved with the scan (measured before the alignment's last fit was made
+    independent of where it started: median 0.27, mean 0.33 mm apart)."""
     mesh, _ = sample
     rot = Rotation.from_euler("zyx", [130, -70, 35], degrees=True).as_matrix()
     shift = np.array([250.0, -40.0, 900.0])
@@ -172,7 +170,7 @@ def test_pose_and_units_do_not_change_the_answer(model, sample):
     assert pred.units == "cm"
     back = (pred.landmarks.points * 10.0 - shift) @ rot
     diff = np.linalg.norm(back - ref.landmarks.points, axis=1)
-    assert np.median(diff) < 0.3 and diff.mean() < 0.4, (np.median(diff), diff.mean())
+    assert diff.max() < 0.05, diff.max()
 
 
 def test_a_doubtful_fit_is_searched_again_more_widely(model, sample, monkeypatch):
@@ -232,7 +230,7 @@ def test_any_pose_shoulders_and_spikes_give_the_same_answer(model, ict_path):
     again = predict(Mesh(mesh.vertices @ rot.T * 10.0, mesh.triangles, "mm"), model)
     back = again.landmarks.points @ rot / 10.0
     diff = 10.0 * np.linalg.norm(back - pred.landmarks.points, axis=1)
-    assert np.median(diff) < 0.3 and diff.mean() < 0.3, (np.median(diff), diff.mean())
+    assert diff.max() < 0.05, diff.max()
     ref_err = np.linalg.norm(ref.landmarks.points - ref_truth.points, axis=1).mean()
     err = 10.0 * np.linalg.norm(pred.landmarks.points - truth.points, axis=1).mean()
     assert abs(err - ref_err) < 1.0, (err, ref_err)

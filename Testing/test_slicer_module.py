@@ -210,9 +210,9 @@ def test_parent_transform_is_applied_and_node_left_alone(plm, mrml_scene, face, 
     node = logic.process(moved, modelPath=model_path)
     world = point_list(node)[2]
     assert distances_to_surface(world, world_surface(moved)).max() < 0.01
-    # The same landmarks as without the transform, moved with it (the alignment is pose-independent).
+    # The same landmarks as without the transform, moved with it (the answer moves with any rigid motion).
     expected = reference @ m[:3, :3].T + m[:3, 3]
-    assert np.linalg.norm(world - expected, axis=1).mean() < 0.5
+    assert np.linalg.norm(world - expected, axis=1).max() < 0.05
     # The transform is applied to a copy: the node keeps its points and its transform.
     np.testing.assert_array_equal(slicer.util.arrayFromModelPoints(moved), before)
     assert moved.GetTransformNodeID() == transform.GetID()
