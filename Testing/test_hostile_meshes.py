@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 import palnet
-from palnet.mesh_io import write_mesh
+from palnet.errors import PalnetError
+from palnet.mesh_io import read_mesh, write_mesh
 from palnet.datatypes import Mesh
 
 OK = None  # the file reads
@@ -514,3 +515,25 @@ def test_valid_files_read_as_before(tmp_path):
         back = read_mesh(tmp_path / ("grid" + ext))
         assert back.n_triangles == GRID.n_triangles
         np.testing.assert_allclose(np.sort(back.vertices, axis=0), np.sort(GRID.vertices, axis=0), atol=1e-4)
+
+
+def test_padding_inside_base64_data_is_one_line(tmp_path):
+    """A '=' inside a binary VTP's base64 data ends its decoding early: the compression header
+    then came out shorter than its declared size, which raised a ValueError, not one line."""
+    from vtkmodules.vtkFiltersSources import vtkSphereSource
+    from vtkmodules.vtkIOXML import vtkXMLPolyDataWriter
+    source = vtkSphereSource()
+    source.Update()
+    writer = vtkXMLPolyDataWriter()
+    writer.SetInputData(source.GetOutput())
+    writer.SetFileName(str(tmp_path / "good.vtp"))
+    writer.SetDataModeToBinary()
+    writer.Write()
+    text = (tmp_path / "good.vtp").read_text()
+    start = re.search(r'format="binary"[^>]*>\s*', text).end()
+    for pos in (2, 3, 5):
+        bad = tmp_path / "bad{}.vtp".format(pos)
+        bad.write_text(text[:start + pos] + "==" + text[start + pos:])
+        with pytest.raises(PalnetError) as info:
+            read_mesh(bad)
+        assert str(info.value).startswith(str(bad)) and "\n" not in str(info.value)

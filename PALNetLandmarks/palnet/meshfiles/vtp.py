@@ -267,6 +267,8 @@ class _VtpCheck:
         return int(value)
 
     def words(self, raw: bytes, n: int) -> int:
+        if len(raw) < n * self.header:  # damaged base64 can decode to fewer bytes than the header needs
+            raise self.fail("its compression header is cut off ({} of {} bytes)".format(len(raw), n * self.header))
         values = np.frombuffer(raw, self.order + "u%d" % self.header, n)
         return [int(v) for v in values]
 
