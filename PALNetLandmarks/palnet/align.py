@@ -144,14 +144,8 @@ def _icp(tree: cKDTree, template: np.ndarray, rot, s, t, iters: int, keep: float
         moved = s[:, None, None] * np.einsum("bij,nj->bni", rot, template) + t[:, None]
         dist, idx = tree.query(moved.reshape(-1, 3), eps=eps)
         dist = dist.reshape(b, -1)
-        if ROBUST_WEIGHTS:
-            # Geman-McClure weights: near pairs count fully, far ones fade smoothly, which
-            # lets a fit that starts a little off slide into place instead of locking.
-            sigma = np.maximum(np.median(dist, axis=1, keepdims=True) * 1.5, 2.0)
-            w = (sigma ** 2 / (sigma ** 2 + dist ** 2)) ** 2
-        else:
-            cut = np.quantile(dist, keep, axis=1)
-            w = (dist <= cut[:, None]).astype(np.float64)
+        cut = np.quantile(dist, keep, axis=1)
+        w = (dist <= cut[:, None]).astype(np.float64)
         rot, s, t = _kabsch_batch(np.broadcast_to(template, moved.shape), tree.data[idx].reshape(moved.shape),
                                   w, with_scale)
     moved = s[:, None, None] * np.einsum("bij,nj->bni", rot, template) + t[:, None]
@@ -425,7 +419,6 @@ def _distinct_best(score: np.ndarray, rot: np.ndarray, t: np.ndarray, n: int,
 
 
 _GRID = None  # filled on first use
-ROBUST_WEIGHTS = False
 
 
 @dataclass(frozen=True)

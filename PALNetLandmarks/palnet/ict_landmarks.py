@@ -568,11 +568,6 @@ def ict_landmark_locations(vertices: np.ndarray, labels: Optional[Sequence[str]]
     return tri, bary
 
 
-def ict_triangles(ict_path=None) -> np.ndarray:
-    """The model's triangles (all regions), as loaded with the template."""
-    return _template(ict_path).triangles
-
-
 def anatomical_order_violations(points: np.ndarray) -> List[str]:
     """Relations between the 50 landmarks (LABELS order, ICT frame) that a plausible face keeps.
 
