@@ -211,6 +211,28 @@ def rotvec_matrix(omega: np.ndarray) -> np.ndarray:
     return np.eye(3) + (np.sin(theta) / theta) * k + ((1.0 - np.cos(theta)) / theta ** 2) * (k @ k)
 
 
+def _plane_step(turned: np.ndarray, normals: np.ndarray, res: np.ndarray, w: np.ndarray, m: Optional[np.ndarray],
+                rot: np.ndarray, t: np.ndarray, coef: np.ndarray, ridge: float):
+    """One weighted point-to-plane least-squares step, linearised: turn by omega about the
+    weighted centre, shift by dt, change the shape by dcoef (ridge-penalised). ``turned``:
+    the shaped template turned into the scan (without the shift), ``res``: each point's
+    signed distance to its plane along ``normals``. Returns (rot, t, coef, step)."""
+    k = len(coef)
+    centre = (w[:, None] * turned).sum(axis=0) / w.sum()
+    cols = [np.cross(turned - centre, normals), normals]
+    if k:
+        cols.append(np.einsum("nj,njk->nk", normals @ rot, m))  # the normal along each mode, per point
+    a = np.concatenate(cols, axis=1)
+    lhs = (a * w[:, None]).T @ a + 1e-9 * np.eye(a.shape[1])
+    rhs = -(a * w[:, None]).T @ res
+    if k:
+        lhs[6:, 6:] += ridge * np.eye(k)
+        rhs[6:] -= ridge * coef
+    x = np.linalg.solve(lhs, rhs)
+    turn = rotvec_matrix(x[:3])
+    return turn @ rot, t + centre - turn @ centre + x[3:6], coef + x[6:], x
+
+
 def _fit_plane(tree: cKDTree, template: np.ndarray, normals: np.ndarray, modes: Optional[np.ndarray],
                rot: np.ndarray, t: np.ndarray, iters: int, sigma: float, ridge: float = SHAPE_RIDGE,
                stop: tuple = FINAL_STOP):
@@ -231,22 +253,7 @@ def _fit_plane(tree: cKDTree, template: np.ndarray, normals: np.ndarray, modes: 
         w = 1.0 / (1.0 + (dist / sigma) ** 2)
         nrm = normals @ rot.T
         res = ((moved - tree.data[idx]) * nrm).sum(axis=1)  # signed distance to the scan point's plane
-        centre = (w[:, None] * turned).sum(axis=0) / w.sum()
-        # Linearised: turn by omega about the centre, shift by dt, change the shape by dcoef.
-        cols = [np.cross(turned - centre, nrm), nrm]
-        if k:
-            cols.append(np.einsum("nj,njk->nk", nrm @ rot, m))  # the normal along each mode, per point
-        a = np.concatenate(cols, axis=1)
-        lhs = (a * w[:, None]).T @ a + 1e-9 * np.eye(a.shape[1])
-        rhs = -(a * w[:, None]).T @ res
-        if k:
-            lhs[6:, 6:] += ridge * np.eye(k)
-            rhs[6:] -= ridge * coef
-        x = np.linalg.solve(lhs, rhs)
-        turn = rotvec_matrix(x[:3])
-        rot = turn @ rot
-        t = t + centre - turn @ centre + x[3:6]
-        coef = coef + x[6:]
+        rot, t, coef, x = _plane_step(turned, nrm, res, w, m, rot, t, coef, ridge)
         if np.linalg.norm(x[:3]) < stop[0] and np.linalg.norm(x[3:6]) < stop[1]:
             break
     dist = tree.query((template if m is None else template + m @ coef) @ rot.T + t)[0]
@@ -297,21 +304,7 @@ def _polish(tree: cKDTree, template: np.ndarray, normals: np.ndarray, modes: Opt
         off = moved - centroid
         w = 1.0 / (1.0 + (off ** 2).sum(axis=1) / sigma ** 2)
         res = (off * nrm).sum(axis=1)  # distance to the scan's local plane (the normal's sign cancels out)
-        centre = (w[:, None] * turned).sum(axis=0) / w.sum()
-        cols = [np.cross(turned - centre, nrm), nrm]
-        if k:
-            cols.append(np.einsum("nj,njk->nk", nrm @ rot, m))
-        a = np.concatenate(cols, axis=1)
-        lhs = (a * w[:, None]).T @ a + 1e-9 * np.eye(a.shape[1])
-        rhs = -(a * w[:, None]).T @ res
-        if k:
-            lhs[6:, 6:] += ridge * np.eye(k)
-            rhs[6:] -= ridge * coef
-        x = np.linalg.solve(lhs, rhs)
-        turn = rotvec_matrix(x[:3])
-        rot = turn @ rot
-        t = t + centre - turn @ centre + x[3:6]
-        coef = coef + x[6:]
+        rot, t, coef, x = _plane_step(turned, nrm, res, w, m, rot, t, coef, ridge)
         if np.linalg.norm(x[:3]) < POLISH_STOP[0] and np.linalg.norm(x[3:6]) < POLISH_STOP[1]:
             break
     return rot, t, coef
