@@ -357,3 +357,15 @@ def test_workers_end_with_a_killed_parent(tmp_path, face):
     # the lock the killed run left behind is taken over by the next run
     assert (out / LOCK_NAME).exists()
     assert main(["predict", str(_junk(tmp_path / "junk.ply")), "-o", str(out), "-q"]) == 1
+
+
+def test_hidden_files_and_folders_are_no_scans(tmp_path):
+    """A killed write's temporary mesh, macOS's ._ files and hidden folders are left out of a folder's scans."""
+    from palnet.batch import find_meshes
+    (tmp_path / "a").mkdir()
+    (tmp_path / ".git").mkdir()
+    for name in ("face.ply", "._face.ply", ".face.ply.1a2b3c4d.tmp.ply", "a/x.stl", ".git/y.ply", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.relative_to(tmp_path).as_posix() for p in find_meshes([str(tmp_path)])] == ["a/x.stl", "face.ply"]
+    # named on the command line, a hidden file is taken as asked
+    assert find_meshes([str(tmp_path / "._face.ply")]) == [tmp_path / "._face.ply"]

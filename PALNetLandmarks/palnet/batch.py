@@ -59,13 +59,24 @@ class BatchItem:
     run: str = ""  # when the run that made this row started; tells runs apart in the summary
 
 
+def _meshes_below(folder: Path) -> List[Path]:
+    """Mesh files below ``folder``, sorted, leaving out hidden files and folders: a killed
+    write's temporary file, macOS's ``._face.ply`` resource forks, ``.git`` and the like are no scans."""
+    found = []
+    for root, dirs, files in os.walk(str(folder)):  # symbolic links to folders are not followed
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.extend(Path(root) / f for f in files
+                     if not f.startswith(".") and Path(f).suffix.lower() in MESH_EXTENSIONS)
+    return sorted(found)
+
+
 def find_meshes(inputs: Iterable[str]) -> List[Path]:
     """Mesh files named directly or found (recursively) in folders, in a stable order, each once."""
     found: List[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in MESH_EXTENSIONS))
+            found.extend(_meshes_below(p))
         else:
             found.append(p)  # a missing or odd file is reported for that item, not here
     seen: Set[str] = set()
