@@ -150,3 +150,22 @@ def test_urls_point_at_files_of_this_repository_and_icons_are_128px():
     module_text = (MODULE_DIR / "PALNetLandmarks.py").read_text(encoding="utf-8")
     docs = re.search(r'DOCS_URL = "([^"]+)"', module_text).group(1)
     assert docs.startswith(PROJECT_URL + "/") and (REPO / docs.split("/blob/main/")[1]).is_file()
+
+
+# The keys of Slicer's Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json, which rejects
+# any other ("additionalProperties": false); the Extensions Index takes this file since Slicer 5.8.
+CATALOG_KEYS = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
+                "build_subdirectory", "enabled", "tier"}
+CATALOG_REQUIRED = {"$schema", "category", "scm_url"}
+
+
+def test_catalog_entry_follows_slicers_schema_and_agrees_with_the_s4ext():
+    import json
+    entry = json.loads((REPO / "PALNet.json").read_text(encoding="utf-8"))
+    assert CATALOG_REQUIRED <= set(entry) <= CATALOG_KEYS, set(entry) ^ CATALOG_KEYS
+    assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.1.json#")
+    assert entry.get("scm_type", "git") in ("git", "local") and entry.get("tier", 5) in (1, 3, 5)
+    assert isinstance(entry["build_dependencies"], list) and isinstance(entry["enabled"], bool)
+    fields = s4ext_fields()
+    assert entry["category"] == fields["category"] and entry["scm_url"] == fields["scmurl"]
+    assert entry["scm_revision"] == fields["scmrevision"] and entry["build_subdirectory"] == fields["build_subdirectory"]
