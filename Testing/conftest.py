@@ -23,6 +23,23 @@ def ict_path():
     return path
 
 
+@pytest.fixture(scope="session")
+def model():
+    """The shipped model, loaded once for the whole run (tests only read it)."""
+    from palnet.modelfile import load_model
+    from palnet.resources import default_model_path
+    return load_model(default_model_path())
+
+
+@pytest.fixture(scope="session")
+def sample():
+    """The shipped sample scan and its known landmarks."""
+    from palnet.landmark_io import read_landmarks
+    from palnet.mesh_io import read_mesh
+    from palnet.resources import sample_landmarks_path, sample_scan_path
+    return read_mesh(sample_scan_path()), read_landmarks(sample_landmarks_path())
+
+
 @pytest.fixture
 def mrml_scene():
     """A real MRML scene from the slicer-core package, with the markups logic registered."""

@@ -12,8 +12,7 @@ from scipy.spatial import Delaunay
 from palnet.batch import SUMMARY_NAME, predict_files
 from palnet.mesh_io import mesh_to_polydata, polydata_to_mesh, read_mesh, write_mesh
 from palnet.landmark_io import read_landmarks
-from palnet.modelfile import load_model
-from palnet.resources import default_model_path, sample_landmarks_path, sample_scan_path
+from palnet.resources import sample_landmarks_path, sample_scan_path
 from palnet.datatypes import Mesh
 
 SECONDS_PER_SCAN = 60.0  # generous for a loaded 2-core CI machine; measured 1.5-4 s here
@@ -95,11 +94,6 @@ def _corpus(face: Mesh, root):
     keep = rng.choice(face.n_vertices, 300, replace=False)
     put("v300.ply", Mesh(face.vertices[keep]), "not a face", "only 300 vertices")
     return expected
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model(default_model_path())
 
 
 def test_every_bad_input_gets_its_message_or_status(tmp_path, model):

@@ -21,18 +21,12 @@ from palnet.batch import LOCK_NAME, SUMMARY_FIELDS, SUMMARY_NAME, find_meshes, o
 from palnet.cli import main
 from palnet.landmark_io import read_landmarks
 from palnet.mesh_io import polydata_to_mesh, read_mesh, write_mesh
-from palnet.modelfile import load_model
-from palnet.resources import default_model_path, sample_scan_path
+from palnet.resources import sample_scan_path
 from palnet.datatypes import Mesh
 
 PACKAGE_DIR = Path(batch.__file__).resolve().parent.parent
 POSIX = os.name == "posix"
 PROC = Path("/proc/self/stat").exists()
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model(default_model_path())
 
 
 @pytest.fixture(scope="module")

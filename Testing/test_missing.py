@@ -4,21 +4,7 @@ import numpy as np
 import pytest
 
 from palnet.cleanup import remove_vertices
-from palnet.landmark_io import read_landmarks
-from palnet.mesh_io import read_mesh
-from palnet.modelfile import load_model
 from palnet.pipeline import predict
-from palnet.resources import default_model_path, sample_landmarks_path, sample_scan_path
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model(default_model_path())
-
-
-@pytest.fixture(scope="module")
-def sample():
-    return read_mesh(sample_scan_path()), read_landmarks(sample_landmarks_path())
 
 
 def test_a_whole_scan_misses_nothing(model, sample):

@@ -9,22 +9,11 @@ from scipy.spatial.transform import Rotation
 
 from palnet.cli import main
 from palnet.mesh_io import read_mesh, write_mesh
-from palnet.landmark_io import read_landmarks
 from palnet.modelfile import load_model
 from palnet.pipeline import predict
-from palnet.resources import default_model_path, sample_landmarks_path, sample_scan_path
+from palnet.resources import default_model_path, sample_scan_path
 from palnet.snap import closest_points_on_surface
 from palnet.datatypes import Mesh
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model(default_model_path())
-
-
-@pytest.fixture(scope="module")
-def sample():
-    return read_mesh(sample_scan_path()), read_landmarks(sample_landmarks_path())
 
 
 @pytest.fixture(scope="module")

@@ -5,24 +5,17 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from palnet.align import align_scan, grid_subsample
-from palnet.mesh_io import read_mesh
-from palnet.modelfile import load_model
 from palnet.patches import sample_surface, thin_points
 from palnet.pipeline import predict
-from palnet.resources import default_model_path, face_template_path, sample_scan_path
+from palnet.resources import face_template_path
 from palnet.datatypes import Mesh
 
 EQUIVARIANCE_MM = 0.05  # the promise: any rigid motion moves the landmarks with it, this close
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_model(default_model_path())
-
-
-@pytest.fixture(scope="module")
-def sample():
-    return read_mesh(sample_scan_path())
+def face(sample):
+    return sample[0]
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +37,10 @@ def _pose_gap(a, b, rot=np.eye(3), shift=np.zeros(3)):
     return float(np.degrees(turn)), float(move)
 
 
-def test_any_rigid_motion_moves_the_landmarks_with_it(model, sample):
-    ref = predict(sample, model)
+def test_any_rigid_motion_moves_the_landmarks_with_it(model, face):
+    ref = predict(face, model)
     for rot, shift in _motions(3):
-        pred = predict(Mesh(sample.vertices @ rot.T + shift, sample.triangles, "mm"), model)
+        pred = predict(Mesh(face.vertices @ rot.T + shift, face.triangles, "mm"), model)
         back = (pred.landmarks.points - shift) @ rot
         gap = np.linalg.norm(back - ref.landmarks.points, axis=1)
         assert gap.max() <= EQUIVARIANCE_MM, gap.max()
@@ -67,8 +60,8 @@ def test_a_half_turn_and_a_shift_together(model, ict_path):
     assert gap.max() <= EQUIVARIANCE_MM, gap.max()
 
 
-def test_the_order_of_the_vertices_does_not_change_the_pose(template, sample):
-    v, f = sample.vertices, sample.triangles
+def test_the_order_of_the_vertices_does_not_change_the_pose(template, face):
+    v, f = face.vertices, face.triangles
     a = align_scan(v, template[0], modes=template[1], triangles=f)
     perm = np.random.default_rng(3).permutation(len(v))
     inverse = np.argsort(perm)
@@ -119,10 +112,10 @@ def test_thinning_keeps_points_apart_and_moves_with_the_cloud():
     assert len(thin_points(lone, 1.0)) == 2
 
 
-def test_surface_samples_move_with_the_scan(sample):
+def test_surface_samples_move_with_the_scan(face):
     """Even on a scan whose small triangles get no sample of their own (their vertices fill in)."""
     rot, shift = _motions(1, seed=4)[0]
-    a = sample_surface(sample.vertices, sample.triangles, 3.0)
-    b = sample_surface(sample.vertices @ rot.T + shift, sample.triangles, 3.0)
+    a = sample_surface(face.vertices, face.triangles, 3.0)
+    b = sample_surface(face.vertices @ rot.T + shift, face.triangles, 3.0)
     assert len(a) == len(b)
     np.testing.assert_allclose(b, a @ rot.T + shift, atol=1e-8)
