@@ -382,10 +382,10 @@ def predict(mesh: Mesh, model: Model, snap: str = "nearest", units: str = "auto"
     conf = landmark_confidence(spread, model)
     missing = missing_landmarks(prep, start, template, mean)
     conf = np.where(missing, 0.0, conf)
-    if missing.any():
-        gone = ", ".join(lab for lab, m in zip(labels, missing) if m)
+    gone = tuple(lab for lab, m in zip(labels, missing) if m)
+    if gone:
         note = "no scanned surface where the face puts {} (a hole or a cut?): placed on the nearest surface " \
-               "with confidence 0".format(gone)
+               "with confidence 0".format(", ".join(gone))
         if status == "ok":
             status = "low fit"
         message = "; ".join(m for m in (message, note) if m)
@@ -394,7 +394,7 @@ def predict(mesh: Mesh, model: Model, snap: str = "nearest", units: str = "auto"
     t3 = time.perf_counter()
     return Prediction(Landmarks(labels, pts, conf, descriptions, prep.units), status, prep.units, prep.alignment,
                       t3 - t0, initial, {"prepare": t1 - t0, "network": t2 - t1, "snap": t3 - t2}, spread, message,
-                      prep.spikes, prep.fragments, tuple(lab for lab, m in zip(labels, missing) if m))
+                      prep.spikes, prep.fragments, gone)
 
 
 def missing_landmarks(prep: PreparedScan, expected: np.ndarray, template: np.ndarray, mean: np.ndarray) -> np.ndarray:
