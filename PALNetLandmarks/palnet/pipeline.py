@@ -5,7 +5,7 @@ never through torch, so the Slicer module and the command line work without it.
 """
 import time
 from dataclasses import dataclass, field
-from typing import NamedTuple, Optional, Tuple
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -51,6 +51,13 @@ TEMPLATE_SUPPORT_POINTS = 10
 CONFIDENCE_SAMPLES = 12  # perturbed extra runs of the network per scan
 PERTURB_MM = 1.0  # spread of their starting points around the initial approximation
 PERTURB_DEGREES = 3.0  # and of the turns of their patches
+
+
+Progress = Callable[[str, float], None]  # (stage, fraction of the work done); see predict
+
+
+def _no_progress(stage: str, fraction: float) -> None:
+    pass
 
 
 @dataclass
@@ -229,17 +236,20 @@ class Canonical(NamedTuple):
 
 
 def to_canonical_frame(mesh: Mesh, template: np.ndarray, units: str = "auto",
-                       modes: Optional[np.ndarray] = None) -> Canonical:
+                       modes: Optional[np.ndarray] = None, progress: Optional[Progress] = None) -> Canonical:
     """Units to mm, spikes and loose fragments out, automatic alignment: the scan in the canonical frame.
 
     Prediction and training preprocessing both start here, so a scan is aligned the same way in both.
+    ``progress``: see :func:`predict`.
     """
+    report = progress or _no_progress
     if mesh.n_vertices < 3:
         raise PalnetError("the scan has {} vertices: nothing to place landmarks on".format(mesh.n_vertices),
                           mesh.source)
     if not np.isfinite(mesh.vertices).all():
         raise PalnetError("the scan has NaN or infinite coordinates", mesh.source)
     try:
+        report("cleanup", 0.0)
         units = detect_units(mesh.vertices) if units == "auto" else units
         to_mm = unit_scale(units, "mm")
         # The edge list serves both searches unless spikes leave the mesh (then its edges change).
@@ -249,8 +259,10 @@ def to_canonical_frame(mesh: Mesh, template: np.ndarray, units: str = "auto",
         if loose.any():
             clean = remove_vertices(clean, loose)
         mm = clean.vertices * to_mm
+        report("alignment", 0.1)
         alignment = align_scan(mm, template, modes=modes, triangles=clean.triangles)
         if scan_status(alignment, clean.n_vertices)[0] != "ok":  # rare: search wider, keep the better fit
+            report("alignment (wider search)", 0.3)
             again = align_scan(mm, template, modes=modes, triangles=clean.triangles, effort=THOROUGH)
             if again.rms_mm < alignment.rms_mm:
                 alignment = again
@@ -261,9 +273,11 @@ def to_canonical_frame(mesh: Mesh, template: np.ndarray, units: str = "auto",
 
 
 def prepare_scan(mesh: Mesh, template: np.ndarray, mean_landmarks: np.ndarray, spacing: float,
-                 units: str = "auto", modes: Optional[np.ndarray] = None) -> PreparedScan:
+                 units: str = "auto", modes: Optional[np.ndarray] = None,
+                 progress: Optional[Progress] = None) -> PreparedScan:
     """Units to mm, spikes out, automatic alignment, region of interest and even sampling."""
-    c = to_canonical_frame(mesh, template, units, modes)
+    c = to_canonical_frame(mesh, template, units, modes, progress)
+    (progress or _no_progress)("sampling", 0.5)
     samples = roi_samples(c.mesh, mean_landmarks, spacing)
     if len(samples) < 10:
         raise PalnetError("no surface near the face after alignment", mesh.source)
@@ -358,18 +372,27 @@ def landmark_confidence(spread_mm: np.ndarray, model: Model) -> np.ndarray:
 
 
 def predict(mesh: Mesh, model: Model, snap: str = "nearest", units: str = "auto",
-            refine_steps: Optional[int] = None, confidence_samples: int = CONFIDENCE_SAMPLES) -> Prediction:
-    """Place the model's landmarks on ``mesh`` (any pose, units mm/cm/m or "auto")."""
+            refine_steps: Optional[int] = None, confidence_samples: int = CONFIDENCE_SAMPLES,
+            progress: Optional[Progress] = None) -> Prediction:
+    """Place the model's landmarks on ``mesh`` (any pose, units mm/cm/m or "auto").
+
+    ``progress(stage, fraction)`` is called as each stage starts (cleanup, alignment, sampling,
+    network, snapping) with the rough fraction of the work done; an exception it raises (a
+    user's Cancel) ends the prediction there.
+    """
     t0 = time.perf_counter()
+    report = progress or _no_progress
     template, mean, spacing, scale = model_arrays(model)
-    prep = prepare_scan(mesh, template, mean, spacing, units, template_modes(template))
+    prep = prepare_scan(mesh, template, mean, spacing, units, template_modes(template), progress)
     t1 = time.perf_counter()
     start = starting_shape(mean, prep.alignment.shape, landmark_modes(model))
     init = initial_approximation(prep.tree, start)
     at_mean = init if start is mean else initial_approximation(prep.tree, mean)  # baseline (a)
     steps = refine_steps if refine_steps is not None else int(model.metadata.get("refine_steps", 1))
+    report("network", 0.6)
     centres, spread = network_answer(prep.tree, model, init, steps, scale, confidence_samples)
     t2 = time.perf_counter()
+    report("snapping", 0.9)
 
     to_file = unit_scale("mm", prep.units)
     pts = prep.alignment.to_scan(centres) * to_file
@@ -392,6 +415,7 @@ def predict(mesh: Mesh, model: Model, snap: str = "nearest", units: str = "auto"
     names = _landmark_names(model)
     descriptions = [describe(names.get(lab, lab), c) for lab, c in zip(labels, conf)]
     t3 = time.perf_counter()
+    report("done", 1.0)
     return Prediction(Landmarks(labels, pts, conf, descriptions, prep.units), status, prep.units, prep.alignment,
                       t3 - t0, initial, {"prepare": t1 - t0, "network": t2 - t1, "snap": t3 - t2}, spread, message,
                       prep.spikes, prep.fragments, gone)
