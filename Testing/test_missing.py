@@ -21,10 +21,13 @@ def test_a_hole_over_a_landmark_is_reported(model, sample, label, radius):
     holed = remove_vertices(mesh, np.linalg.norm(mesh.vertices - centre, axis=1) < radius)
     pred = predict(holed, model)
     assert pred.missing == (label,)
-    assert pred.status == "low fit" and label in pred.message and "hole" in pred.message
+    assert pred.status == "partial" and label in pred.message and "hole" in pred.message
     conf = dict(zip(pred.landmarks.labels, pred.landmarks.confidence))
     assert conf[label] == 0.0
     assert min(c for lab, c in conf.items() if lab != label) > 0.0
+    # missing, not placed: no position at all, and every other landmark has one
+    gone = ~np.isfinite(pred.landmarks.points).all(axis=1)
+    assert [lab for lab, g in zip(pred.landmarks.labels, gone) if g] == [label]
 
 
 def test_a_scan_cut_above_the_mouth_misses_the_mouth(model, sample):
@@ -37,3 +40,40 @@ def test_a_scan_cut_above_the_mouth_misses_the_mouth(model, sample):
     assert {"sto", "li", "sl", "pg", "me"} <= set(pred.missing), pred.missing
     assert not {"n", "prn", "en_R", "en_L"} & set(pred.missing)
     assert pred.status != "ok"
+
+
+@pytest.mark.parametrize("ext", ["mrk.json", "fcsv", "csv", "txt"])
+def test_missing_landmarks_round_trip_in_every_format(tmp_path, ext):
+    """Each format says "missing" in its own way (Slicer's positionStatus in .mrk.json) and
+    reading gives the landmark back without a position."""
+    import json
+
+    from palnet.datatypes import Landmarks
+    from palnet.landmark_io import read_landmarks, write_landmarks
+    pts = np.array([[1.0, 2.0, 3.0], [np.nan] * 3, [4.0, 5.0, 6.0]])
+    lm = Landmarks(["n", "t_R", "prn"], pts, np.array([0.9, 0.0, 0.8]), ["Nasion", "Tragion", "Pronasale"], "mm")
+    path = write_landmarks(lm, tmp_path / ("out." + ext))
+    if ext == "mrk.json":
+        cps = json.loads(path.read_text())["markups"][0]["controlPoints"]
+        assert [cp["positionStatus"] for cp in cps] == ["defined", "missing", "defined"]
+    back = read_landmarks(path).select(["n", "t_R", "prn"])
+    assert np.isnan(back.points[1]).all()
+    np.testing.assert_allclose(back.points[[0, 2]], pts[[0, 2]])
+
+
+def test_a_file_of_only_missing_landmarks_is_refused(tmp_path):
+    from palnet.datatypes import Landmarks
+    from palnet.errors import PalnetError
+    from palnet.landmark_io import write_landmarks
+    with pytest.raises(PalnetError, match="missing"):
+        write_landmarks(Landmarks(["n"], np.full((1, 3), np.nan), units="mm"), tmp_path / "x.csv")
+
+
+def test_a_picture_leaves_missing_landmarks_out(tmp_path, sample):
+    from palnet.datatypes import Landmarks
+    from palnet.render import render_landmarks
+    mesh, truth = sample
+    pts = truth.points.copy()
+    pts[:5] = np.nan
+    out = render_landmarks(mesh, Landmarks(truth.labels, pts, units=truth.units), tmp_path / "m.png", size=(200, 200))
+    assert (tmp_path / "m.png").stat().st_size > 1000 and str(out).endswith("m.png")

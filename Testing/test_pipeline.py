@@ -96,7 +96,7 @@ def test_the_second_round_starts_from_the_prior_corrected_answer(model, sample):
     where the second round starts, and that round has a prior of its own; its spread is the
     one the confidence reads."""
     from palnet.patches import initial_approximation
-    from palnet.pipeline import (apply_shape_prior, landmark_modes, model_arrays, network_answer,
+    from palnet.pipeline import (apply_shape_prior, landmark_modes, mirror_pairs, model_arrays, network_answer,
                                  predict_with_spread, prepare_scan, second_round, shape_prior, starting_shape,
                                  template_modes)
     mesh, truth = sample
@@ -106,10 +106,11 @@ def test_the_second_round_starts_from_the_prior_corrected_answer(model, sample):
     steps = model.metadata["refine_steps"]
     again = second_round(model)
     assert again is not None and again[0] == 2 and not np.array_equal(again[1][2], shape_prior(model)[2])
-    first = apply_shape_prior(predict_with_spread(prep.tree, model, init, steps, scale)[0], shape_prior(model))
+    swap = mirror_pairs(model.metadata["protocol"]["labels"])
+    first = apply_shape_prior(predict_with_spread(prep.tree, model, init, steps, scale)[0], shape_prior(model), swap)
     second, second_spread = predict_with_spread(prep.tree, model, initial_approximation(prep.tree, first), 2, scale)
     answer, spread = network_answer(prep.tree, model, init, steps, scale)
-    np.testing.assert_allclose(answer, apply_shape_prior(second, again[1]))
+    np.testing.assert_allclose(answer, apply_shape_prior(second, again[1], swap))
     assert np.array_equal(spread, second_spread)
     to_canonical = prep.alignment.to_canonical(truth.points)
     err_first = np.linalg.norm(first - to_canonical, axis=1).mean()
@@ -445,3 +446,26 @@ def _summary(out):
     import csv
     with open(out / "palnet_summary.csv", newline="") as f:
         return list(csv.DictReader(f))
+
+
+def test_the_network_answers_a_mirror_image_with_the_mirrored_answer(model, sample):
+    """Half of the runs look at the scan's mirror image: a mirrored scan (in the canonical frame)
+    from mirrored starting points gets the mirrored answer, and the shape prior keeps it so."""
+    from scipy.spatial import cKDTree
+
+    from palnet.patches import initial_approximation
+    from palnet.pipeline import (apply_shape_prior, mirror_landmarks, mirror_pairs, model_arrays,
+                                 predict_with_spread, prepare_scan, shape_prior, template_modes)
+    template, mean, spacing, scale = model_arrays(model)
+    prep = prepare_scan(sample[0], template, mean, spacing, "auto", template_modes(template))
+    swap = mirror_pairs(model.metadata["protocol"]["labels"])
+    assert swap is not None and sorted(swap) == list(range(50)) and (swap[swap] == np.arange(50)).all()
+    init = initial_approximation(prep.tree, mean)
+    mirrored = cKDTree(prep.samples * [-1.0, 1.0, 1.0])
+    a, sa = predict_with_spread(prep.tree, model, init, 2, scale)
+    b, sb = predict_with_spread(mirrored, model, mirror_landmarks(init, swap), 2, scale)
+    np.testing.assert_allclose(mirror_landmarks(b, swap), a, atol=1e-3)
+    np.testing.assert_allclose(sb[swap], sa, atol=1e-3)
+    prior = shape_prior(model)
+    np.testing.assert_allclose(mirror_landmarks(apply_shape_prior(b, prior, swap), swap),
+                               apply_shape_prior(a, prior, swap), atol=1e-3)

@@ -233,3 +233,26 @@ def test_shrinkage_grows_as_the_training_set_shrinks():
     assert alphas[0] < alphas[1] < alphas[2] <= 1.0
     cov, _ = _shrunk_covariance(rng.normal(0, 1, (15, 30)) @ mix)  # fewer scans than numbers per scan
     assert np.linalg.eigvalsh(cov).min() > 0
+
+
+def test_landmarks_a_scan_lacks_teach_nothing_and_break_nothing():
+    """A face-only capture's training file marks its ear points missing (NaN): the loss skips
+    them, the epoch runs, the priors and modes learn from the scans that show everything."""
+    import torch
+
+    from palnet.train import _loss, fit_shape_prior
+    pred = torch.zeros((2, 3, 3), requires_grad=True)
+    truth = torch.tensor([[[1.0, 0, 0], [float("nan")] * 3, [0, 1.0, 0]], [[1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]]])
+    loss, point, dist = _loss(torch, pred, truth, [0.6, 0.4])
+    assert torch.isfinite(loss) and abs(point.item() - 1.0) < 1e-6  # mean over the 5 known points
+    loss.backward()
+    assert torch.isfinite(pred.grad).all() and pred.grad[0, 1].abs().sum() == 0
+    scans, _, _ = _shaped_scans(40)
+    for s in scans[:5]:
+        s.truth = s.truth.copy()
+        s.truth[1] = np.nan
+    model = fit(scans[:36], scans[36:], list("abcde"), np.zeros((10, 3)), _cfg(1), {}, log=lambda line: None)
+    assert np.isfinite(np.asarray(model.metadata["mean_landmarks"])).all()
+    answers = np.stack([s.truth for s in scans]) + 0.5
+    prior = fit_shape_prior(scans[:30], answers[30:], np.stack([s.truth for s in scans[30:]]))
+    assert prior is not None and np.isfinite(np.asarray(prior["gain"])).all() and prior["n_train"] == 25

@@ -2,6 +2,7 @@
 
     python tools/benchmark.py --data DIR [--model M] [--n N] [--out report.json] [--baselines] [--jobs 2]
     python tools/benchmark.py --speed SCAN [--model M] [--repeats 3]
+    python tools/benchmark.py --consistency SCAN_OR_FOLDER... [--model M] [--png DIR] [--out report.json]
 
 Accuracy mode: every (scan, landmark file) pair under DIR (a ``palnet synth``
 folder: DIR/<id>/scan.ply + landmarks.mrk.json) is predicted by
@@ -23,6 +24,9 @@ time inside that process from before ``palnet`` is imported to after the
 landmarks are written (everything but the interpreter's own start-up: imports of
 NumPy and SciPy, reading the model and the scan, prediction, writing), the peak
 resident memory, and checks that torch was never imported.
+
+Consistency mode (no landmarks needed, for real scans): mirror, re-mesh and crop
+consistency of the answers on each scan (see tools/consistency.py), in mm.
 """
 import os
 
@@ -349,12 +353,56 @@ def run_speed(args) -> int:
     return 0
 
 
+def run_consistency(args) -> int:
+    """Label-free checks on each scan; one line per scan and check, then the means."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import consistency
+    from palnet.mesh_io import MESH_EXTENSIONS, read_mesh
+    from palnet.modelfile import load_model
+    from palnet.resources import default_model_path
+    model = load_model(args.model or default_model_path())
+    checks = tuple(c.strip() for c in args.checks.split(",") if c.strip())
+    unknown = [c for c in checks if c not in consistency.CHECKS]
+    if unknown:
+        raise PalnetError("unknown check(s) {} (use {})".format(", ".join(unknown), ", ".join(consistency.CHECKS)))
+    scans = []
+    for item in args.consistency:
+        p = Path(item)
+        scans += sorted(q for q in p.rglob("*") if q.is_file() and any(
+            q.name.lower().endswith(e) for e in MESH_EXTENSIONS)) if p.is_dir() else [p]
+    results = []
+    for path in scans[:args.n] if args.n else scans:
+        try:
+            name = path.parent.name if path.stem.lower() in ("scan", "mesh", "face") else path.stem
+            r = consistency.check_scan(read_mesh(path), model, checks=checks, png_dir=args.png, name=name)
+        except PalnetError as exc:
+            print("{}: {}".format(path, exc))
+            continue
+        r["scan"] = str(path)
+        results.append(r)
+        parts = ["{} {}".format(c, "{:.2f} mm (max {:.1f})".format(r[c]["mean_mm"], r[c]["max_mm"])
+                                if "mean_mm" in r[c] else r[c]["error"]) for c in consistency.CHECKS if c in r]
+        print("{}: {}; {}".format(path.name, r["status"], ", ".join(parts)))
+    summary = consistency.summarise(results)
+    for check, s in summary.items():
+        print("{:<10} mean {:.2f} mm, worst scan {:.2f} mm ({} scans)".format(check, s["mean_mm"], s["worst_scan_mm"],
+                                                                         s["n_scans"]))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"scans": results, "summary": summary}, indent=1) + "\n")
+    return 0 if results else 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     what = ap.add_mutually_exclusive_group(required=True)
     what.add_argument("--data", help="folder of annotated scans (DIR/<id>/scan.ply + landmarks.mrk.json)")
     what.add_argument("--speed", metavar="SCAN", help="time `palnet predict SCAN` on one core")
+    what.add_argument("--consistency", nargs="+", metavar="SCAN",
+                      help="label-free checks (mirror, decimate, subdivide, crop) on these scans or folders")
+    ap.add_argument("--png", default=None, help="--consistency: a picture of each scan's answer in this folder")
+    ap.add_argument("--checks", default="mirror,decimate,subdivide,crop",
+                    help="--consistency: which checks, comma-separated (default all)")
     ap.add_argument("--model", default=None, help="model file (default: the shipped model)")
     ap.add_argument("--n", type=int, default=None, help="only the first N scans (sorted by id)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
@@ -370,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.consistency:
+            return run_consistency(args)
         return run_speed(args) if args.speed else run_accuracy(args)
     except PalnetError as exc:
         print("benchmark: error: {}".format(exc), file=sys.stderr)

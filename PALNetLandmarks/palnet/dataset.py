@@ -65,8 +65,9 @@ def preprocess_pair(mesh_path: Path, landmark_path: Path, labels: Sequence[str],
     from .datatypes import Mesh, unit_scale
     mesh = read_mesh(mesh_path)
     lms = check_labels(read_landmarks(landmark_path), labels, landmark_path)
-    if not np.isfinite(lms.points).all():
-        raise PalnetError("landmark file has undefined points", landmark_path)
+    known = np.isfinite(lms.points).all(axis=1)  # a landmark marked missing teaches nothing, is no error
+    if not known.any():
+        raise PalnetError("landmark file has no landmark with a position", landmark_path)
     # The file states its units, which need not be the scan's (a scan in cm annotated in mm);
     # mm is what the scan is converted to for alignment.
     points = lms.in_units("mm").points
@@ -79,7 +80,7 @@ def preprocess_pair(mesh_path: Path, landmark_path: Path, labels: Sequence[str],
         units = "mm"
     c = to_canonical_frame(mesh, template, units, template_modes(template))
     truth = c.alignment.to_canonical(points)
-    samples = roi_samples(c.mesh, truth, spacing)
+    samples = roi_samples(c.mesh, truth[np.isfinite(truth).all(axis=1)], spacing)
     return samples.astype(np.float32), truth, float(c.alignment.rms_mm), np.asarray(c.alignment.shape, np.float64)
 
 

@@ -16,6 +16,14 @@ confidence 0.87"`` and reading splits it back into the description
 (``"Soft tissue nasion"``) and ``Landmarks.confidence``. The .csv format has
 ``confidence`` and ``description`` columns instead; .txt keeps labels and
 points only.
+
+A landmark the scan does not show (a cut, a hole: see pipeline.missing_landmarks) has no
+position: NaN coordinates in ``Landmarks.points``. Each format says so in its own way, and
+reading gives NaN back: in .mrk.json the control point has ``"positionStatus": "missing"``
+(Slicer's own state: the point is listed, unplaced); .fcsv has no such state, so the row is
+left out and a ``# Missing = label, label`` comment line names it (Slicer skips the line);
+.csv leaves x, y and z empty; .txt writes ``label<TAB>missing``. Control points that are
+``"undefined"`` (not placed yet) are skipped, as before.
 """
 import csv
 import io as _stdio
@@ -184,13 +192,17 @@ def _number(text: str, what: str, where: str, path: PathLike) -> float:
 
 def _finish(labels: List[str], points: List[Sequence[float]], descriptions: List[str],
             confidence: List[Optional[float]], where: List[str], path: PathLike,
-            stated: Optional[str]) -> Landmarks:
-    """Validate what a reader collected and build the Landmarks, in the units the file states."""
+            stated: Optional[str], missing: Optional[List[bool]] = None) -> Landmarks:
+    """Validate what a reader collected and build the Landmarks, in the units the file states.
+    ``missing``: the points the file marks as missing (NaN, see the module notes)."""
     units, factor = FILE_UNITS[stated or "mm"]
     if not labels:
         raise PalnetError("contains no landmarks", path)
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-    bad = np.flatnonzero(~np.isfinite(pts).all(axis=1))
+    gone = np.zeros(len(pts), bool) if missing is None else np.asarray(missing, bool)
+    if gone.all():
+        raise PalnetError("contains no landmarks with a position (all {} are missing)".format(len(pts)), path)
+    bad = np.flatnonzero(~np.isfinite(pts).all(axis=1) & ~gone)
     if bad.size:
         i = int(bad[0])
         raise PalnetError("{}: landmark {!r} has a NaN or infinite coordinate".format(where[i], labels[i]), path)
@@ -213,14 +225,17 @@ def _rows_for_writing(landmarks: Landmarks, path: PathLike):
         raise PalnetError("cannot write landmarks in unknown units {!r} (use {})".format(
             landmarks.units, ", ".join(UNITS_PER_MM)), path)
     pts = np.asarray(landmarks.points, dtype=np.float64)
-    bad = np.flatnonzero(~np.isfinite(pts).all(axis=1))
+    gone = np.isnan(pts).all(axis=1)  # missing: no position (see the module notes)
+    bad = np.flatnonzero(~np.isfinite(pts).all(axis=1) & ~gone)
     if bad.size:
         raise PalnetError("cannot write landmark {!r}: NaN or infinite coordinate".format(
             landmarks.labels[int(bad[0])]), path)
+    if gone.all():
+        raise PalnetError("no landmark has a position (all {} are missing)".format(len(pts)), path)
     n = len(landmarks)
     descs = landmarks.descriptions if landmarks.descriptions is not None else [""] * n
     conf = landmarks.confidence if landmarks.confidence is not None else [None] * n
-    return pts, list(descs), list(conf)
+    return pts, list(descs), list(conf), gone
 
 
 def _one_line(text: str) -> str:
@@ -256,23 +271,29 @@ def _read_mrk_json(text: str, path: PathLike) -> Landmarks:
     cps = markup.get("controlPoints", [])
     if not isinstance(cps, list):
         raise PalnetError("\"controlPoints\" is not a list", path)
-    labels, points, descs, confs, where = [], [], [], [], []
+    labels, points, descs, confs, where, gone = [], [], [], [], [], []
     for i, cp in enumerate(cps):
         at = "control point {}".format(i + 1)
         if not isinstance(cp, dict):
             raise PalnetError("{} is not an object".format(at), path)
-        if str(cp.get("positionStatus", "defined")).lower() in ("undefined", "missing"):
-            continue  # placed-later or skipped points carry no position
-        pos = cp.get("position")
-        if not isinstance(pos, list) or len(pos) != 3:
-            raise PalnetError("{}: \"position\" must be a list of 3 numbers".format(at), path)
-        points.append([_number(v, "coordinate", at, path) for v in pos])
+        status = str(cp.get("positionStatus", "defined")).lower()
+        if status == "undefined":
+            continue  # a point to be placed later carries no position
+        if status == "missing":  # a point the scan does not show: listed, without a position
+            points.append([math.nan] * 3)
+            gone.append(True)
+        else:
+            pos = cp.get("position")
+            if not isinstance(pos, list) or len(pos) != 3:
+                raise PalnetError("{}: \"position\" must be a list of 3 numbers".format(at), path)
+            points.append([_number(v, "coordinate", at, path) for v in pos])
+            gone.append(False)
         labels.append(str(cp.get("label", "")))
         desc, conf = split_description(cp.get("description", ""))
         descs.append(desc)
         confs.append(conf)
         where.append(at)
-    lm = _finish(labels, points, descs, confs, where, path, stated)
+    lm = _finish(labels, points, descs, confs, where, path, stated, gone)
     if system == "RAS":
         lm.points[:, :2] *= -1.0
     return lm
@@ -282,7 +303,7 @@ def _read_fcsv(text: str, path: PathLike) -> Landmarks:
     columns = FCSV_COLUMNS.split(",")
     system = "LPS"  # what Slicer assumes when the header does not say
     stated = _UnitsSeen(path)
-    labels, points, descs, confs, where = [], [], [], [], []
+    labels, points, descs, confs, where, gone = [], [], [], [], [], []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -293,7 +314,16 @@ def _read_fcsv(text: str, path: PathLike) -> Landmarks:
                 continue
             key, _, value = line[1:].partition("=")
             key, value = key.strip().lower(), value.strip()
-            if key == "coordinatesystem":
+            if key == "missing":  # landmarks the scan does not show: no row, no position
+                for label in (x.strip() for x in next(csv.reader([value]), [])):
+                    if label:
+                        labels.append(label)
+                        points.append([math.nan] * 3)
+                        descs.append("")
+                        confs.append(0.0)
+                        where.append("line {}".format(lineno))
+                        gone.append(True)
+            elif key == "coordinatesystem":
                 mapped = {"0": "RAS", "1": "LPS", "RAS": "RAS", "LPS": "LPS"}.get(value.upper())
                 if mapped is None:
                     raise PalnetError("line {}: unknown CoordinateSystem {!r}".format(lineno, value), path)
@@ -313,7 +343,8 @@ def _read_fcsv(text: str, path: PathLike) -> Landmarks:
         descs.append(desc)
         confs.append(conf)
         where.append(at)
-    lm = _finish(labels, points, descs, confs, where, path, stated.units)
+        gone.append(False)
+    lm = _finish(labels, points, descs, confs, where, path, stated.units, gone)
     if system == "RAS":
         lm.points[:, :2] *= -1.0
     return lm
@@ -336,25 +367,27 @@ def _read_csv(text: str, path: PathLike) -> Landmarks:
         columns = [c.strip().lower() for c in rows[0][1]]
         columns = ["label" if c in ("name", "landmark") else c for c in columns]
         rows = rows[1:]
-    labels, points, descs, confs, where = [], [], [], [], []
+    labels, points, descs, confs, where, gone = [], [], [], [], [], []
     for lineno, row in rows:
         at = "line {}".format(lineno)
         col = dict(zip(columns, (c.strip() for c in row)))
         if not all(k in col for k in ("label", "x", "y", "z")):
             raise PalnetError("{}: expected label,x,y,z, found {} value(s)".format(at, len(row)), path)
-        points.append([_number(col[k], k, at, path) for k in ("x", "y", "z")])
+        empty = not (col["x"] or col["y"] or col["z"])  # a landmark the scan does not show
+        points.append([math.nan] * 3 if empty else [_number(col[k], k, at, path) for k in ("x", "y", "z")])
+        gone.append(empty)
         labels.append(col["label"])
         conf = col.get("confidence", "")
         confs.append(_number(conf, "confidence", at, path) if conf else None)
         descs.append(col.get("description", ""))
         stated.add(col.get("units"), at)
         where.append(at)
-    return _finish(labels, points, descs, confs, where, path, stated.units)
+    return _finish(labels, points, descs, confs, where, path, stated.units, gone)
 
 
 def _read_txt(text: str, path: PathLike) -> Landmarks:
     stated = _UnitsSeen(path)
-    labels, points, where = [], [], []
+    labels, points, where, gone = [], [], [], []
     first = True
     for lineno, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
@@ -371,6 +404,13 @@ def _read_txt(text: str, path: PathLike) -> Landmarks:
         first = False
         at = "line {}".format(lineno)
         m = _TXT_POINT.match(stripped)
+        parts = stripped.split("\t") if "\t" in stripped else stripped.split()
+        if not m and len(parts) >= 2 and parts[-1].lower() == "missing":  # no position
+            labels.append(" ".join(parts[:-1]).strip())
+            points.append([math.nan] * 3)
+            where.append(at)
+            gone.append(True)
+            continue
         if m:
             name, xyz = m.group(1), m.group(2, 3, 4)
         else:  # also accept "name<TAB>x<TAB>y<TAB>z" / "name x y z"
@@ -381,8 +421,9 @@ def _read_txt(text: str, path: PathLike) -> Landmarks:
         points.append([_number(v, "coordinate", at, path) for v in xyz])
         labels.append(name.strip())
         where.append(at)
+        gone.append(False)
     n = len(labels)
-    return _finish(labels, points, [""] * n, [None] * n, where, path, stated.units)
+    return _finish(labels, points, [""] * n, [None] * n, where, path, stated.units, gone)
 
 
 _READERS = {"mrk.json": _read_mrk_json, "fcsv": _read_fcsv, "csv": _read_csv, "txt": _read_txt}
@@ -405,18 +446,18 @@ def read_landmarks(path: PathLike, units: Optional[str] = None) -> Landmarks:
 # ---------------------------------------------------------------- writers
 
 def _mrk_json_text(landmarks: Landmarks, path: PathLike) -> str:
-    pts, descs, conf = _rows_for_writing(landmarks, path)
+    pts, descs, conf, gone = _rows_for_writing(landmarks, path)
     control_points = [{
         "id": str(i + 1),
         "label": landmarks.labels[i],
         "description": describe(descs[i], conf[i]),
         "associatedNodeID": "",
-        "position": [float(v) for v in pts[i]],
+        "position": [0.0, 0.0, 0.0] if gone[i] else [float(v) for v in pts[i]],
         "orientation": list(_LPS_ORIENTATION),
         "selected": True,
         "locked": False,
         "visibility": True,
-        "positionStatus": "defined",
+        "positionStatus": "missing" if gone[i] else "defined",
     } for i in range(len(landmarks))]
     doc = {
         "@schema": MARKUPS_SCHEMA,
@@ -446,21 +487,27 @@ def _mrk_json_text(landmarks: Landmarks, path: PathLike) -> str:
 
 
 def _fcsv_text(landmarks: Landmarks, path: PathLike) -> str:
-    pts, descs, conf = _rows_for_writing(landmarks, path)
+    pts, descs, conf, gone = _rows_for_writing(landmarks, path)
     out = _stdio.StringIO()
     out.write("# Markups fiducial file version = 4.11\n# CoordinateSystem = LPS\n")
-    # Slicer skips comment lines it does not know; palnet reads this one back.
+    # Slicer skips comment lines it does not know; palnet reads these back.
     out.write("# CoordinateUnits = {}\n".format(landmarks.units))
+    if gone.any():
+        line = _stdio.StringIO()
+        csv.writer(line, lineterminator="").writerow([_one_line(landmarks.labels[i]) for i in np.flatnonzero(gone)])
+        out.write("# Missing = {}\n".format(line.getvalue()))
     out.write("# columns = {}\n".format(FCSV_COLUMNS))
     writer = csv.writer(out, lineterminator="\n")
     for i, label in enumerate(landmarks.labels):
+        if gone[i]:
+            continue
         writer.writerow([str(i + 1)] + [_num(v) for v in pts[i]] + ["0", "0", "0", "1", "1", "1", "0",
                         _one_line(label), describe(descs[i], conf[i]), ""])
     return out.getvalue()
 
 
 def _csv_text(landmarks: Landmarks, path: PathLike) -> str:
-    pts, descs, conf = _rows_for_writing(landmarks, path)
+    pts, descs, conf, gone = _rows_for_writing(landmarks, path)
     has_conf = landmarks.confidence is not None
     has_desc = landmarks.descriptions is not None
     out = _stdio.StringIO()
@@ -469,7 +516,7 @@ def _csv_text(landmarks: Landmarks, path: PathLike) -> str:
     writer.writerow(["label", "x", "y", "z"] + (["confidence"] if has_conf else [])
                     + (["description"] if has_desc else []) + ["units"])
     for i, label in enumerate(landmarks.labels):
-        row = [label] + [_num(v) for v in pts[i]]
+        row = [label] + (["", "", ""] if gone[i] else [_num(v) for v in pts[i]])
         if has_conf:
             row.append(_num(conf[i]) if conf[i] is not None and math.isfinite(conf[i]) else "")
         if has_desc:
@@ -479,9 +526,10 @@ def _csv_text(landmarks: Landmarks, path: PathLike) -> str:
 
 
 def _txt_text(landmarks: Landmarks, path: PathLike) -> str:
-    pts, _, _ = _rows_for_writing(landmarks, path)
+    pts, _, _, gone = _rows_for_writing(landmarks, path)
     lines = ["# CoordinateUnits = {}".format(landmarks.units)]
-    lines += ["{}\t({}, {}, {})".format(_one_line(label), *(_num(v) for v in pts[i]))
+    lines += ["{}\tmissing".format(_one_line(label)) if gone[i] else
+              "{}\t({}, {}, {})".format(_one_line(label), *(_num(v) for v in pts[i]))
               for i, label in enumerate(landmarks.labels)]
     return "\n".join(lines) + "\n"
 

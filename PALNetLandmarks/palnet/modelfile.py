@@ -52,6 +52,8 @@ METADATA_RANGES = {
     "network.in_channels": (3, 3),  # patches carry x, y, z
     "refine_steps": (1, 10),
     "second_round.refine_steps": (1, 10),
+    "arbitration.trigger_spread_mm": (0.0, 100.0),  # mm; see palnet.arbitrate
+    "arbitration.onset_mm": (1e-3, 1000.0),  # mm, or null: never
     "patch.spacing_mm": (0.25, 10.0),
     "patch.scale_mm": (1.0, 100.0),
     "template": (-1000.0, 1000.0),  # mm; 3 to 100000 points
@@ -284,6 +286,13 @@ def check_metadata(meta: Dict[str, Any], n_landmarks: int, path: Optional[str] =
                           "{} numbers".format(len(spread)), path)
         if np.any(np.diff(spread) < 0):  # np.interp needs it so, else it answers nonsense
             raise _refuse("confidence.spread_mm", "non-decreasing", spread.tolist(), path)
+    if _object(meta, "arbitration", "arbitration", path) is not None:
+        from .arbitrate import rule_from
+        rule = rule_from(meta, n, path)
+        _number_in(rule.trigger_spread_mm, "arbitration.trigger_spread_mm", path)
+        finite = rule.onset_mm[np.isfinite(rule.onset_mm)]
+        if finite.size:
+            _number_in(float(finite.max()), "arbitration.onset_mm", path)
 
 
 def _entries(zf: zipfile.ZipFile, path: str) -> Dict[str, zipfile.ZipInfo]:

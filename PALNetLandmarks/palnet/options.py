@@ -8,3 +8,4 @@ NO_SNAP = "none"
 UNITS_PER_MM = {"mm": 1.0, "cm": 0.1, "m": 0.001}  # the length units of mesh and landmark files
 AUTO_UNITS = "auto"
 UNIT_CHOICES = (AUTO_UNITS,) + tuple(UNITS_PER_MM)
+SYNTH_CROPS = ("random", "face", "front", "head", "shoulders")  # palnet synth --crop (see synth._fixed_crop_mask)

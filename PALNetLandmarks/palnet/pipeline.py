@@ -5,11 +5,12 @@ never through torch, so the Slicer module and the command line work without it.
 """
 import time
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, Optional, Tuple
+from typing import Callable, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 from scipy.spatial import cKDTree
 
+from .arbitrate import NETWORK, combine, describe_sources, rule_from, triggered
 from .align import THOROUGH, Alignment, align_scan, detect_units
 from .cleanup import FRAGMENT_GAP_MM, MIN_SPIKE_MM, edges_and_border, find_fragments, remove_spikes, remove_vertices
 from .errors import PalnetError
@@ -25,6 +26,7 @@ from .datatypes import Landmarks, Mesh, unit_scale
 # pose/units/crop with 2% spikes; tools/bench_robust.py): every correct fit had RMS <= 3.16 mm
 # and coverage >= 0.893; the 7 that ended far off had RMS >= 4.13 mm and coverage <= 0.76.
 # A sphere covers 0.46, a box 0.51, a plane 0.31.
+PARTIAL = "partial"  # the face fits, but the scan lacks some landmarks' surroundings (see missing_landmarks)
 LOW_FIT_RMS_MM = 3.5
 NOT_A_FACE_RMS_MM = 6.5
 LOW_FIT_INLIERS = 0.85
@@ -46,6 +48,7 @@ SPARSE_VERTICES = 2000  # fewer vertices than this cannot show a face's detail
 MISSING_SURFACE_MM = 6.5
 MISSING_OUTSIDE_MM = 15.0
 MISSING_BORDER_MM = 1.0
+MISSING_PAST_EDGE_MM = 3.0  # see missing_landmarks
 TEMPLATE_SUPPORT_MM = 8.0  # a landmark with TEMPLATE_SUPPORT_POINTS template points this close is well inside it
 TEMPLATE_SUPPORT_POINTS = 10
 CONFIDENCE_SAMPLES = 12  # perturbed extra runs of the network per scan
@@ -65,7 +68,7 @@ class Prediction:
     """Landmarks in the scan's own frame and units, with how the scan was read."""
 
     landmarks: Landmarks
-    status: str  # "ok", "low fit" or "not a face"
+    status: str  # "ok", "partial" (some landmarks missing), "low fit" or "not a face"
     units: str
     alignment: Alignment
     seconds: float
@@ -75,7 +78,8 @@ class Prediction:
     message: str = ""  # why the status is not "ok"
     spikes_removed: int = 0  # scanner spikes left out of alignment, patches and snapping
     fragments_removed: int = 0  # vertices of loose fragments left out likewise
-    missing: Tuple[str, ...] = ()  # landmarks where the scan has no surface (confidence 0)
+    missing: Tuple[str, ...] = ()  # landmarks where the scan has no surface (NaN points, confidence 0)
+    sources: Tuple[str, ...] = ()  # per landmark: "network", "registration" or "both" (see palnet.arbitrate)
 
     @property
     def fit_rms_mm(self) -> float:
@@ -93,6 +97,7 @@ class PreparedScan:
     clean: Mesh  # the scan without spikes and loose fragments, its own frame and units
     spikes: int = 0
     fragments: int = 0
+    border: Optional[np.ndarray] = None  # mask of clean's border vertices, when already known
 
 
 def scan_status(alignment: Alignment, n_vertices: int) -> Tuple[str, str]:
@@ -192,17 +197,50 @@ def second_round(model: Model) -> Optional[Tuple[int, Tuple[np.ndarray, np.ndarr
     return steps, prior
 
 
-def apply_shape_prior(points: np.ndarray, prior: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+def apply_shape_prior(points: np.ndarray, prior: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]],
+                      swap: Optional[np.ndarray] = None, missing: Optional[np.ndarray] = None) -> np.ndarray:
     """The most probable landmarks (canonical mm) given the network's answer ``points`` (L, 3):
     the training landmarks' spread (a Gaussian, mean and covariance S) combined with the
     network's error on held-out scans (its mean, the bias, taken off the answer; the rest a
     Gaussian with covariance N), i.e. ``mean + S (S + N)^-1 (points - bias - mean)``; the model
     stores the gain S (S + N)^-1. A landmark the network places precisely keeps its place; one
-    it places loosely (a cheek's most lateral point) moves towards where the others say it lies."""
+    it places loosely (a cheek's most lateral point) moves towards where the others say it lies.
+
+    ``swap`` (see :func:`mirror_pairs`): the prior applied to the answer and to its mirror image,
+    averaged, so that mirrored answers stay mirrored. ``missing`` (L,): landmarks the scan does not
+    show; the network's answer there (on the nearest rim) says nothing, so each is replaced by the
+    place the prior itself gives it from the others (the fixed point x_M = prior(x)_M, a small
+    linear solve), and it no longer pulls the landmarks the scan does show."""
     if prior is None:
         return points
     mean, bias, gain = prior
-    return mean + ((points - bias - mean).reshape(-1) @ gain.T).reshape(mean.shape)
+
+    def fix(p: np.ndarray, gone: Optional[np.ndarray]) -> np.ndarray:
+        if gone is not None and gone.any():
+            p = _fill_missing(p, mean, bias, gain, gone)
+        return mean + ((p - bias - mean).reshape(-1) @ gain.T).reshape(mean.shape)
+
+    if swap is None:
+        return fix(points, missing)
+    flipped = None if missing is None else missing[swap]
+    return 0.5 * (fix(points, missing) + mirror_landmarks(fix(mirror_landmarks(points, swap), flipped), swap))
+
+
+def _fill_missing(points: np.ndarray, mean: np.ndarray, bias: np.ndarray, gain: np.ndarray,
+                  missing: np.ndarray) -> np.ndarray:
+    """``points`` with the missing landmarks where the prior puts them given the others: the x_M
+    that solves x_M = mean_M + G_MM (x_M - b_M - mean_M) + G_MO (x_O - b_O - mean_O)."""
+    m = np.repeat(np.asarray(missing, bool), 3)
+    d = (points - bias - mean).reshape(-1)
+    g_mm, g_mo = gain[np.ix_(m, m)], gain[np.ix_(m, ~m)]
+    rhs = mean.reshape(-1)[m] - g_mm @ (bias + mean).reshape(-1)[m] + g_mo @ d[~m]
+    try:
+        x_m = np.linalg.solve(np.eye(int(m.sum())) - g_mm, rhs)
+    except np.linalg.LinAlgError:  # not for a prior's gain (eigenvalues below 1); a model built in code
+        return points
+    out = points.reshape(-1).copy()
+    out[m] = x_m
+    return out.reshape(points.shape)
 
 
 def template_modes(template: np.ndarray) -> Optional[np.ndarray]:
@@ -233,6 +271,7 @@ class Canonical(NamedTuple):
     clean: Mesh  # the scan in its own frame and units, without spikes: what landmarks are snapped onto
     spikes: int  # vertices taken out as spikes
     fragments: int = 0  # vertices taken out as loose fragments
+    border: Optional[np.ndarray] = None  # mask of the clean mesh's border vertices, when already known
 
 
 def to_canonical_frame(mesh: Mesh, template: np.ndarray, units: str = "auto",
@@ -268,8 +307,9 @@ def to_canonical_frame(mesh: Mesh, template: np.ndarray, units: str = "auto",
                 alignment = again
     except PalnetError as exc:  # name the scan
         raise PalnetError(exc.message, exc.path or mesh.source) from None
+    border = edges[1] if edges is not None and not spikes and not loose.any() else None
     return Canonical(units, alignment, Mesh(alignment.to_canonical(mm), clean.triangles, "mm", mesh.source),
-                     clean, spikes, int(loose.sum()))
+                     clean, spikes, int(loose.sum()), border)
 
 
 def prepare_scan(mesh: Mesh, template: np.ndarray, mean_landmarks: np.ndarray, spacing: float,
@@ -281,7 +321,7 @@ def prepare_scan(mesh: Mesh, template: np.ndarray, mean_landmarks: np.ndarray, s
     samples = roi_samples(c.mesh, mean_landmarks, spacing)
     if len(samples) < 10:
         raise PalnetError("no surface near the face after alignment", mesh.source)
-    return PreparedScan(c.units, c.alignment, samples, cKDTree(samples), c.clean, c.spikes, c.fragments)
+    return PreparedScan(c.units, c.alignment, samples, cKDTree(samples), c.clean, c.spikes, c.fragments, c.border)
 
 
 def run_network(tree: cKDTree, model: Model, starts: np.ndarray, steps: int, scale: float,
@@ -303,6 +343,36 @@ def run_network(tree: cKDTree, model: Model, starts: np.ndarray, steps: int, sca
     return centres
 
 
+def mirror_pairs(labels) -> Optional[np.ndarray]:
+    """Index that swaps each ``_R`` landmark with its ``_L`` partner (midline ones stay), or None
+    when the protocol has an unpaired side landmark."""
+    labels = list(labels)
+    index = {lab: i for i, lab in enumerate(labels)}
+    swap = np.arange(len(labels))
+    for i, lab in enumerate(labels):
+        if lab.endswith(("_R", "_L")):
+            other = lab[:-1] + ("L" if lab.endswith("_R") else "R")
+            if other not in index:
+                return None
+            swap[i] = index[other]
+    return swap
+
+
+def _model_swap(model: Model) -> Optional[np.ndarray]:
+    labels = model.metadata.get("protocol", {}).get("labels")
+    if not labels or len(labels) != model.config.n_landmarks:
+        return None
+    return mirror_pairs(labels)
+
+
+_FLIP = np.array([-1.0, 1.0, 1.0])  # the canonical frame's mirror: its x axis runs across the face
+
+
+def mirror_landmarks(points: np.ndarray, swap: np.ndarray) -> np.ndarray:
+    """Landmarks (..., L, 3) of the mirror image (x -> -x in the canonical frame), relabelled."""
+    return points[..., swap, :] * _FLIP
+
+
 def predict_with_spread(tree: cKDTree, model: Model, init: np.ndarray, steps: int, scale: float,
                         samples: int = CONFIDENCE_SAMPLES):
     """The network's answer (L, 3) and, per landmark, how sure it is: one run from ``init``
@@ -311,30 +381,50 @@ def predict_with_spread(tree: cKDTree, model: Model, init: np.ndarray, steps: in
     spread (mm) their RMS distance from it. A single run can move by a mm or more when the
     alignment moves by a few hundredths of a mm (its patch centres snap onto samples, and
     which samples make up a patch changes in steps); the mean is steadier and closer to
-    the truth. One batched pass; deterministic."""
+    the truth. One batched pass; deterministic.
+
+    When the protocol pairs its side landmarks, half of the runs look at the mirror image of
+    the scan (x -> -x in the canonical frame, where the face template is symmetric) and their
+    answers are mirrored back, and the jitters come in mirrored pairs: a face and its mirror
+    image then get mirrored answers from the network, whatever side it learned better."""
     rng = np.random.default_rng(0)
     k = max(0, int(samples))
-    starts = np.concatenate([init[None], init + rng.normal(0, PERTURB_MM, (k,) + init.shape)])
-    turns = np.concatenate([np.eye(3)[None], _small_rotations(rng, k, PERTURB_DEGREES)])
-    runs = run_network(tree, model, starts, steps, scale, turns)
+    swap = _model_swap(model)
+    if swap is None or k < 2:
+        starts = np.concatenate([init[None], init + rng.normal(0, PERTURB_MM, (k,) + init.shape)])
+        turns = np.concatenate([np.eye(3)[None], _small_rotations(rng, k, PERTURB_DEGREES)])
+        runs = run_network(tree, model, starts, steps, scale, turns)
+    else:
+        half = (k + 1) // 2 // 2  # mirrored pairs of jitters per side; with the unjittered run about k+1 runs
+        jitter = rng.normal(0, PERTURB_MM, (half,) + init.shape)
+        turn = _small_rotations(rng, half, PERTURB_DEGREES)
+        flip = np.diag(_FLIP)
+        jitters = np.concatenate([np.zeros((1,) + init.shape), jitter, mirror_landmarks(jitter, swap)])
+        turns = np.concatenate([np.eye(3)[None], turn, flip @ turn @ flip])
+        mirrored = cKDTree(tree.data * _FLIP)
+        plain = run_network(tree, model, init + jitters, steps, scale, turns)
+        seen = run_network(mirrored, model, mirror_landmarks(init, swap) + jitters, steps, scale, turns)
+        runs = np.concatenate([plain, mirror_landmarks(seen, swap)])
     answer = runs.mean(axis=0)
     spread = np.sqrt(((runs - answer) ** 2).sum(axis=2).mean(axis=0)) if k else np.zeros(len(init))
     return answer, spread
 
 
 def network_answer(tree: cKDTree, model: Model, init: np.ndarray, steps: int, scale: float,
-                   samples: int = CONFIDENCE_SAMPLES):
+                   samples: int = CONFIDENCE_SAMPLES, missing: Optional[np.ndarray] = None):
     """What ``predict`` answers (L, 3), canonical mm, and the spread behind its confidence: the
     network's answer (:func:`predict_with_spread`, from ``init``) after the model's shape prior;
     with a second round, the network once more from there (as many runs, the second round's
     passes) and that round's prior, whose spread counts. The prior-corrected answer is a better
-    start than the first one, nearest the truth exactly where the network was loosest."""
+    start than the first one, nearest the truth exactly where the network was loosest.
+    ``missing``: the landmarks the scan does not show (see apply_shape_prior)."""
+    swap = _model_swap(model)
     answer, spread = predict_with_spread(tree, model, init, steps, scale, samples)
-    answer = apply_shape_prior(answer, shape_prior(model))
+    answer = apply_shape_prior(answer, shape_prior(model), swap, missing)
     again = second_round(model)
     if again:
         answer, spread = predict_with_spread(tree, model, initial_approximation(tree, answer), again[0], scale, samples)
-        answer = apply_shape_prior(answer, again[1])
+        answer = apply_shape_prior(answer, again[1], swap, missing)
     return answer, spread
 
 
@@ -390,57 +480,106 @@ def predict(mesh: Mesh, model: Model, snap: str = "nearest", units: str = "auto"
     at_mean = init if start is mean else initial_approximation(prep.tree, mean)  # baseline (a)
     steps = refine_steps if refine_steps is not None else int(model.metadata.get("refine_steps", 1))
     report("network", 0.6)
-    centres, spread = network_answer(prep.tree, model, init, steps, scale, confidence_samples)
+    vertex_tree = cKDTree(prep.clean.vertices)  # one search tree for the missing landmarks and both snaps
+    missing = missing_landmarks(prep, start, template, mean, vertex_tree)
+    centres, spread = network_answer(prep.tree, model, init, steps, scale, confidence_samples, missing)
+    labels = list(model.metadata["protocol"]["labels"])
+    status, message = scan_status(prep.alignment, mesh.n_vertices)
+    centres, sources = arbitrate_with_registration(prep, model, centres, spread, status, template, mean, report)
     t2 = time.perf_counter()
     report("snapping", 0.9)
 
     to_file = unit_scale("mm", prep.units)
     pts = prep.alignment.to_scan(centres) * to_file
-    vertex_tree = cKDTree(prep.clean.vertices)  # one search tree for both snaps
     pts = snap_to_surface(prep.clean, pts, snap, tree=vertex_tree) if snap != "none" else pts
-    labels = list(model.metadata["protocol"]["labels"])
-    status, message = scan_status(prep.alignment, mesh.n_vertices)
     initial = Landmarks(labels, snap_to_surface(prep.clean, prep.alignment.to_scan(at_mean) * to_file, "nearest",
                                                 tree=vertex_tree), units=prep.units)
     conf = landmark_confidence(spread, model)
-    missing = missing_landmarks(prep, start, template, mean)
     conf = np.where(missing, 0.0, conf)
+    pts = np.where(missing[:, None], np.nan, pts)
     gone = tuple(lab for lab, m in zip(labels, missing) if m)
     if gone:
-        note = "no scanned surface where the face puts {} (a hole or a cut?): placed on the nearest surface " \
-               "with confidence 0".format(", ".join(gone))
+        note = "{} of {} landmarks missing: no scanned surface where the face puts {} (a cut or a hole?)".format(
+            len(gone), len(labels), ", ".join(gone))
         if status == "ok":
-            status = "low fit"
+            status = PARTIAL
         message = "; ".join(m for m in (message, note) if m)
+    moved = describe_sources(labels, sources)
+    if moved:
+        message = "; ".join(m for m in (message, moved) if m)
     names = _landmark_names(model)
-    descriptions = [describe(names.get(lab, lab), c) for lab, c in zip(labels, conf)]
+    descriptions = [describe(names.get(lab, lab) + ("" if src == NETWORK else "; from " + src), c)
+                    for lab, c, src in zip(labels, conf, sources)]
     t3 = time.perf_counter()
     report("done", 1.0)
     return Prediction(Landmarks(labels, pts, conf, descriptions, prep.units), status, prep.units, prep.alignment,
                       t3 - t0, initial, {"prepare": t1 - t0, "network": t2 - t1, "snap": t3 - t2}, spread, message,
-                      prep.spikes, prep.fragments, gone)
+                      prep.spikes, prep.fragments, gone, tuple(sources))
 
 
-def missing_landmarks(prep: PreparedScan, expected: np.ndarray, template: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    """Mask of the landmarks the scan lacks: no surface near where the fitted face (the
-    aligner's shape-fitted start, canonical mm) expects them, and the scan's border nearest
-    that spot (see MISSING_SURFACE_MM). The network always answers on some surface, so
-    without this a landmark over a hole lands on the hole's rim as confidently as any other."""
+def arbitrate_with_registration(prep: PreparedScan, model: Model, centres: np.ndarray, spread: np.ndarray,
+                                status: str, template: np.ndarray, mean: np.ndarray,
+                                progress: Optional[Progress] = None) -> Tuple[np.ndarray, List[str]]:
+    """The answer after the model's arbitration rule (see :mod:`palnet.arbitrate`), canonical mm,
+    and each landmark's source; the network's answer as it is when the model has no rule or the
+    rule does not call for the registration."""
+    rule = rule_from(model.metadata, len(centres), model.source)
+    if rule is None or not triggered(rule, spread, status):
+        return centres, [NETWORK] * len(centres)
+    from .registration import register_template
+    (progress or _no_progress)("registration", 0.8)
+    return combine(rule, centres, register_template(prep.samples, template, mean))
+
+
+def missing_landmarks(prep: PreparedScan, expected: np.ndarray, template: np.ndarray, mean: np.ndarray,
+                      vertex_tree: Optional[cKDTree] = None) -> np.ndarray:
+    """Mask of the landmarks the scan lacks, where the fitted face (the aligner's shape-fitted
+    start ``expected``, canonical mm) puts them and the scan's border is the nearest surface:
+
+    - no surface near that spot (MISSING_SURFACE_MM): it looks into a hole or past a cut;
+    - or the spot lies past the scan's edge, along the surface, by more than MISSING_PAST_EDGE_MM:
+      the ears and tragions of a capture cut in front of the ears, whose spots are close to the
+      cut's rim but beyond it.
+
+    The network always answers on some surface, so without this a landmark over a hole lands on
+    the hole's rim, and an ear the scan does not have on the cut, as confidently as any other.
+    ``vertex_tree``: a search tree of ``prep.clean``'s vertices, when one is built already."""
     near = cKDTree(template).query_ball_point(mean, TEMPLATE_SUPPORT_MM)
     inside = np.array([len(n) >= TEMPLATE_SUPPORT_POINTS for n in near])
     limit = np.where(inside, MISSING_SURFACE_MM, MISSING_OUTSIDE_MM)
-    far = prep.tree.query(expected, distance_upper_bound=float(limit.max()))[0] > limit
-    if not far.any() or not prep.clean.n_triangles:
+    gap = prep.tree.query(expected)[0]
+    far = gap > limit
+    if not prep.clean.n_triangles or not (gap > MISSING_PAST_EDGE_MM).any():
         return far
-    # Rare: only now is the border found (a sort of the scan's edges).
-    mm = prep.alignment.to_canonical(prep.clean.vertices * unit_scale(prep.units, "mm"))
-    border = edges_and_border(prep.clean.triangles, len(mm))[1]
+    # Only now is the border needed (a sort of the scan's edges, unless cleanup kept it). The
+    # scan's own vertices are searched in its own frame and units.
+    verts, tri = prep.clean.vertices, prep.clean.triangles
+    proper = (tri[:, 0] != tri[:, 1]) & (tri[:, 1] != tri[:, 2]) & (tri[:, 0] != tri[:, 2])
+    if proper.sum() < 0.5 * len(tri):  # mostly collapsed triangles: a point cloud, without a border to trust
+        return far
+    if proper.all():
+        border = prep.border if prep.border is not None else edges_and_border(tri, len(verts))[1]
+    else:
+        tri = tri[proper]
+        border = edges_and_border(tri, len(verts))[1]
     if not border.any():
         return np.zeros_like(far)
-    gap = cKDTree(mm).query(expected[far])[0]
-    to_border = cKDTree(mm[border]).query(expected[far])[0]
-    far[far] = to_border - gap < MISSING_BORDER_MM
-    return far
+    to_mm = unit_scale(prep.units, "mm")
+    spot = prep.alignment.to_scan(expected) / to_mm
+    vertex_gap, nearest = (vertex_tree or cKDTree(verts)).query(spot)
+    to_border = cKDTree(verts[border]).query(spot)[0]
+    on_border = (to_border - vertex_gap) * to_mm < MISSING_BORDER_MM
+    # How far past the edge: the offset from the nearest border vertex, less its part along the
+    # surface normal there (a spot floating over the surface is not past its edge).
+    candidates = np.flatnonzero(on_border & (gap > MISSING_PAST_EDGE_MM))
+    past = np.zeros_like(far)
+    if candidates.size:
+        from .synth import vertex_normals
+        normals = vertex_normals(np.asarray(verts, np.float64), tri)[nearest[candidates]]
+        offset = (spot[candidates] - verts[nearest[candidates]]) * to_mm
+        along = offset - (offset * normals).sum(axis=1, keepdims=True) * normals
+        past[candidates] = np.linalg.norm(along, axis=1) > MISSING_PAST_EDGE_MM
+    return (far & on_border) | past
 
 
 def _small_rotations(rng: np.random.Generator, n: int, degrees: float) -> np.ndarray:

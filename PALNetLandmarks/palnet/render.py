@@ -429,10 +429,7 @@ def render_landmarks(
     _ensure_headless_backend()
     import vtkmodules.vtkRenderingFreeType  # noqa: F401  (text rendering)
     import vtkmodules.vtkRenderingOpenGL2  # noqa: F401  (registers the OpenGL classes)
-    from vtkmodules.vtkIOImage import vtkPNGWriter
-    from vtkmodules.vtkRenderingCore import (
-        vtkLightKit, vtkRenderer, vtkRenderWindow, vtkWindowToImageFilter,
-    )
+    from vtkmodules.vtkRenderingCore import vtkLightKit, vtkRenderer, vtkRenderWindow
 
     vertices, triangles, points, names = _as_arrays(mesh, landmarks, label_names)
     if len(vertices) == 0:
@@ -470,6 +467,12 @@ def render_landmarks(
         frame_points = points[[index[f] for f in focus]]
     else:
         frame_points = points
+    # A missing landmark (NaN: the scan does not show it) is not drawn.
+    shown = np.isfinite(points).all(axis=1)
+    if not shown.all():
+        points, rgb, show_label = points[shown], rgb[shown], show_label[shown]
+        names = [name for name, s in zip(names, shown) if s]
+    frame_points = frame_points[np.isfinite(frame_points).all(axis=1)]
 
     w_px, h_px = int(size[0]), int(size[1])
     n = len(views)
@@ -539,6 +542,13 @@ def render_landmarks(
                                      bold=True, boxed=True))
         window.AddRenderer(overlay)
 
+    return save_window_png(window, path)
+
+
+def save_window_png(window, path) -> str:
+    """Render ``window`` (offscreen), write it as a PNG at ``path`` (folders made), close it."""
+    from vtkmodules.vtkIOImage import vtkPNGWriter
+    from vtkmodules.vtkRenderingCore import vtkWindowToImageFilter
     window.Render()
     grab = vtkWindowToImageFilter()
     grab.SetInput(window)

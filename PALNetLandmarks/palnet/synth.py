@@ -17,6 +17,7 @@ from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 from .errors import PalnetError
+from .options import SYNTH_CROPS
 from .snap import closest_points_on_surface
 from .datatypes import Landmarks, Mesh, unit_scale
 
@@ -234,16 +235,25 @@ def _crop_mask(v: np.ndarray, lm: np.ndarray, labels: Sequence[str], rng: np.ran
     return keep
 
 
-CROPS = ("random", "face", "head", "shoulders")
+CROPS = SYNTH_CROPS
+EAR_NAMES = ("t", "sa", "sba", "pa", "obs")  # the landmarks a capture cut in front of the ears lacks
 
 
 def _fixed_crop_mask(v: np.ndarray, lm: np.ndarray, labels: Sequence[str], crop: str, rng: np.random.Generator,
                      info: dict):
-    """Vertices kept by one named crop: "face" (hairline, in front of the ears, under the
-    chin), "head" (the whole head down the neck) or "shoulders" (everything the head model has)."""
+    """Vertices kept by one named crop: "face" (hairline, just behind the ears, under the
+    chin), "front" (a face-only capture: as "face", but cut 2-12 mm in front of the tragions, so
+    the ears are not scanned), "head" (the whole head down the neck) or "shoulders" (everything
+    the head model has)."""
     lab = {name: i for i, name in enumerate(labels)}
     keep = np.ones(len(v), bool)
-    if crop == "face":
+    if crop == "front":
+        top_y = lm[lab["tr"], 1] if "tr" in lab else lm[:, 1].max()
+        tragion = max(lm[lab[k], 2] for k in ("t_R", "t_L")) if "t_R" in lab and "t_L" in lab else lm[:, 2].min()
+        keep &= v[:, 1] < top_y + rng.uniform(4.0, 20.0)
+        keep &= v[:, 2] > tragion + rng.uniform(2.0, 12.0)
+        keep &= v[:, 1] > lm[:, 1].min() - rng.uniform(8.0, 25.0)
+    elif crop == "face":
         top_y = lm[lab["tr"], 1] if "tr" in lab else lm[:, 1].max()
         keep &= v[:, 1] < top_y + rng.uniform(4.0, 20.0)
         keep &= v[:, 2] > lm[:, 2].min() - rng.uniform(3.0, 20.0)
@@ -343,14 +353,22 @@ def _pose(rng: np.random.Generator, pose: str):
 
 
 def generate_scan(seed: int, ict: Optional[IctModel] = None, pose: str = "realistic", units: str = "mm",
-                  labels: Optional[Sequence[str]] = None, crop: str = "random", spikes: float = 0.0):
+                  labels: Optional[Sequence[str]] = None, crop: str = "random", spikes: float = 0.0,
+                  variety: Optional[Sequence[str]] = None):
     """One synthetic scan: (Mesh, Landmarks, meta dict), a pure function of its arguments.
 
     ``crop`` "random" (the default mix of forehead, back-of-head and neck cuts) or one
     of "face", "head", "shoulders" (see _fixed_crop_mask); ``spikes`` the fraction of
     vertices turned into spikes. The identity and expression depend on the seed alone,
-    so the same seed gives the same head in every variant."""
+    so the same seed gives the same head in every variant.
+
+    ``variety``: warp families (see :mod:`palnet.variety`); given (even empty), the head also
+    gets a clinical expression or none and a scanner's habits (a face-only capture when
+    ``crop`` is "random", a coarse mesh, hair), all drawn from a stream of their own."""
     check_variant(crop, spikes)
+    if variety is not None:
+        from .variety import check_families
+        variety = check_families(variety)
     from .ict_landmarks import LABELS, anatomical_order_violations, ict_landmark_positions
     ict = ict or load_ict()
     labels = list(labels or LABELS)
@@ -376,6 +394,14 @@ def generate_scan(seed: int, ict: Optional[IctModel] = None, pose: str = "realis
                 expression={ict.expression_names[i]: round(float(e[i]), 4) for i in np.flatnonzero(e)})
 
     tri = ict.triangles
+    scanner = None
+    if variety is not None:
+        verts, lm, tri, scanner = _vary_head(seed, ict, verts, w, e, lm, labels, variety, info)
+        if crop == "random":
+            crop = scanner["crop"]
+            # a face-only capture cut in front of the ears, from a stream of its own (the rest stays)
+            if np.random.default_rng(np.random.SeedSequence([int(seed), GENERATOR_VERSION, 4])).random() < 0.2:
+                crop = info["variety"]["crop"] = "front"
     nrm = vertex_normals(verts, tri)
     # Variants draw from their own stream: the default ("random", no spikes) stays as it always was.
     extra_rng = np.random.default_rng(np.random.SeedSequence([int(seed), GENERATOR_VERSION, 1]))
@@ -385,20 +411,35 @@ def generate_scan(seed: int, ict: Optional[IctModel] = None, pose: str = "realis
         keep = _fixed_crop_mask(verts, lm, labels, crop, extra_rng, info)
     keep &= ~_hole_mask(verts, nrm, lm, labels, ict.eyeball_vertices, rng, info)
     tri = tri[keep[tri].all(axis=1)]
+    # A landmark whose surroundings the crop took away is missing (NaN), not put on the cut.
+    kept = np.unique(tri)
+    gone = cKDTree(verts[kept]).query(lm)[0] > 2.0 if crop == "front" else np.zeros(len(lm), bool)
     if crop == "shoulders":
         sv, st = shoulders_mesh(extra_rng)
         tri = np.concatenate([tri, st + len(verts)])
         verts = np.concatenate([verts, sv.astype(verts.dtype)])
 
     target = int(np.exp(rng.uniform(np.log(10_000), np.log(200_000))))
-    v, t = random_retriangulate(verts, tri, target, rng)
+    if scanner and scanner["hair_mm"]:
+        verts = _with_hair(verts, tri, labels, lm, scanner["hair_mm"], seed)
+    if scanner and scanner["coarse_edge_mm"]:
+        from .cleanup import drop_unused
+        from .variety import coarse_target, decimate
+        v, t = drop_unused(verts, tri)
+        target = coarse_target(v, t, scanner["coarse_edge_mm"])
+        v, t = random_retriangulate(*decimate(v, t, target), target, rng)
+    else:
+        v, t = random_retriangulate(verts, tri, target, rng)
 
     noise = rng.uniform(0.0, 0.3)
     v = v + vertex_normals(v, t) * smooth_noise(t, len(v), noise, rng)[:, None]
     scan = Mesh(v, t, "mm")
     lm = closest_points_on_surface(scan, lm)[0]  # ground truth lies on the scanned surface
+    if gone.any():
+        lm[gone] = np.nan
+        info["missing"] = [lab for lab, g in zip(labels, gone) if g]
     if spikes > 0:
-        v, info["spikes"] = add_spikes(v, t, spikes, extra_rng, lm)
+        v, info["spikes"] = add_spikes(v, t, spikes, extra_rng, lm[~gone])
 
     m = _pose(rng, pose)
     s = unit_scale("mm", units)
@@ -410,14 +451,54 @@ def generate_scan(seed: int, ict: Optional[IctModel] = None, pose: str = "realis
     return scan, Landmarks(labels, lm, units=units), info
 
 
+def _vary_head(seed: int, ict: IctModel, verts: np.ndarray, w: np.ndarray, e: np.ndarray, lm: np.ndarray,
+               labels: Sequence[str], families: Sequence[str], info: dict):
+    """The head with a clinical expression and warps of ``families`` (see :mod:`palnet.variety`):
+    (vertices, landmarks found again on them, scanned triangles, scanner settings)."""
+    from .ict_landmarks import LABELS, anatomical_order_violations, ict_landmark_positions
+    from .variety import CLOSED_EYES_BLINK, draw_expression, scanner_settings, warp_head
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), GENERATOR_VERSION, 2]))
+    expression = draw_expression(ict.expression_names, rng)
+    base = verts
+    if expression:
+        e = e.copy()
+        for name, weight in expression.items():
+            e[ict.expression_names.index(name)] = max(e[ict.expression_names.index(name)], weight)
+        base = ict.neutral + np.tensordot(w.astype(np.float32), ict.identity, 1) \
+            + np.tensordot(e.astype(np.float32), ict.expression, 1)
+        lm = ict_landmark_positions(base, labels)
+    # Strong warps can, rarely, push the lips through each other: weaker ones then, deterministically.
+    for attempt, strength in enumerate((1.0, 0.7, 0.4, 0.0)):
+        warped, used = warp_head(base, labels, lm, families, rng, strength=strength) if families else (base, [])
+        new_lm = ict_landmark_positions(warped, labels)
+        if list(labels) != list(LABELS) or not anatomical_order_violations(new_lm):
+            break
+    tri = ict.triangles
+    blink = max(e[ict.expression_names.index(n)] for n in ("eyeBlink_L", "eyeBlink_R"))
+    if blink > CLOSED_EYES_BLINK:  # closed lids hide the eyeballs from the scanner
+        eye = np.zeros(len(warped), bool)
+        eye[ict.eyeball_vertices] = True
+        tri = tri[~eye[tri].any(axis=1)]
+    scanner = scanner_settings(rng)
+    info["variety"] = dict(families=list(used), strength=strength, expression=expression, **scanner)
+    return warped, new_lm, tri, scanner
+
+
+def _with_hair(verts: np.ndarray, tri: np.ndarray, labels: Sequence[str], lm: np.ndarray, thickness: float,
+               seed: int) -> np.ndarray:
+    from .variety import add_hair
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), GENERATOR_VERSION, 3]))
+    return add_hair(verts, vertex_normals(verts, tri), labels, lm, thickness, rng)
+
+
 def scan_id(seed: int) -> str:
     return "synth_{:05d}".format(int(seed))
 
 
 def write_scan(out_dir: Path, seed: int, ict: IctModel, pose: str, units: str, crop: str = "random",
-               spikes: float = 0.0) -> Path:
+               spikes: float = 0.0, variety: Optional[Sequence[str]] = None) -> Path:
     from .mesh_io import write_landmarks, write_mesh
-    scan, lms, info = generate_scan(seed, ict, pose, units, crop=crop, spikes=spikes)
+    scan, lms, info = generate_scan(seed, ict, pose, units, crop=crop, spikes=spikes, variety=variety)
     folder = Path(out_dir) / scan_id(seed)
     folder.mkdir(parents=True, exist_ok=True)
     write_mesh(scan, folder / "scan.ply")
@@ -431,15 +512,15 @@ def write_scan(out_dir: Path, seed: int, ict: IctModel, pose: str, units: str, c
 _WORKER: dict = {}
 
 
-def _worker_init(ict_path, pose, units, crop="random", spikes=0.0):
-    _WORKER.update(ict=load_ict(ict_path), pose=pose, units=units, crop=crop, spikes=spikes)
+def _worker_init(ict_path, pose, units, crop="random", spikes=0.0, variety=None):
+    _WORKER.update(ict=load_ict(ict_path), pose=pose, units=units, crop=crop, spikes=spikes, variety=variety)
 
 
 def _worker_run(args):
     out_dir, seed = args
     try:
         write_scan(out_dir, seed, _WORKER["ict"], _WORKER["pose"], _WORKER["units"], _WORKER["crop"],
-                   _WORKER["spikes"])
+                   _WORKER["spikes"], _WORKER["variety"])
         return seed, None
     except Exception as exc:  # reported per scan; one bad draw never stops a data set
         return seed, "{}: {}".format(type(exc).__name__, exc)
@@ -447,26 +528,30 @@ def _worker_run(args):
 
 def generate_dataset(out_dir, n: int, seed: int = 0, pose: str = "realistic", units: str = "mm",
                      ict_path=None, jobs: Optional[int] = None, progress=None, crop: str = "random",
-                     spikes: float = 0.0) -> List[int]:
-    """Write scans for seeds ``seed .. seed+n-1`` into ``out_dir``; returns the seeds that failed."""
+                     spikes: float = 0.0, variety: Optional[Sequence[str]] = None) -> List[int]:
+    """Write scans for seeds ``seed .. seed+n-1`` into ``out_dir``; returns the seeds that failed.
+    ``variety``: see :func:`generate_scan`."""
     import multiprocessing as mp
     if units not in ("mm", "cm", "m"):
         raise PalnetError("unknown units {!r} (use mm, cm or m)".format(units))
     if pose not in ("realistic", "any", "canonical"):
         raise PalnetError("unknown pose {!r} (use realistic or any)".format(pose))
     check_variant(crop, spikes)
+    if variety is not None:
+        from .variety import check_families
+        variety = check_families(variety)
     load_ict(ict_path)  # fail early, in this process, with a clear message
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     tasks = [(str(out_dir), s) for s in range(seed, seed + n)]
     jobs = max(1, min(jobs or os.cpu_count() or 1, n))
     failed = []
     if jobs == 1:
-        _worker_init(ict_path, pose, units, crop, spikes)
+        _worker_init(ict_path, pose, units, crop, spikes, variety)
         results = map(_worker_run, tasks)
         pool = None
     else:
         pool = mp.get_context("spawn" if os.name == "nt" else "fork").Pool(
-            jobs, initializer=_worker_init, initargs=(ict_path, pose, units, crop, spikes))
+            jobs, initializer=_worker_init, initargs=(ict_path, pose, units, crop, spikes, variety))
         results = pool.imap_unordered(_worker_run, tasks)
     try:
         for done, (s, err) in enumerate(results, 1):

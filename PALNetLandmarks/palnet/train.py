@@ -29,7 +29,7 @@ from .engine import NetworkConfig
 from .errors import PalnetError
 from .modelfile import METADATA_RANGES, Model, load_model, save_model
 from .patches import extract_patches, initial_approximation
-from .pipeline import apply_shape_prior, landmark_modes, shape_prior, starting_shape
+from .pipeline import apply_shape_prior, landmark_modes, mirror_pairs, shape_prior, starting_shape
 
 MODES_RIDGE = 1.0  # penalty on the landmark modes (the coefficients are about 1 for a typical face)
 MODES_MIN_SCANS_PER_COEFFICIENT = 3  # fewer training scans than this per unknown: keep the mean start
@@ -48,7 +48,10 @@ DEFAULT_CONFIG = {
     "early_stop_patience": 30, "loss_weights": [0.6, 0.4], "seed": 0,
     # near_fraction of the training starts lie near the truth (each landmark off by up to
     # near_mm), not near the mean shape: what the second and later refinement passes see.
-    "jitter": {"landmark_mm": 2.0, "shift_mm": 2.5, "rotate_deg": 4.0, "near_fraction": 0.5, "near_mm": 3.0},
+    # mirror: the chance that a training example is shown as its mirror image (patches mirrored,
+    # landmarks relabelled R <-> L), as predict shows half of its runs (pipeline.predict_with_spread).
+    "jitter": {"landmark_mm": 2.0, "shift_mm": 2.5, "rotate_deg": 4.0, "near_fraction": 0.5, "near_mm": 3.0,
+               "mirror": 0.5},
     "augment": dict(DEFAULT_AUGMENT),
 }
 
@@ -84,6 +87,7 @@ SETTING_RANGES = {
     "jitter.rotate_deg": (float, 0.0, 180.0),
     "jitter.near_fraction": (float, 0.0, 1.0),
     "jitter.near_mm": (float, 0.0, 50.0),
+    "jitter.mirror": (float, 0.0, 1.0),
     "augment.copies": (int, 0, 100),
     "augment.coarsen": (float, 0.0, 1.0),
     "augment.crop": (float, 0.0, 1.0),
@@ -176,6 +180,11 @@ def _random_rotations(rng: np.random.Generator, n: int, degrees: float) -> np.nd
     return Rotation.from_rotvec(rng.normal(size=(n, 3)) * np.radians(degrees) / np.sqrt(3)).as_matrix()
 
 
+def complete(scans: List[TrainingScan]) -> List[TrainingScan]:
+    """The scans that show every landmark (shape statistics are learned from these only)."""
+    return [s for s in scans if np.isfinite(s.truth).all()]
+
+
 def scan_groups(scans: List[TrainingScan]) -> List[List[int]]:
     """Indices of the scans per annotated scan (the scan itself first, then its copies), in
     the order the scans first appear: splits are drawn over these, so no copy of a
@@ -200,8 +209,8 @@ def drop_misaligned(scans: List[TrainingScan], limit_mm: float = 25.0):
     shape, and the ids of the others: a failed alignment must not teach the network."""
     if len(scans) < 5:
         return scans, []
-    truths = np.stack([s.truth for s in scans])
-    dev = np.linalg.norm(truths - np.median(truths, axis=0), axis=2).mean(axis=1)
+    truths = np.stack([s.truth for s in scans])  # NaN: a landmark the scan does not show
+    dev = np.nanmean(np.linalg.norm(truths - np.nanmedian(truths, axis=0), axis=2), axis=1)
     keep = dev <= limit_mm
     return [s for s, k in zip(scans, keep) if k], [s.scan_id for s, k in zip(scans, keep) if not k]
 
@@ -212,6 +221,7 @@ def fit_landmark_modes(scans: List[TrainingScan], ridge: float = MODES_RIDGE) ->
     ``{"coef_mean": (K,), "landmark_mean": (L, 3), "modes": (K, L, 3)}`` (see
     pipeline.starting_shape), or None when the template has no modes or there are too few
     scans to learn K x L x 3 numbers."""
+    scans = complete(scans)
     k = {len(s.shape) for s in scans}
     if len(k) != 1 or not next(iter(k)):
         return None
@@ -240,10 +250,11 @@ def _start_of(starts: np.ndarray, i: int) -> np.ndarray:
 
 
 def make_batch(scans: List[TrainingScan], trees: List[cKDTree], idx: np.ndarray, starts: np.ndarray, cfg: dict,
-               rng: Optional[np.random.Generator]):
+               rng: Optional[np.random.Generator], swap: Optional[np.ndarray] = None):
     """Patches, initial approximations and truths for scans ``idx``; jittered when ``rng`` is given.
 
-    ``starts``: the shape every scan starts from (L, 3), or each scan's own (len(scans), L, 3)."""
+    ``starts``: the shape every scan starts from (L, 3), or each scan's own (len(scans), L, 3).
+    ``swap``: the R <-> L relabelling (pipeline.mirror_pairs) that mirrored examples need."""
     size, scale = cfg["network"]["patch_size"], cfg["patch"]["scale_mm"]
     jit = cfg["jitter"]
     patches, inits, truths = [], [], []
@@ -251,7 +262,8 @@ def make_batch(scans: List[TrainingScan], trees: List[cKDTree], idx: np.ndarray,
         start, jitter = _start_of(starts, i), None
         if rng is not None and rng.random() < jit["near_fraction"]:
             # a start like a refinement pass gets: the landmarks a few mm from the truth
-            start = scans[i].truth
+            # (where the scan lacks a landmark, from the usual start)
+            start = np.where(np.isfinite(scans[i].truth), scans[i].truth, start)
             jitter = rng.normal(0, rng.uniform(jit["near_mm"] / 6, jit["near_mm"]), start.shape) + rng.normal(0, 1.0, 3)
         elif rng is not None:
             jitter = rng.normal(0, jit["landmark_mm"], start.shape) + rng.normal(0, jit["shift_mm"], 3)
@@ -261,6 +273,13 @@ def make_batch(scans: List[TrainingScan], trees: List[cKDTree], idx: np.ndarray,
         inits.append(init)
         truths.append(scans[i].truth)
     patches, inits, truths = np.stack(patches), np.stack(inits), np.stack(truths)
+    if rng is not None and jit.get("mirror", 0.0) > 0 and swap is not None:
+        # The mirror image: what the network sees on a mirrored scan from mirrored starts.
+        flip = rng.random(len(idx)) < jit["mirror"]
+        sign = np.array([-1.0, 1.0, 1.0], np.float32)
+        patches[flip] = patches[flip][:, swap] * sign
+        inits[flip] = inits[flip][:, swap] * sign
+        truths[flip] = truths[flip][:, swap] * sign
     if rng is not None:  # a small turn of the whole face, as a slightly different alignment would give
         rot = _random_rotations(rng, len(idx), jit["rotate_deg"]).astype(np.float32)
         patches = np.einsum("blpj,bij->blpi", patches, rot)
@@ -270,16 +289,23 @@ def make_batch(scans: List[TrainingScan], trees: List[cKDTree], idx: np.ndarray,
 
 
 def _loss(torch, pred, truth, weights):
-    point = torch.linalg.norm(pred - truth, dim=-1).mean()
+    """Point-wise and distance-wise loss over the landmarks the truth has (NaN: the scan does not
+    show it; such a landmark teaches nothing, its patch is still seen)."""
+    known = torch.isfinite(truth).all(dim=-1)  # (B, L)
+    truth = torch.where(known[..., None], truth, pred.detach())
+    n_known = known.sum().clamp(min=1)
+    point = (torch.linalg.norm(pred - truth, dim=-1) * known).sum() / n_known
+    pairs = known[:, :, None] & known[:, None, :]
+    pairs = pairs & ~torch.eye(pred.shape[1], dtype=torch.bool, device=pred.device)[None]
     dp, dt = torch.cdist(pred, pred), torch.cdist(truth, truth)
-    dist = (dp - dt).abs().mean() * pred.shape[1] / max(pred.shape[1] - 1, 1)  # mean over pairs i != j
+    dist = ((dp - dt).abs() * pairs).sum() / pairs.sum().clamp(min=1)  # mean over known pairs i != j
     return weights[0] * point + weights[1] * dist, point, dist
 
 
 def _errors(preds: np.ndarray, truths: np.ndarray) -> Dict[str, float]:
     from .metrics import distancewise_errors, pointwise_errors
-    return {"pointwise_mm": float(np.mean(pointwise_errors(preds, truths))),
-            "distancewise_mm": float(np.mean(distancewise_errors(preds, truths)))}
+    return {"pointwise_mm": float(np.nanmean(pointwise_errors(preds, truths))),
+            "distancewise_mm": float(np.nanmean(distancewise_errors(preds, truths)))}
 
 
 def evaluate_scans(model: Model, scans: List[TrainingScan], trees: List[cKDTree], starts: np.ndarray,
@@ -308,13 +334,15 @@ def network_answers(model: Model, trees: List[cKDTree], starts: np.ndarray, cfg:
     return np.stack(answers), np.stack(spreads)
 
 
-def score_answers(answers: np.ndarray, spreads: np.ndarray, truths: np.ndarray, prior=None):
+def score_answers(answers: np.ndarray, spreads: np.ndarray, truths: np.ndarray, prior=None, swap=None):
     """(errors, confidence table) of the network's ``answers`` after the shape ``prior`` (as
     pipeline.shape_prior gives it; None: none), as palnet predict gives them (see
-    pipeline.calibrate_confidence)."""
+    pipeline.calibrate_confidence); ``swap`` as for pipeline.apply_shape_prior."""
     from .pipeline import calibrate_confidence
-    answers = np.stack([apply_shape_prior(a, prior) for a in answers])
-    table = calibrate_confidence(np.ravel(spreads), np.linalg.norm(answers - truths, axis=2).ravel())
+    answers = np.stack([apply_shape_prior(a, prior, swap) for a in answers])
+    err = np.linalg.norm(answers - truths, axis=2).ravel()
+    known = np.isfinite(err)  # a landmark the scan does not show has no error to calibrate on
+    table = calibrate_confidence(np.ravel(spreads)[known], err[known])
     return _errors(answers, truths), table
 
 
@@ -372,6 +400,10 @@ def fit_shape_prior(train_scans: List[TrainingScan], answers: np.ndarray, truths
     chance would give from that many scans, and shrunk by that) and the covariance N of the
     rest (errors of neighbouring landmarks go together; shrunk likewise). Stored: the mean,
     the bias and the gain S (S + N)^-1."""
+    # Shape statistics come from scans that show every landmark.
+    train_scans = complete(train_scans)
+    whole = np.isfinite(np.asarray(truths)).reshape(len(truths), -1).all(axis=1)
+    answers, truths = np.asarray(answers)[whole], np.asarray(truths)[whole]
     if len(answers) < PRIOR_MIN_VALIDATION or len(train_scans) < 2:
         return None
     y = np.stack([s.truth for s in train_scans]).reshape(len(train_scans), -1).astype(np.float64)
@@ -403,7 +435,7 @@ def fit(train_scans: List[TrainingScan], val_scans: List[TrainingScan], labels: 
     from .network import PalNet, load_weights
     torch.manual_seed(cfg["seed"])
     rng = np.random.default_rng(cfg["seed"])
-    mean = np.mean([s.truth for s in train_scans], axis=0)
+    mean = np.nanmean([s.truth for s in train_scans], axis=0)
     net_cfg = init_model.config if init_model else NetworkConfig(n_landmarks=len(labels), **cfg["network"])
     net = PalNet(net_cfg)
     if init_model:
@@ -413,6 +445,7 @@ def fit(train_scans: List[TrainingScan], val_scans: List[TrainingScan], labels: 
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg["plateau_factor"], patience=cfg["plateau_patience"])
     trees = [cKDTree(s.samples) for s in train_scans]
     vtrees = [cKDTree(s.samples) for s in val_scans]
+    swap = mirror_pairs(labels)
     meta = dict(metadata, mean_landmarks=mean.tolist(), template=np.round(template, 4).tolist(),
                 patch=cfg["patch"], refine_steps=cfg["refine_steps"])
     meta.pop("landmark_modes", None)
@@ -448,7 +481,7 @@ def fit(train_scans: List[TrainingScan], val_scans: List[TrainingScan], labels: 
         losses = []
         for b in range(0, len(order), cfg["batch_size"]):
             idx = order[b:b + cfg["batch_size"]]
-            patches, inits, truths = make_batch(train_scans, trees, idx, starts, cfg, rng)
+            patches, inits, truths = make_batch(train_scans, trees, idx, starts, cfg, rng, swap)
             out = net(torch.from_numpy(patches)) * cfg["patch"]["scale_mm"]
             loss, _, _ = _loss(torch, torch.from_numpy(inits) + out, torch.from_numpy(truths), cfg["loss_weights"])
             opt.zero_grad()
@@ -623,7 +656,7 @@ def train(data_dir, output, config=None, epochs: Optional[int] = None, val_split
                 .format(which, prior["noise_rms_mm"], prior["n_train"], prior["shrinkage"]))
         final = shape_prior(model)
         if prior and cfg["second_round"]:
-            corrected = np.stack([apply_shape_prior(a, final) for a in answers])
+            corrected = np.stack([apply_shape_prior(a, final, mirror_pairs(labels)) for a in answers])
             answers, spreads = second_round_answers(runs, corrected, cfg)
             report["validation_network_second"] = _errors(answers, truths)
             again = fit_shape_prior(tr, answers, truths)
@@ -631,7 +664,8 @@ def train(data_dir, output, config=None, epochs: Optional[int] = None, val_split
             final = shape_prior(model, again)
             log("second round: network from the prior-corrected answers {:.3f} mm, its error {:.2f} mm RMS per "
                 "landmark".format(report["validation_network_second"]["pointwise_mm"], again["noise_rms_mm"]))
-        report["validation"], model.metadata["confidence"] = score_answers(answers, spreads, truths, final)
+        report["validation"], model.metadata["confidence"] = score_answers(answers, spreads, truths, final,
+                                                                           mirror_pairs(labels))
         model.metadata["accuracy"] = {"validation": report["validation"], "n": len(answers)}
         if not val:
             model.metadata["accuracy"]["out_of_fold"] = True

@@ -1,0 +1,83 @@
+"""Fetch the public real scans the label-free checks run on, and make surfaces of them.
+
+    python tools/real_scans.py DIR
+
+Writes into DIR (nothing is kept in this repository):
+
+- ``fran_cut.vtk``: a face-only laser scan cut in front of the ears (a polygonal mesh in
+  metres, 2205 vertices), from the VTK example data as kept in the pyvista/vtk-data repository
+  (Apache-2.0; VTK data copyright Ken Martin, Will Schroeder, Bill Lorensen, BSD-style terms).
+- ``headsq_skin.ply``: the skin surface (iso-value 500, the largest connected piece) of the
+  ``headsq`` CT of a real head from the same collection, 64 x 64 pixels of 3.2 mm in 93 slices
+  1.5 mm apart: a real face of another modality, with the staircase of thick slices and a tube
+  in front of the mouth.
+
+Then ``python tools/benchmark.py --consistency DIR --png DIR/png`` checks the model on them.
+"""
+import argparse
+import sys
+import urllib.request
+from pathlib import Path
+
+BASE = "https://raw.githubusercontent.com/pyvista/vtk-data/master/Data/"
+HEADSQ_SLICES = 93
+HEADSQ_SIZE = (64, 64)
+HEADSQ_SPACING = (3.2, 3.2, 1.5)  # mm
+SKIN_ISO_VALUE = 500.0
+
+
+def download(url: str, path: Path) -> Path:
+    if not path.exists():
+        with urllib.request.urlopen(url, timeout=60) as response:
+            data = response.read()
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return path
+
+
+def skin_surface(prefix: str, slices: int, size=HEADSQ_SIZE, spacing=HEADSQ_SPACING, iso: float = SKIN_ISO_VALUE):
+    """The largest connected iso-surface of 16-bit little-endian slices ``prefix.1`` ... ``prefix.N``
+    (VTK's volume16 layout), as vtkPolyData in mm."""
+    from vtkmodules.vtkFiltersCore import vtkFlyingEdges3D, vtkPolyDataConnectivityFilter
+    from vtkmodules.vtkIOImage import vtkVolume16Reader
+    reader = vtkVolume16Reader()
+    reader.SetDataDimensions(*size)
+    reader.SetImageRange(1, slices)
+    reader.SetDataByteOrderToLittleEndian()
+    reader.SetFilePrefix(prefix)
+    reader.SetDataSpacing(*spacing)
+    surface = vtkFlyingEdges3D()
+    surface.SetInputConnection(reader.GetOutputPort())
+    surface.SetValue(0, iso)
+    largest = vtkPolyDataConnectivityFilter()
+    largest.SetInputConnection(surface.GetOutputPort())
+    largest.SetExtractionModeToLargestRegion()
+    largest.Update()
+    return largest.GetOutput()
+
+
+def main(argv=None) -> int:
+    from vtkmodules.vtkIOPLY import vtkPLYWriter
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", help="folder for the scans")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    (out / "headsq").mkdir(parents=True, exist_ok=True)
+    download(BASE + "fran_cut.vtk", out / "fran_cut.vtk")
+    for i in range(1, HEADSQ_SLICES + 1):
+        download(BASE + "headsq/quarter.{}".format(i), out / "headsq" / "quarter.{}".format(i))
+    poly = skin_surface(str(out / "headsq" / "quarter"), HEADSQ_SLICES)
+    writer = vtkPLYWriter()
+    writer.SetInputData(poly)
+    writer.SetFileName(str(out / "headsq_skin.ply"))
+    writer.SetFileTypeToBinary()
+    if not writer.Write():
+        print("could not write {}".format(out / "headsq_skin.ply"), file=sys.stderr)
+        return 1
+    print("wrote {} and {} ({} vertices)".format(out / "fran_cut.vtk", out / "headsq_skin.ply", poly.GetNumberOfPoints()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
