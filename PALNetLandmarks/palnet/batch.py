@@ -32,10 +32,13 @@ log = logging.getLogger(__name__)
 SUMMARY_NAME = "palnet_summary.csv"
 assert SUMMARY_NAME in NOT_LANDMARK_FILES  # evaluate must not take it for a landmark file
 SUMMARY_FIELDS = ("run", "scan", "input", "output", "status", "fit_rms_mm", "template_coverage", "mean_confidence",
-                  "spikes_removed", "fragment_vertices_removed", "units", "seconds", "message")
+                  "missing_landmarks", "from_registration", "spikes_removed", "fragment_vertices_removed", "units",
+                  "seconds", "message")
 
-# Statuses of a row. The first three come from the prediction (see pipeline.scan_status).
-OK, LOW_FIT, REJECTED = "ok", "low fit", "not a face"
+# Statuses of a row. The first four come from the prediction (see pipeline.scan_status and
+# pipeline.PARTIAL: the face fits, some landmarks are missing from the scan).
+OK, PARTIAL, LOW_FIT, REJECTED = "ok", "partial", "low fit", "not a face"
+DONE = (OK, PARTIAL, LOW_FIT)  # a landmark file was written
 ERROR, SKIPPED, NOT_RUN = "error", "skipped", "not run"
 # What a row of a scan that is not a face says its user can do; a caller without the
 # command line's options (the Slicer module) gives its own.
@@ -51,6 +54,8 @@ class BatchItem:
     fit_rms_mm: float = float("nan")
     template_coverage: float = float("nan")  # fraction of the face template within 5 mm of the scan
     mean_confidence: float = float("nan")
+    missing_landmarks: int = 0  # landmarks the scan does not show (written without a position)
+    from_registration: int = 0  # landmarks moved towards the template registration (see palnet.arbitrate)
     spikes_removed: int = 0
     fragment_vertices_removed: int = 0  # vertices of loose pieces apart from the scan
     units: str = ""
@@ -257,6 +262,8 @@ def _predict_item(model: Model, mesh_path: Path, out_file: Path, fmt: str, snap:
             if pred.landmarks.confidence is not None:
                 row.mean_confidence = float(np.mean(pred.landmarks.confidence))
             row.spikes_removed, row.fragment_vertices_removed = pred.spikes_removed, pred.fragments_removed
+            row.missing_landmarks = len(pred.missing)
+            row.from_registration = sum(source != "network" for source in pred.sources)
             if pred.message:
                 notes.insert(0, pred.message)
             if pred.status == REJECTED and not keep_rejected:
@@ -389,6 +396,38 @@ def _worker_item(task) -> BatchItem:
     return _predict_item(_WORKER_MODEL, *task)
 
 
+# ---------------------------------------------------------------- measurements of a batch
+
+def measure_outputs(rows: List[BatchItem], out_dir, overwrite: bool = False, definitions=None,
+                    progress: Optional[Callable] = None):
+    """Measure the landmark files of a batch (``rows`` from :func:`predict_files`, skipped scans'
+    kept files included), each with its scan for the arcs, into ``out_dir/palnet_measurements.csv``.
+
+    An existing table is kept unless ``overwrite``. Returns ``(table path or None, one line per
+    file that could not be measured, a line saying what was done)``."""
+    from .measurements import load_definitions
+    from .measurements.files import MEASUREMENTS_NAME, measure_files, summary_line, write_table
+    out_dir = Path(out_dir)
+    table = out_dir / MEASUREMENTS_NAME
+    if table.exists() and not overwrite:
+        return None, [], "measurements: {} exists, kept (use --overwrite to replace it)".format(table)
+    done = [r for r in rows if r.output and r.status not in (ERROR, NOT_RUN) and Path(r.output).is_file()]
+    if not done:
+        return None, [], "measurements: no landmark file to measure"
+    defs = definitions if definitions is not None else load_definitions()
+    lock = take_lock(out_dir)
+    try:
+        results = measure_files([r.output for r in done], [r.input for r in done], defs, progress=progress)
+        measured, _, values = summary_line(results, defs)
+        if measured:
+            write_table(results, table, defs, overwrite=True)
+    finally:
+        release_lock(lock)
+    problems = [res.error or res.warning for res in results if res.error or res.warning]
+    return (table if measured else None), problems, "measurements of {} scan(s) ({} of {} each on average) in {}".format(
+        measured, values, len(defs), table if measured else "no table (nothing could be measured)")
+
+
 # ---------------------------------------------------------------- the summary
 
 def _number(x: float) -> str:
@@ -409,8 +448,8 @@ def write_summary(rows: List[BatchItem], path: Path, run: str = "") -> None:
         w.writerow(SUMMARY_FIELDS)
     for r in rows:
         w.writerow([run or r.run, r.scan, r.input, r.output, r.status, _number(r.fit_rms_mm),
-                    _number(r.template_coverage), _number(r.mean_confidence), r.spikes_removed,
-                    r.fragment_vertices_removed, r.units, "{:.3f}".format(r.seconds), r.message])
+                    _number(r.template_coverage), _number(r.mean_confidence), r.missing_landmarks, r.from_registration,
+                    r.spikes_removed, r.fragment_vertices_removed, r.units, "{:.3f}".format(r.seconds), r.message])
     text = earlier + buf.getvalue()
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 

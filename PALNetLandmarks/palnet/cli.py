@@ -8,7 +8,21 @@ from pathlib import Path
 from typing import List, Optional
 
 from .errors import PalnetError
-from .options import AUTO_UNITS, LANDMARK_FORMATS, NO_SNAP, SNAP_METHODS, UNIT_CHOICES, UNITS_PER_MM
+from .options import AUTO_UNITS, LANDMARK_FORMATS, NO_SNAP, SNAP_METHODS, SYNTH_CROPS, UNIT_CHOICES, UNITS_PER_MM
+
+
+def _variety(text):
+    """--variety: None (off), "train" (every family but the held-out one), "all", or families."""
+    if text is None:
+        return None
+    from .variety import FAMILIES, TRAINING_FAMILIES
+    if text in ("train", ""):
+        return TRAINING_FAMILIES
+    if text == "all":
+        return FAMILIES
+    if text == "none":
+        return ()
+    return tuple(f.strip() for f in text.split(",") if f.strip())
 
 
 def _cmd_synth(args) -> int:
@@ -21,7 +35,8 @@ def _cmd_synth(args) -> int:
             args.seed, args.seed + args.n - 1, HELD_OUT_SEED), file=sys.stderr)
     t0 = time.monotonic()
     failed = generate_dataset(args.output, args.n, args.seed, args.pose, args.units, args.ict,
-                              args.jobs, ProgressBar("synth"), crop=args.crop, spikes=args.spikes)
+                              args.jobs, ProgressBar("synth"), crop=args.crop, spikes=args.spikes,
+                              variety=_variety(args.variety))
     print("wrote {} scans to {} in {:.1f} s".format(args.n - len(failed), args.output, time.monotonic() - t0))
     if failed:
         print("failed seeds: {}".format(", ".join(map(str, failed))), file=sys.stderr)
@@ -33,12 +48,69 @@ def _cmd_evaluate(args) -> int:
     from .metrics import evaluate_dirs, format_report
     from .protocol import Protocol, default_protocol
     protocol = Protocol.load(args.protocol) if args.protocol else default_protocol()
-    report = evaluate_dirs(args.pred, args.truth, protocol)
+    definitions = None
+    if args.definitions:
+        from .measurements import load_definitions
+        definitions = load_definitions(args.definitions)
+    report = evaluate_dirs(args.pred, args.truth, protocol, definitions=definitions)
     if args.json:
         print(json.dumps(report, indent=1))
     else:
         print(format_report(report))
     return 0
+
+
+def _cmd_measure(args) -> int:
+    from .measurements import load_definitions, load_norms
+    from .measurements.files import (check_output, find_landmark_inputs, measure_files, pair_scans, summary_line,
+                                     write_table)
+    from .progress import ProgressBar
+    if args.samples < 0:
+        raise PalnetError("--samples must be 0 (no standard errors) or more, not {}".format(args.samples))
+    if args.sd is not None and not args.sd > 0:
+        raise PalnetError("--sd must be a positive number of mm, not {}".format(args.sd))
+    if args.group is not None and not args.norms:
+        raise PalnetError("--group chooses a group of the norms: give --norms too")
+    check_output(args.output, args.overwrite)
+    definitions = load_definitions(args.definitions)
+    norms = load_norms(args.norms) if args.norms else None
+    if norms is not None:
+        norms.for_group(args.group, definitions)
+    table = os.path.normcase(os.path.abspath(args.output))
+    files = [f for f in find_landmark_inputs(args.inputs) if os.path.normcase(os.path.abspath(str(f))) != table]
+    if not files:
+        raise PalnetError("no landmark files (.mrk.json .fcsv .csv .txt) found", ", ".join(args.inputs))
+    scans = pair_scans(files, args.scan)
+    if args.scan and all(s is None for s in scans):
+        print("palnet measure: note: no scan in {} has the name of a landmark file; arcs left empty".format(
+            args.scan), file=sys.stderr)
+    t0 = time.monotonic()
+    results = measure_files(files, scans, definitions, norms, args.group, args.samples, args.seed, args.sd,
+                            ProgressBar("measure") if not args.quiet and len(files) > 1 else None)
+    for r in results:
+        if r.error or r.warning:
+            print("palnet measure: {}".format(r.error or r.warning), file=sys.stderr)
+    done, failed, values = summary_line(results, definitions)
+    if done:
+        write_table(results, args.output, definitions, long=args.long, with_z=norms is not None,
+                    overwrite=args.overwrite)
+    _note_unused_labels(results, definitions)
+    print("{} face(s) measured ({} of {} measurements each on average), {} failed, in {:.1f} s; {}".format(
+        done, values, len(definitions), failed, time.monotonic() - t0,
+        "table in {}".format(args.output) if done else "no table written"))
+    return 1 if failed else 0
+
+
+def _note_unused_labels(results, definitions) -> None:
+    """A definition naming a landmark that no file has is most likely a typo: say so once."""
+    seen = set()  # type: set
+    for r in results:
+        seen.update(r.labels)
+    absent = [lab for lab in definitions.labels if lab not in seen]
+    if seen and absent:
+        print("palnet measure: note: no landmark file has {} (named in {})".format(
+            ", ".join(absent[:8]) + (", ..." if len(absent) > 8 else ""), definitions.source or definitions.name),
+            file=sys.stderr)
 
 
 def _load_model_arg(path):
@@ -75,7 +147,7 @@ def _stop_signals():
 
 def _cmd_predict(args) -> int:
     import signal
-    from .batch import ERROR, LOW_FIT, OK, REJECTED, SKIPPED, SUMMARY_NAME, predict_files
+    from .batch import DONE, ERROR, LOW_FIT, PARTIAL, REJECTED, SKIPPED, SUMMARY_NAME, predict_files
     from .progress import ProgressBar
     summary = Path(args.output) / SUMMARY_NAME
     handled = _stop_signals()
@@ -95,7 +167,7 @@ def _cmd_predict(args) -> int:
         for s, previous in handled.items():
             signal.signal(s, previous)
     for r in rows:
-        if r.status in (OK, LOW_FIT, REJECTED):
+        if r.status in DONE + (REJECTED,):
             print("{:<24} {:<10} fit {:5.2f} mm  {:6.3f} s  -> {}".format(r.scan, r.status, r.fit_rms_mm, r.seconds,
                                                                       r.output or "no landmark file"))
             if r.message:
@@ -105,16 +177,24 @@ def _cmd_predict(args) -> int:
     if args.show:
         from .landmark_io import read_landmarks
         for r in rows:
-            if r.status in (OK, LOW_FIT, REJECTED) and r.output:
+            if r.status in DONE + (REJECTED,) and r.output:
                 lms = read_landmarks(r.output)
                 print("\n{} ({}):".format(r.scan, lms.units))
                 for label, p in zip(lms.labels, lms.points):
                     print("  {:<6} {:10.3f} {:10.3f} {:10.3f}".format(label, *p))
-    count = {s: sum(r.status == s for r in rows) for s in (OK, LOW_FIT, REJECTED, SKIPPED, ERROR)}
-    print("{} scans: {} done ({} low fit), {} not a face, {} skipped, {} failed; summary in {}".format(
-        len(rows), count[OK] + count[LOW_FIT], count[LOW_FIT], count[REJECTED], count[SKIPPED], count[ERROR],
-        summary))
-    return 1 if count[ERROR] or count[REJECTED] else 0
+    failed_measures = 0
+    if args.measure:
+        from .batch import measure_outputs
+        table, failures, note = measure_outputs(rows, args.output, args.overwrite)
+        for line in failures:
+            print("palnet predict: {}".format(line), file=sys.stderr)
+        failed_measures = len(failures)
+        print(note)
+    count = {s: sum(r.status == s for r in rows) for s in DONE + (REJECTED, SKIPPED, ERROR)}
+    print("{} scans: {} done ({} partial, {} low fit), {} not a face, {} skipped, {} failed; summary in {}".format(
+        len(rows), sum(count[s] for s in DONE), count[PARTIAL], count[LOW_FIT], count[REJECTED], count[SKIPPED],
+        count[ERROR], summary))
+    return 1 if count[ERROR] or count[REJECTED] or failed_measures else 0
 
 
 def _cmd_train(args) -> int:
@@ -158,9 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pose", choices=("realistic", "any"), default="realistic",
                    help="realistic: upright within +-30 degrees; any: uniformly random rotation")
     s.add_argument("--units", choices=tuple(UNITS_PER_MM), default="mm")
-    s.add_argument("--crop", choices=("random", "face", "head", "shoulders"), default="random",
-                   help="random: a mix of forehead, back-of-head and neck cuts (default); face: the face only; "
+    s.add_argument("--crop", choices=SYNTH_CROPS, default="random",
+                   help="random: a mix of forehead, back-of-head and neck cuts (default); face: the face and "
+                        "ears; front: a face-only capture cut in front of the ears (ear points missing); "
                         "head: the whole head; shoulders: head and upper torso")
+    s.add_argument("--variety", nargs="?", const="train", default=None, metavar="FAMILIES",
+                   help="faces beyond the identity modes: smooth local warps (train: every family but the "
+                        "held-out 'eyes' (the default with no value); all; none: no warp; or a comma list of "
+                        "mouth, nose, eyes, chin, forehead, ears, proportions), clinical expressions, face-only "
+                        "captures, coarse meshes and hair (see palnet/variety.py)")
     s.add_argument("--spikes", type=float, default=0.0,
                    help="fraction of vertices turned into 3-30 mm scanner spikes (default 0)")
     s.add_argument("--ict", default=None, help="ICT-FaceKit model file (default: $PALNET_ICT or ../shared/data/ict-facekit/ict_facekit.npz)")
@@ -172,12 +258,40 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--truth", required=True, help="folder of ground-truth landmark files")
     e.add_argument("--protocol", default=None, help="protocol JSON for region names (default: the 50-landmark protocol)")
     e.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    e.add_argument("--definitions", default=None, metavar="JSON",
+                   help="measurements whose error is reported too (default: the standard soft-tissue measurements)")
     e.set_defaults(func=_cmd_evaluate)
+
+    me = sub.add_parser("measure", help="distances, angles, indices, arcs and asymmetry from landmark files",
+                        epilog="exit status: 0 every file measured; 1 a file could not be read (the others are "
+                               "measured); 2 nothing done (bad arguments or definitions, the table exists)")
+    me.add_argument("inputs", nargs="+", metavar="LANDMARKS",
+                    help="landmark files (.mrk.json .fcsv .csv .txt) or folders (searched through)")
+    me.add_argument("-o", "--output", required=True, metavar="OUT.csv", help="the table to write")
+    me.add_argument("--scan", default=None, metavar="MESH",
+                    help="the scan of a single landmark file, or a folder of scans paired with the files by scan "
+                         "name, for the lengths along the surface (arcs; without a scan they are empty)")
+    me.add_argument("--definitions", default=None, metavar="JSON",
+                    help="measurement definitions (default: the standard soft-tissue set, "
+                         "Resources/Protocols/palnet50_measurements.json)")
+    me.add_argument("--norms", default=None, metavar="CSV",
+                    help="norms (columns measurement,group,mean,sd) for z-scores; palnet ships none")
+    me.add_argument("--group", default=None, help="the group of the norms to compare with (needed when they have several)")
+    me.add_argument("--long", action="store_true", help="one row per face and measurement (default: one row per face)")
+    me.add_argument("--overwrite", action="store_true", help="replace an existing table")
+    me.add_argument("--samples", type=int, default=200,
+                    help="perturbed copies of each face for the standard errors (default 200; 0: none)")
+    me.add_argument("--seed", type=int, default=0, help="seed of the perturbations (default 0)")
+    me.add_argument("--sd", type=float, default=None, metavar="MM",
+                    help="positional SD of landmarks in files without a confidence (default: no standard error "
+                         "for them)")
+    me.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    me.set_defaults(func=_cmd_measure)
     pr = sub.add_parser("predict", help="place landmarks on scans (files or folders)",
-                        epilog="exit status: 0 every scan done (ok, low fit) or skipped (its output kept); "
+                        epilog="exit status: 0 every scan done (ok, partial, low fit) or skipped (its output kept); "
                                "1 a scan failed or is not a face; 2 nothing done (bad arguments, output folder "
                                "in use by another run or a file); 128+N stopped by signal N (130 Ctrl-C, "
-                               "143 SIGTERM), the summary still written")
+                               "143 SIGTERM), the summary still written (and no measurements)")
     pr.add_argument("inputs", nargs="+", metavar="INPUT", help="mesh files (.ply .obj .stl .vtk .vtp) or folders")
     pr.add_argument("-o", "--output", required=True,
                     help="output folder: one landmark file per scan, in the inputs' sub-folders, and "
@@ -193,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--keep-rejected", action="store_true",
                     help="also write the landmarks of a scan that is not a face (the exit status is still 1)")
     pr.add_argument("--show", action="store_true", help="print the landmarks of each scan")
+    pr.add_argument("--measure", action="store_true",
+                    help="also measure every landmark file of the output (with its scan, for the arcs) into "
+                         "OUT/palnet_measurements.csv (kept if it exists, unless --overwrite)")
     pr.add_argument("--jobs", type=int, default=1, help="scans predicted at once in worker processes (default 1)")
     pr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=_cmd_predict)

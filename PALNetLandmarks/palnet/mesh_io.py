@@ -153,7 +153,7 @@ def _is_landmark_file(name: str, formats: Sequence[str]) -> bool:
 
 
 # Files palnet writes next to landmark files that are not landmark files.
-NOT_LANDMARK_FILES = frozenset(["palnet_summary.csv"])
+NOT_LANDMARK_FILES = frozenset(["palnet_summary.csv", "palnet_measurements.csv"])
 
 
 def find_landmark_files(directory: PathLike, formats: Optional[Sequence[str]] = None,

@@ -305,7 +305,8 @@ def _pair_scans(truth: Dict[str, str], pred: Dict[str, str], truth_clashes: Dict
 
 
 def evaluate_dirs(pred_dir, truth_dir, protocol=None,
-                  radii_mm: Sequence[float] = SDR_RADII_MM) -> Dict[str, Any]:
+                  radii_mm: Sequence[float] = SDR_RADII_MM, definitions=None,
+                  measurements: bool = True) -> Dict[str, Any]:
     """Compare every predicted landmark file with the true one of the same scan.
 
     Files are paired by where they lie below the two folders (``a/S01.mrk.json`` with
@@ -319,7 +320,9 @@ def evaluate_dirs(pred_dir, truth_dir, protocol=None,
     could belong to more than one scan, left out rather than guessed, in ``ambiguous``; scans
     whose predicted landmarks are far larger or smaller than the true ones (a file whose
     numbers are not in the units it states) in ``size_mismatch``. One folder inside the other
-    (predictions written into the data folder) is left out of the outer one.
+    (predictions written into the data folder) is left out of the outer one. With
+    ``measurements`` the error of each measurement of ``definitions`` (default: the shipped
+    standard set) is in ``measurements`` (see :func:`measurement_errors`).
     """
     from .mesh_io import find_landmark_files, read_landmarks, scan_id_for
 
@@ -328,6 +331,7 @@ def evaluate_dirs(pred_dir, truth_dir, protocol=None,
             raise PalnetError("not a directory", d)
     pred_abs, truth_abs = os.path.abspath(os.fspath(pred_dir)), os.path.abspath(os.fspath(truth_dir))
     nested = pred_abs != truth_abs
+    find_landmark_files = _without_tables(find_landmark_files)
     truth_files, truth_clashes = _files_by_scan(truth_dir, find_landmark_files, scan_id_for,
                                                 pred_abs if nested and _inside(pred_abs, truth_abs) else None)
     pred_files, pred_clashes = _files_by_scan(pred_dir, find_landmark_files, scan_id_for,
@@ -372,6 +376,12 @@ def evaluate_dirs(pred_dir, truth_dir, protocol=None,
 
     report = evaluate_arrays(pred_pts, truth_pts, labels, protocol=protocol,
                              scan_ids=matched, radii_mm=radii_mm)
+    if measurements:
+        try:
+            report["measurements"] = measurement_errors(preds, truths, definitions,
+                                                        protocol if hasattr(protocol, "definition") else None)
+        except ImportError:  # palnet.protocol is not there (as _resolve_protocol allows): no mirror pairs
+            pass
     report["pred_dir"] = os.fspath(pred_dir)
     report["truth_dir"] = os.fspath(truth_dir)
     report["unmatched_truth"] = unmatched_truth
@@ -385,6 +395,71 @@ def evaluate_dirs(pred_dir, truth_dir, protocol=None,
         for sid, t, p, r in zip(matched, truths_read, preds_read, _size_ratios(pred_pts, truth_pts))
         if np.isfinite(r) and not 1.0 / SIZE_MISMATCH < r < SIZE_MISMATCH]
     return report
+
+
+def _without_tables(find_landmark_files):
+    """``find_landmark_files`` leaving out the measurement tables ``palnet predict --measure`` writes."""
+    from .measurements.files import MEASUREMENTS_NAME
+
+    def find(directory):
+        return [p for p in find_landmark_files(directory) if os.path.basename(os.fspath(p)) != MEASUREMENTS_NAME]
+    return find
+
+
+def measurement_errors(preds, truths, definitions=None, protocol=None) -> Dict[str, Any]:
+    """The error of each measurement computed from predicted rather than true landmarks.
+
+    ``preds``, ``truths``: lists of Landmarks, one pair per scan (any units). Per measurement:
+    name, units, ``n`` scans with both values, ``missing`` (true value but no predicted one),
+    the mean absolute error, its median, SD and maximum, the bias (mean of predicted minus
+    true) and the mean true value, in the measurement's units (mm, degrees, index points).
+    Arcs need the scans and are left out here (``n`` 0); tools/bench_measurements.py has them.
+    """
+    from .measurements import load_definitions, measure_many
+    defs = definitions if definitions is not None else load_definitions()
+    got_pred = measure_many(preds, defs, samples=0, protocol=protocol)
+    got_true = measure_many(truths, defs, samples=0, protocol=protocol)
+    shape = (len(preds), len(defs))
+    pv, tv = np.full(shape, np.nan), np.full(shape, np.nan)
+    for s, (mp, mt) in enumerate(zip(got_pred, got_true)):
+        pv[s] = [np.nan if m.value is None else m.value for m in mp]
+        tv[s] = [np.nan if m.value is None else m.value for m in mt]
+    return measurement_error_table(pv, tv, defs)
+
+
+def measurement_error_table(pred_values: np.ndarray, true_values: np.ndarray, definitions) -> Dict[str, Any]:
+    """:func:`measurement_errors` from values ``(S, M)`` (NaN: empty) in the order of ``definitions``."""
+    err = pred_values - true_values
+    both = np.isfinite(err)
+    missing = (np.isfinite(true_values) & ~np.isfinite(pred_values)).sum(axis=0)
+    mean, std, median, maxi = _nan_stats(np.abs(err))
+    bias, true_mean = _nanmean(err, axis=0), _nanmean(true_values, axis=0)
+    out = {}  # type: Dict[str, Any]
+    for k, m in enumerate(definitions):
+        n = int(both[:, k].sum())
+        out[m.id] = {"name": m.name, "kind": m.kind, "units": m.units, "n": n, "missing": int(missing[k]),
+                     "mean_abs": _num(mean[k]) if n else None, "std_abs": _num(std[k]) if n else None,
+                     "median_abs": _num(median[k]) if n else None, "max_abs": _num(maxi[k]) if n else None,
+                     "bias": _num(bias[k]) if n else None, "mean_true": _num(true_mean[k]) if n else None}
+    return out
+
+
+def format_measurement_errors(table: Dict[str, Any]) -> List[str]:
+    """The measurement errors as text lines (measurements nothing was measured for are left out)."""
+    rows = [(mid, r) for mid, r in table.items() if r["n"]]
+    if not rows:
+        return []
+    w = max([len("Measurement")] + [len(mid) for mid, _ in rows])
+    lines = ["", "{:<{w}}  {:>5}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}".format(
+        "Measurement", "Units", "Mean abs", "Median", "Max", "Bias", "True mean", w=w)]
+    for mid, r in rows:
+        lines.append("{:<{w}}  {:>5}  {}  {}  {}  {}  {}".format(
+            mid, r["units"] or "-", _fmt(r["mean_abs"], 9), _fmt(r["median_abs"], 9), _fmt(r["max_abs"], 9),
+            _fmt(r["bias"], 9), _fmt(r["mean_true"], 9), w=w))
+    left = [mid for mid, r in table.items() if not r["n"]]
+    if left:
+        lines.append("Not evaluated (no value on both sides; arcs need the scans): {}".format(_name_list(left)))
+    return lines
 
 
 def _relative(keys: List[str], files: Dict[str, str], clashes: Dict[str, List[str]], directory) -> List[str]:
@@ -476,4 +551,6 @@ def format_report(report: Dict[str, Any]) -> str:
         lines.append("{:<{w}}  {}  {}  {}  {}  {:>7d}".format(
             lab, _fmt(row["mean"]), _fmt(row["std"]), _fmt(row["median"]), _fmt(row["max"]),
             int(row.get("missing", 0)), w=lw))
+    if report.get("measurements"):
+        lines += format_measurement_errors(report["measurements"])
     return "\n".join(lines) + "\n"

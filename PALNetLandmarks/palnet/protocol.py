@@ -264,18 +264,9 @@ class Protocol:
     @classmethod
     def load(cls, path: PathLike) -> "Protocol":
         """Read and check a protocol JSON file."""
+        from .textfiles import read_text
         path = os.fspath(path)
-        try:
-            with open(path, "r", encoding="utf-8") as f:
-                text = f.read()
-        except FileNotFoundError:
-            raise PalnetError("protocol file not found", path) from None
-        except IsADirectoryError:
-            raise PalnetError("is a folder, not a protocol file", path) from None
-        except UnicodeDecodeError:
-            raise PalnetError("not a text file (a protocol is JSON)", path) from None
-        except OSError as e:
-            raise PalnetError("cannot read protocol: {}".format(e.strerror or e), path) from None
+        text = read_text(path, "protocol file", "JSON")
         try:
             d = json.loads(text)
         except ValueError as e:

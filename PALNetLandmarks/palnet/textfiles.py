@@ -1,0 +1,25 @@
+"""Reading a small text file (a protocol, measurement definitions, norms, a landmark file) with
+one clear line for each way it can fail, naming the file."""
+import os
+from typing import Union
+
+from .errors import PalnetError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def read_text(path: PathLike, what: str, kind: str = "text", newline=None) -> str:
+    """The file's text (UTF-8, a byte-order mark skipped). ``what``: the file's role in the
+    messages ("protocol file"); ``kind``: what its contents are ("JSON", "a CSV file")."""
+    path = os.fspath(path)
+    try:
+        with open(path, "r", encoding="utf-8-sig", newline=newline) as f:
+            return f.read()
+    except FileNotFoundError:
+        raise PalnetError("{} not found".format(what), path) from None
+    except IsADirectoryError:
+        raise PalnetError("is a folder, not a {}".format(what), path) from None
+    except UnicodeDecodeError:
+        raise PalnetError("not a text file (a {} is {})".format(what, kind), path) from None
+    except OSError as e:
+        raise PalnetError("cannot read: {}".format(e.strerror or e), path) from None
