@@ -79,3 +79,72 @@ def bumpy_mesh():
     radius = 40.0 * (1.0 + 0.12 * np.sin(3.0 * x + 1.0) * np.cos(2.0 * y) + 0.07 * z * z * x + 0.05 * y)
     vertices = unit * radius[:, None] * np.array([1.0, 1.3, 0.8]) + np.array([31.7, -52.3, 118.9])
     return Mesh(vertices, polydata_to_mesh(source.GetOutput()).triangles)
+
+
+# ---------------------------------------------------------------- the Slicer module's figures
+# Statement coverage of PALNetLandmarks/PALNetLandmarks.py, measured while the Slicer tests import
+# and run it (test_slicer_*.py), and the figures those tests measure (longest GUI stall during
+# Apply, module vs command line), printed at the end of the normal test output.
+
+SLICER_MODULE_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                  "PALNetLandmarks", "PALNetLandmarks.py")
+_slicer_figures = []  # lines for the summary
+_slicer_coverage = {}  # "cov": the coverage.Coverage measuring SLICER_MODULE_FILE
+
+
+def record_slicer_figure(text):
+    """A line for the summary at the end of the test output."""
+    _slicer_figures.append(text)
+
+
+@pytest.fixture(scope="session")
+def slicer_module_coverage():
+    """A context manager: coverage of PALNetLandmarks.py is recorded while it is open.
+
+    Not measured when another tracer runs (pytest --cov, a debugger) or coverage is missing.
+    """
+    import contextlib
+
+    @contextlib.contextmanager
+    def measuring():
+        cov = _slicer_coverage.get("cov")
+        if cov is None and "cov" not in _slicer_coverage:
+            try:
+                import coverage
+            except ImportError:
+                coverage = None
+            if coverage is None or sys.gettrace() is not None:
+                _slicer_coverage["cov"] = None
+            else:
+                cov = _slicer_coverage["cov"] = coverage.Coverage(data_file=None, include=[SLICER_MODULE_FILE],
+                                                                  config_file=False)
+        if cov is None or sys.gettrace() is not None:
+            yield
+            return
+        cov.start()
+        try:
+            yield
+        finally:
+            cov.stop()
+
+    return measuring
+
+
+def pytest_terminal_summary(terminalreporter):
+    cov = _slicer_coverage.get("cov")
+    lines = list(_slicer_figures)
+    if cov is not None:
+        try:
+            _, statements, _, missing, _ = cov.analysis2(SLICER_MODULE_FILE)
+        except Exception as exc:  # nothing recorded
+            lines.insert(0, "PALNetLandmarks.py statement coverage: not measured ({})".format(exc))
+        else:
+            covered = len(statements) - len(missing)
+            lines.insert(0, "PALNetLandmarks.py statement coverage: {:.1f}% ({} of {} statements)".format(
+                100.0 * covered / max(len(statements), 1), covered, len(statements)))
+    elif "cov" in _slicer_coverage:
+        lines.insert(0, "PALNetLandmarks.py statement coverage: not measured (another tracer is active)")
+    if lines:
+        terminalreporter.write_sep("-", "PAL-Net Slicer module")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -110,3 +110,39 @@ def test_ras_point_list_from_slicer_converts_to_lps(mrml_scene, tmp_path):
     assert storage.WriteData(node)
     assert '"RAS"' in (tmp_path / "ras.mrk.json").read_text()
     np.testing.assert_allclose(read_landmarks(tmp_path / "ras.mrk.json").points, [[-12.5, 40.25, 77.0]])
+
+
+def test_a_missing_landmark_is_a_missing_control_point_in_slicer(mrml_scene, tmp_path, on_vertices):
+    """Slicer's own markups reader takes our "missing" as its missing state, writes it back so,
+    and the module's point list marks the point missing too; palnet reads it as no position."""
+    import sys
+    from pathlib import Path
+    pts = on_vertices.points.copy()
+    pts[2] = np.nan
+    lm = Landmarks(on_vertices.labels, pts, on_vertices.confidence, on_vertices.descriptions)
+    path = tmp_path / "gone.mrk.json"
+    write_landmarks(lm, path)
+    node = mrml_scene.GetNodeByID(mrml_scene.markups_logic.LoadMarkups(str(path)))
+    assert node.GetNumberOfControlPoints() == 6
+    assert node.GetNthControlPointPositionStatus(2) == node.PositionMissing
+    assert node.GetNthControlPointPositionStatus(0) == node.PositionDefined
+    storage = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsJsonStorageNode")
+    storage.SetFileName(str(tmp_path / "saved.mrk.json"))
+    assert storage.WriteData(node)
+    back = read_landmarks(tmp_path / "saved.mrk.json")
+    assert np.isnan(back.points[back.labels.index("sn")]).all()
+    np.testing.assert_allclose(back.points[[0, 1, 3, 4, 5]], pts[[0, 1, 3, 4, 5]], atol=1e-6)
+
+    saved_path = list(sys.path)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "PALNetLandmarks"))
+    try:
+        from PALNetLandmarksLib import mrml
+    finally:
+        sys.path[:] = saved_path
+        for name in [n for n in sys.modules if n.startswith("PALNetLandmarksLib")]:
+            del sys.modules[name]
+    filled = mrml.newPointListNode(mrml_scene, "filled")
+    mrml.fillPointList(filled, lm)
+    assert filled.GetNthControlPointPositionStatus(2) == filled.PositionMissing
+    world = mrml.controlPointsWorld(filled)
+    assert np.isnan(world[2]).all() and np.isfinite(np.delete(world, 2, axis=0)).all()

@@ -1,10 +1,11 @@
-"""The PALNetLandmarks Slicer module against a real MRML scene (slicer-core).
+"""The PALNetLandmarks Slicer module's logic against a real MRML scene (slicer-core).
 
-Only ``qt``, ``slicer.ScriptedLoadableModule`` and ``slicer.parameterNodeWrapper`` are stubbed
-(Testing/slicer_stubs), for this file only; model, markups, transform, table and plot nodes,
-storage nodes and the markups logic are Slicer's own code. The tests build a tiny random
-model and a face surface from the shipped face template, so they need neither the default
-model nor the ICT-FaceKit file.
+Only ``qt`` (PyQt5 under that name), ``slicer.ScriptedLoadableModule`` and
+``slicer.parameterNodeWrapper`` are stubbed (Testing/slicer_stubs), for this file only; model,
+markups, transform, table and plot nodes, storage nodes and the markups logic are Slicer's own
+code. The tests build a tiny random model and a face surface from the shipped face template, so
+they need neither the default model nor the ICT-FaceKit file. The panel itself is tested in
+test_slicer_widget.py.
 """
 import ast
 import importlib
@@ -43,20 +44,21 @@ LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 # ---------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="module")
-def plm():
+def plm(slicer_module_coverage):
     """The PALNetLandmarks module, imported with the stubs in place; everything restored afterwards."""
+    pytest.importorskip("PyQt5", reason="the Qt binding of the test extras (child processes are QProcess)")
     spec = importlib.util.spec_from_file_location("palnet_test_slicer_stubs", TESTING / "slicer_stubs" / "__init__.py")
     stubs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stubs)
-    ours = ("PALNetLandmarks", "PALNetLandmarksLib", "PALNetLandmarksLib.mrml", "PALNetLandmarksLib.training")
+    stubs.application()
     saved_path = list(sys.path)
-    with stubs.installed():
+    with stubs.installed(), slicer_module_coverage():
         sys.path.insert(0, str(MODULE_DIR))
         try:
             yield importlib.import_module("PALNetLandmarks")
         finally:
             sys.path[:] = saved_path
-            for name in ours:
+            for name in [n for n in sys.modules if n == "PALNetLandmarks" or n.startswith("PALNetLandmarksLib")]:
                 sys.modules.pop(name, None)
 
 
@@ -416,7 +418,8 @@ def test_batch_reports_a_broken_file_and_finishes(plm, face, model_path, tmp_pat
     rows = logic.processDirectory(str(scans), str(tmp_path / "out"), "fcsv",
                                   progress=lambda *a: calls.append(a), modelPath=model_path)
     status = {r.scan: r.status for r in rows}
-    assert status == {"a": "ok", "b": "error", "c": "ok"}
+    assert status["a"] == "ok" and status["b"] == "error"
+    assert status["c"] in ("ok", "partial")  # upside down: the random model may miss a landmark's surroundings
     bad = next(r for r in rows if r.scan == "b")
     assert "b.ply" in bad.message
     assert (tmp_path / "out" / "a.fcsv").exists() and (tmp_path / "out" / "sub" / "c.fcsv").exists()
@@ -662,12 +665,14 @@ def test_parameter_node_fields(plm):
     assert list(fields) == ["inputModel", "outputPointList", "modelFile", "snap", "units", "lockPoints",
                             "batchInputFolder", "batchOutputFolder", "batchFormat", "batchOverwrite",
                             "trainingDataFolder", "trainingEpochs", "trainingAugmentCopies", "trainingOutputModel"]
-    cls = plm.PALNetLandmarksParameterNode
+    assert [name for name, a in fields.items() if a is Path] == list(plm.PATH_PARAMETERS)
+    params = plm.PALNetLandmarksParameterNode(slicer.vtkMRMLScriptedModuleNode())  # the defaults
     for name, annotation in fields.items():
         for extra in getattr(annotation, "__metadata__", ()):
             if isinstance(extra, sys.modules["slicer.parameterNodeWrapper"].Choice):
-                assert getattr(cls, name) in extra.choices, name
-    assert cls.modelFile == "" and cls.snap == "nearest" and cls.units == "auto" and cls.batchFormat == "mrk.json"
+                assert getattr(params, name) in extra.choices, name
+    assert params.snap == "nearest" and params.units == "auto" and params.batchFormat == "mrk.json"
+    assert all(plm.pathOrNone(getattr(params, name)) is None for name in plm.PATH_PARAMETERS)  # unset: Path(".")
     from palnet.landmark_io import LANDMARK_FORMATS
     from palnet.snap import SNAP_METHODS
     assert set(plm.SNAP_CHOICES) <= set(SNAP_METHODS) and plm.FORMAT_CHOICES == list(LANDMARK_FORMATS)
@@ -691,6 +696,7 @@ def test_ui_has_every_widget_the_code_uses():
 
 # What the parameter node wrapper can bind (Slicer's guiConnectors: exact widget classes).
 BINDABLE = {"str": {"QLineEdit", "QLabel", "QTextEdit"}, "bool": {"QCheckBox", "ctkCheckBox", "QPushButton"},
+            "Path": {"ctkPathLineEdit", "ctkDirectoryButton"},
             "int": {"QSpinBox", "QSlider", "QDoubleSpinBox", "ctkSliderWidget"},
             "choice": {"QComboBox", "ctkComboBox"}, "node": {"qMRMLNodeComboBox"}}
 

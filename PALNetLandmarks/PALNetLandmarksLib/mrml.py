@@ -60,10 +60,40 @@ def meshFromModelNode(modelNode) -> Mesh:
                             merge_identical_points=True)
 
 
+def writeWorldSurface(modelNode, path: str) -> None:
+    """The model's surface in world coordinates (as :func:`worldPolyData`) to a VTK XML polydata file.
+
+    For the prediction process: points, polygons and strips only (what the Mesh is made
+    of), raw binary, so writing costs little time in Slicer's main thread. The child
+    reads it with ``polydata_to_mesh(..., merge_identical_points=True)``, exactly as
+    :func:`meshFromModelNode` does in-process.
+    """
+    polydata = modelNode.GetPolyData() if modelNode is not None else None
+    if polydata is not None and polydata.GetNumberOfPoints() and modelNode.GetParentTransformNode() is None:
+        world = polydata  # already in world coordinates: written as it is, no copy (a copy is most of the time)
+    else:
+        world = worldPolyData(modelNode)
+    surface = vtk.vtkPolyData()
+    surface.SetPoints(world.GetPoints())
+    surface.SetPolys(world.GetPolys())
+    surface.SetStrips(world.GetStrips())
+    writer = vtk.vtkXMLPolyDataWriter()
+    writer.SetFileName(str(path))
+    writer.SetInputData(surface)
+    writer.SetCompressorTypeToNone()
+    writer.SetDataModeToAppended()
+    writer.EncodeAppendedDataOff()
+    if not writer.Write():
+        raise PalnetError("could not write the surface for the prediction process", path)
+
+
 def glyphSizeFor(mesh: Mesh) -> float:
     """Absolute point size: a fixed fraction of the scan's bounding-box diagonal, in its units."""
     extent = mesh.vertices.max(axis=0) - mesh.vertices.min(axis=0)
-    diagonal = float(np.linalg.norm(extent))
+    return glyphSizeForDiagonal(float(np.linalg.norm(extent)))
+
+
+def glyphSizeForDiagonal(diagonal: float) -> float:
     return diagonal * GLYPH_FRACTION_OF_DIAGONAL if diagonal > 0 else 1.0
 
 
@@ -95,13 +125,17 @@ def fillPointList(node, landmarks: Landmarks, protocol: Optional[Protocol] = Non
     (:func:`palnet.landmark_io.describe`, the same text palnet writes to files).
     """
     points = np.asarray(landmarks.points, dtype=np.float64).reshape(-1, 3)
+    missing = ~np.isfinite(points).all(axis=1)  # the scan does not show it: a missing control point
     confidence = landmarks.confidence
     wasModifying = node.StartModify()
     try:
         node.RemoveAllControlPoints()
         vtkPoints = vtk.vtkPoints()
-        vtkPoints.SetData(numpy_support.numpy_to_vtk(np.ascontiguousarray(points), deep=True))
+        vtkPoints.SetData(numpy_support.numpy_to_vtk(np.ascontiguousarray(np.where(missing[:, None], 0.0, points)),
+                                                     deep=True))
         node.SetControlPointPositionsWorld(vtkPoints)
+        for i in np.flatnonzero(missing):
+            node.SetNthControlPointPositionMissing(int(i))
         for i, label in enumerate(landmarks.labels):
             name = protocol.definition(label).name if protocol is not None and label in protocol else label
             conf = None if confidence is None else float(confidence[i])
@@ -131,9 +165,12 @@ def styleDisplayNode(node, glyphSize: Optional[float] = None) -> None:
 
 
 def controlPointsWorld(node) -> np.ndarray:
-    """(N, 3) world positions of a point list's control points."""
+    """(N, 3) world positions of a point list's control points; NaN for a missing or undefined one."""
     out = np.zeros((node.GetNumberOfControlPoints(), 3))
     for i in range(out.shape[0]):
+        if node.GetNthControlPointPositionStatus(i) != node.PositionDefined:
+            out[i] = np.nan
+            continue
         node.GetNthControlPointPositionWorld(i, out[i])
     return out
 
@@ -181,3 +218,42 @@ def newTrainingChart(scene, table, title: str, series: Iterable = TRAINING_SERIE
         plot.SetColor(*color)
         chart.AddAndObservePlotSeriesNodeID(plot.GetID())
     return chart
+
+
+# ---------------------------------------------------------------- measurements
+
+MEASUREMENT_COLUMNS = (("name", "string"), ("value", "double"), ("units", "string"), ("SE", "double"),
+                       ("z", "double"), ("id", "string"), ("landmarks", "string"))
+MEASUREMENTS_REFERENCE = "PALNetMeasurements"  # point list -> its measurements table
+
+
+def measurementsTableFor(pointList, title: str):
+    """The point list's measurements table (refilled on every Apply into that list), made when missing."""
+    scene = pointList.GetScene()
+    table = pointList.GetNodeReference(MEASUREMENTS_REFERENCE)
+    if table is None or table.GetScene() is None:
+        table = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(title))
+        pointList.SetNodeReferenceID(MEASUREMENTS_REFERENCE, table.GetID())
+    return table
+
+
+def fillMeasurementsTable(table, rows: Sequence[dict]) -> None:
+    """One table row per measurement: name, value, units, SE, z (NaN where there is none), id, landmarks."""
+    vtkTable = vtk.vtkTable()
+    for name, kind in MEASUREMENT_COLUMNS:
+        array = vtk.vtkStringArray() if kind == "string" else vtk.vtkDoubleArray()
+        array.SetName(name)
+        array.SetNumberOfValues(len(rows))
+        vtkTable.AddColumn(array)
+    for r, row in enumerate(rows):
+        values = {"name": row["name"], "value": row["value"], "units": row["units"], "SE": row["se"], "z": row["z"],
+                  "id": row["id"], "landmarks": " ".join(row.get("landmarks") or ())}
+        for c, (name, kind) in enumerate(MEASUREMENT_COLUMNS):
+            value = values[name]
+            if kind == "string":
+                vtkTable.GetColumn(c).SetValue(r, str(value))
+            else:
+                vtkTable.GetColumn(c).SetValue(r, float("nan") if value is None else float(value))
+    table.SetAndObserveTable(vtkTable)
+    table.Modified()
+

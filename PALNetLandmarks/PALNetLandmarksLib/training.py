@@ -1,16 +1,11 @@
-"""Training in a background process: the command line, the output reader and the log parser.
+"""Training in a background process: the command line and the log parser.
 
 Training runs ``palnet train`` in a separate Python process so Slicer's GUI never
-freezes. A thread copies the process's output lines into a queue; the GUI polls
-:meth:`TrainingProcess.readLines` from a timer, so every MRML and Qt call stays on
-the main thread. Nothing here imports Slicer or Qt.
+freezes; the process itself is a :class:`PALNetLandmarksLib.background.ChildProcess`
+(``qt.QProcess``, read from a timer). Nothing here imports Slicer or Qt.
 """
 import os
-import queue
 import re
-import subprocess
-import sys
-import threading
 from typing import Dict, List, Optional, Sequence
 
 # One line per epoch, as palnet.train.fit logs it, e.g.
@@ -64,88 +59,3 @@ def trainingCommand(python: str, packageParentDir: str, datasetDir: str, outputM
     if epochs is not None:
         command += ["--epochs", str(int(epochs))]
     return command + [str(a) for a in extraArgs]
-
-
-class TrainingProcess:
-    """A child process whose merged stdout/stderr lines can be read without blocking."""
-
-    def __init__(self, command: Sequence[str], env: Optional[dict] = None, cwd: Optional[str] = None):
-        environment = dict(os.environ if env is None else env)
-        environment["PYTHONUNBUFFERED"] = "1"  # lines arrive as they are printed
-        environment.setdefault("PYTHONIOENCODING", "utf-8")
-        kwargs = {}
-        if os.name == "nt":  # no console window pops up on Windows
-            kwargs["creationflags"] = getattr(subprocess, "CREATE_NO_WINDOW", 0)
-        self.command = list(command)
-        self.stopRequested = False
-        self._lines = queue.Queue()  # type: queue.Queue
-        self._process = subprocess.Popen(
-            self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=environment, cwd=cwd, universal_newlines=True, encoding="utf-8", errors="replace",
-            bufsize=1, **kwargs)
-        self._reader = threading.Thread(target=self._read, name="palnet-train-output", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        stream = self._process.stdout
-        for line in iter(stream.readline, ""):  # text mode: "\r" redraws also end a line
-            self._lines.put(line.rstrip("\r\n"))
-        stream.close()
-
-    @property
-    def pid(self) -> int:
-        return self._process.pid
-
-    def readLines(self) -> List[str]:
-        """Every line printed since the last call (never blocks)."""
-        out = []
-        while True:
-            try:
-                out.append(self._lines.get_nowait())
-            except queue.Empty:
-                return out
-
-    def returncode(self) -> Optional[int]:
-        """None while running; the exit status once the process ended and all output was read."""
-        code = self._process.poll()
-        if code is None or self._reader.is_alive():
-            return None
-        return code
-
-    @property
-    def running(self) -> bool:
-        return self.returncode() is None
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Ask the process to end, then kill it if it does not within ``timeout`` seconds."""
-        self.stopRequested = True
-        if self._process.poll() is not None:
-            return
-        self._process.terminate()
-        try:
-            self._process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
-
-    def wait(self, timeout: Optional[float] = None) -> int:
-        code = self._process.wait(timeout)
-        self._reader.join(timeout)
-        return code
-
-
-def defaultPythonExecutable() -> str:
-    """The Python that runs training: Slicer's ``PythonSlicer`` launcher when there is one."""
-    import shutil
-    found = shutil.which("PythonSlicer")
-    if found:
-        return found
-    try:
-        import slicer
-        inSlicer = hasattr(slicer, "app")
-    except ImportError:
-        inSlicer = False
-    if inSlicer:
-        # Inside Slicer sys.executable may be the application itself: never start a second Slicer.
-        raise RuntimeError("PythonSlicer was not found on the PATH; cannot start training in the background")
-    return sys.executable
