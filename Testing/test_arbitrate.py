@@ -82,3 +82,14 @@ def test_a_model_with_a_rule_saves_loads_and_reports_sources(tmp_path, model, sa
     plain = predict(sample[0], model)
     assert plain.sources == (NETWORK,) * n
     np.testing.assert_allclose(pred.landmarks.points[1:], plain.landmarks.points[1:])
+
+
+def test_a_landmark_some_validation_scans_lack_gets_no_rule():
+    """Its validation would rest on the scans that show it (face-only captures lack the ears):
+    the network keeps it."""
+    net, reg, truth, spread, _ = _answers()
+    truth = truth.copy()
+    truth[:5, 4] = np.nan  # five scans without landmark 4
+    rule = learn_rule(net, reg, truth, spread)
+    assert np.isinf(rule.onset_mm[4]) and rule.weight[4] == 0
+    assert np.isfinite(rule.onset_mm[[3, 5]]).all()

@@ -41,6 +41,8 @@ def main():
         spreads.append(pred.spread_mm)
         errors.append(errors_mm(pred, truth))
     spreads, errors = np.concatenate(spreads), np.concatenate(errors)
+    known = np.isfinite(errors)  # a landmark missing from the scan (or its truth) has no error
+    spreads, errors = spreads[known], errors[known]
     table = calibrate_confidence(spreads, errors)
     model.metadata["confidence"] = dict(table, data=str(args.data))
     save_model(args.out or args.model, model, half=True)

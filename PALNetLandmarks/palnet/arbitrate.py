@@ -95,16 +95,19 @@ def learn_rule(network: np.ndarray, registration: np.ndarray, truth: np.ndarray,
     tenth of faces like the validation ones (and on every face the fit calls doubtful)."""
     n, n_lm = network.shape[:2]
     d = np.linalg.norm(network - registration, axis=2)  # (N, L)
-    err_net = np.linalg.norm(network - truth, axis=2)
+    err_net = np.linalg.norm(network - truth, axis=2)  # NaN where a scan lacks the landmark
     onset = np.full(n_lm, np.inf)
     weight = np.zeros(n_lm)
     for k in range(n_lm):
-        best = err_net[:, k].mean() - MIN_GAIN_MM
+        known = np.isfinite(err_net[:, k])
+        if not known.all():  # some validation scans lack it (a face-only capture's ears): no rule
+            continue
+        best = err_net[known, k].mean() - MIN_GAIN_MM
         for a in ONSETS_MM:
-            ramp = np.clip((d[:, k] - a) / a, 0.0, 1.0)
+            ramp = np.clip((d[known, k] - a) / a, 0.0, 1.0)
             for w in WEIGHTS:
-                moved = network[:, k] + (w * ramp)[:, None] * (registration[:, k] - network[:, k])
-                e = np.linalg.norm(moved - truth[:, k], axis=1).mean()
+                moved = network[known, k] + (w * ramp)[:, None] * (registration[known, k] - network[known, k])
+                e = np.linalg.norm(moved - truth[known, k], axis=1).mean()
                 if e < best:
                     best, onset[k], weight[k] = e, a, w
     trigger = float(np.quantile(spread.mean(axis=1), trigger_quantile)) if n else 0.0
