@@ -309,7 +309,8 @@ def test_an_interrupted_batch_lists_every_scan_and_stops_its_workers(tmp_path, m
 def test_a_stop_signal_still_writes_the_summary(tmp_path, face, signum, capsys):
     scans = tmp_path / "scans"
     scans.mkdir()
-    for name in ("s1", "s2", "s3"):
+    names = ["s{}".format(i) for i in range(1, 9)]  # enough that the run is still busy when the signal comes
+    for name in names:
         write_mesh(face, scans / (name + ".ply"))
     out = tmp_path / "out"
     run = _start_batch(scans, out)
@@ -325,7 +326,7 @@ def test_a_stop_signal_still_writes_the_summary(tmp_path, face, signum, capsys):
     assert run.returncode == 128 + signum, err
     assert "stopped by " + signal.Signals(signum).name in _one_line(err)
     rows = _summary(out)
-    assert [r["scan"] for r in rows] == ["s1", "s2", "s3"]
+    assert [r["scan"] for r in rows] == names
     assert {r["status"] for r in rows} <= {"ok", "not run"} and rows[-1]["status"] == "not run"
     assert not (out / LOCK_NAME).exists()
     assert not [w for w in workers if _alive(w)]

@@ -496,7 +496,8 @@ def test_batch_runs_in_the_background(panel, face, tiny_model_path, tmp_path, di
 
 def test_batch_can_be_cancelled_and_lists_what_was_not_run(panel, face, tiny_model_path, tmp_path):
     p = panel._parameterNode
-    write_scans(tmp_path / "scans", face, 6)
+    # enough scans that the batch is still running when Cancel arrives on a fast machine
+    write_scans(tmp_path / "scans", face, 30)
     p.batchInputFolder, p.batchOutputFolder, p.modelFile = tmp_path / "scans", tmp_path / "out", tiny_model_path
     panel.onBatchRun()
     run = panel.logic.activeRun
