@@ -328,6 +328,7 @@ class PALNetLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.loadSampleButton.clicked.connect(self.onLoadSample)
         self.ui.modelFileDefaultButton.clicked.connect(self.onDefaultModelFile)
         self.ui.resultsTable.cellClicked.connect(self.onResultCellClicked)
+        self.ui.measurementsTable.cellClicked.connect(self.onMeasurementCellClicked)
         self.ui.batchRunButton.clicked.connect(self.onBatchRun)
         self.ui.batchCancelButton.clicked.connect(self.onCancelRun)
         self.ui.trainingStartButton.clicked.connect(self.onTrainingStart)
@@ -540,6 +541,12 @@ class PALNetLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         markupsLogic = slicer.modules.markups.logic()
         markupsLogic.JumpSlicesToNthPointInMarkup(node.GetID(), row, True)
         markupsLogic.FocusCamerasOnNthPointInMarkup(node.GetID(), row)
+
+    def onMeasurementCellClicked(self, row, column) -> None:
+        """Show the clicked measurement in the views (a line or an angle between its landmarks)."""
+        rows = self.logic.lastMeasurements or []
+        if 0 <= row < len(rows):
+            self.logic.showMeasurement(rows[row], self._resultNode)
 
     def onLoadSample(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to load the sample scan."), waitCursor=True):
@@ -866,11 +873,18 @@ class BatchRun(ChildRun):
     def __init__(self, command, workDir, outputDir, progress=None, finished=None):
         self.outputDir = outputDir
         self.rows = None
+        self.measurementsTable = None  # the batch's palnet_measurements.csv, when written
         super().__init__(command, workDir, progress, finished)
 
     def handleEvent(self, event: dict) -> None:
         if event["event"] == "scan" and self.progress:
             self.progress(int(event["done"]), int(event["total"]), event.get("scan", ""), event.get("error"))
+        elif event["event"] == "measurements":
+            self.measurementsTable = event.get("table")
+            for line in event.get("failures") or ():
+                logging.warning("PAL-Net batch measurements: %s", line)
+            if event.get("note"):
+                logging.info("PAL-Net batch: %s", event["note"])
 
     def handleEnd(self, code: int) -> None:
         from palnet.batch import BatchItem
@@ -1227,6 +1241,35 @@ class PALNetLandmarksLogic(ScriptedLoadableModuleLogic):
         mrml.fillMeasurementsTable(table, rows)
         table.SetAttribute(mrml.ATTRIBUTE_PREFIX + "pointListID", pointList.GetID())
         self.lastMeasurementsTable = table
+
+    def showMeasurement(self, row: dict, pointList):
+        """Draw one measurement of ``pointList``'s landmarks in the scene: a markups line for a
+        distance, a markups angle for an angle (the node "PALNet measurement", one at a time, made
+        anew for each). Returns the node, or None for a kind without such a drawing (index, arc,
+        asymmetry) or when one of its landmarks is missing."""
+        scene = slicer.mrmlScene
+        old = getattr(self, "measurementNode", None)
+        if old is not None and old.GetScene() is not None:
+            scene.RemoveNode(old)
+        self.measurementNode = None
+        kind, labels = row.get("kind"), list(row.get("landmarks") or ())
+        className = {("distance", 2): "vtkMRMLMarkupsLineNode", ("projected", 2): "vtkMRMLMarkupsLineNode",
+                     ("angle", 3): "vtkMRMLMarkupsAngleNode"}.get((kind, len(labels)))
+        if className is None or pointList is None or pointList.GetScene() is None:
+            return None
+        index = {pointList.GetNthControlPointLabel(i): i for i in range(pointList.GetNumberOfControlPoints())}
+        if any(label not in index or pointList.GetNthControlPointPositionStatus(index[label])
+               != pointList.PositionDefined for label in labels):
+            return None
+        node = scene.AddNewNodeByClass(className, "PALNet measurement")
+        node.CreateDefaultDisplayNodes()
+        for label in labels:
+            position = [0.0, 0.0, 0.0]
+            pointList.GetNthControlPointPositionWorld(index[label], position)
+            node.AddControlPointWorld(vtk.vtkVector3d(*position), label)
+        node.SetAttribute(mrml.ATTRIBUTE_PREFIX + "measurement", str(row.get("id", "")))
+        self.measurementNode = node
+        return node
 
     def _logPrediction(self, modelNode, prediction) -> None:
         logging.info("PAL-Net: %d landmarks on %s: %s, fit %.2f mm, units %s, %.2f s", len(prediction.landmarks),

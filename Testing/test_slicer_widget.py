@@ -330,6 +330,21 @@ def test_apply_runs_in_the_background_one_at_a_time(panel, mrml_scene, face, tin
         assert vtk_table.GetNumberOfRows() == len(rows) == ui.measurementsTable.rowCount() > 10
         assert ui.measurementsTable.item(0, 0).text() == rows[0]["name"] == vtk_table.GetValue(0, 0).ToString()
         assert "measurements in" in ui.statusLabel.text()
+        # A clicked measurement is drawn between its landmarks: a line for a distance, an angle for an angle.
+        ids = [r["id"] for r in rows]
+        labels = [run.node.GetNthControlPointLabel(i) for i in range(run.node.GetNumberOfControlPoints())]
+        world = np.array([run.node.GetNthControlPointPositionWorld(i) for i in range(len(labels))])
+        panel.onMeasurementCellClicked(ids.index("en-en"), 0)
+        line = panel.logic.measurementNode
+        assert line.IsA("vtkMRMLMarkupsLineNode") and line.GetNumberOfControlPoints() == 2
+        np.testing.assert_allclose(line.GetNthControlPointPositionWorld(1), world[labels.index("en_L")], atol=1e-6)
+        assert abs(line.GetLineLengthWorld() - rows[ids.index("en-en")]["value"]) < 0.01
+        panel.onMeasurementCellClicked(ids.index("nasolabial_angle"), 0)
+        angle = panel.logic.measurementNode
+        assert angle.IsA("vtkMRMLMarkupsAngleNode") and line.GetScene() is None  # one drawing at a time
+        assert abs(angle.GetAngleDegrees() - rows[ids.index("nasolabial_angle")]["value"]) < 0.01
+        panel.onMeasurementCellClicked(ids.index("nasal_index"), 0)  # an index has no drawing
+        assert panel.logic.measurementNode is None and angle.GetScene() is None
     # The result table centres the views on a landmark.
     panel.onResultCellClicked(3, 0)
     calls = slicer.modules.markups.logic().calls[-2:]
@@ -489,6 +504,9 @@ def test_batch_runs_in_the_background(panel, face, tiny_model_path, tmp_path, di
     assert ui.batchSummaryLabel.text().startswith("3 scans: 2 done, 0 not a face, 0 skipped, 1 failed")
     assert ui.batchLog.isVisibleTo(panel.parent) and "broken" in ui.batchLog.toPlainText()
     assert (tmp_path / "out" / "s0.fcsv").exists() and (tmp_path / "out" / "palnet_summary.csv").exists()
+    # the batch's measurements, as palnet predict --measure writes them
+    assert run.measurementsTable == str(tmp_path / "out" / "palnet_measurements.csv")
+    assert (tmp_path / "out" / "palnet_measurements.csv").read_text().count("\n") == 3  # header + 2 faces
     assert ui.batchProgressBar.value() == 3 and ui.batchRunButton.isEnabled() and not ui.batchCancelButton.isEnabled()
     assert str(tmp_path / "scans") in ui.batchInputFolderPathLineEdit.history
     assert dialogs.kinds() == []

@@ -146,6 +146,13 @@ def batchCommand(args) -> int:
     rows = predict_files([args.input], args.output, model, fmt=args.format, snap=args.snap, units=args.units,
                          overwrite=args.overwrite, progress=progress, isolate=True, rejected_hint=args.rejected_hint)
     _writeJson(args.result, [row.__dict__ for row in rows])
+    # The batch's measurements table beside the summary (palnet predict --measure does the same).
+    try:
+        from palnet.batch import measure_outputs
+        table, failures, note = measure_outputs(rows, args.output, args.overwrite)
+        emit("measurements", table=str(table) if table else None, failures=list(failures), note=note)
+    except Exception as exc:  # the landmarks are written whatever happens to the table
+        emit("measurements", table=None, failures=["{}: {}".format(type(exc).__name__, exc)], note="")
     emit("done")
     return 0
 
