@@ -106,8 +106,11 @@ def _wait_for(condition, seconds: float = 30.0):
 
 def _start_batch(scans: Path, out: Path, *extra: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PACKAGE_DIR), os.environ.get("PYTHONPATH", "")]))
+    # As from a terminal: a run started from a background shell inherits SIGINT ignored, and
+    # palnet keeps a signal its parent ignores ignored (nohup); these tests send it on purpose.
     return subprocess.Popen([sys.executable, "-m", "palnet", "predict", str(scans), "-o", str(out), "-q"] + list(extra),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _batch_workers(run: subprocess.Popen, out: Path, n: int):

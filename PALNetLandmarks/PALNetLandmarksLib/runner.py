@@ -161,6 +161,9 @@ def _watchCancel(cancelPath: Optional[str], interval: float = 0.1) -> None:
     """Interrupt the main thread as soon as the cancel file appears (the main thread may be waiting on workers)."""
     if not cancelPath:
         return
+    # Cancel interrupts this process with SIGINT: it must raise KeyboardInterrupt even when the
+    # process was started ignoring SIGINT (from a background shell, nohup, a service).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def watch() -> None:
         while not os.path.exists(cancelPath):
