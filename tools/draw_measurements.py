@@ -221,7 +221,6 @@ def _tube(points, radius, rgb):
     from vtkmodules.vtkCommonCore import vtkPoints
     from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkPolyData
     from vtkmodules.vtkFiltersCore import vtkTubeFilter
-    from vtkmodules.vtkRenderingCore import vtkActor, vtkPolyDataMapper
 
     pts = vtkPoints()
     for p in points:
@@ -238,25 +237,25 @@ def _tube(points, radius, rgb):
     tube.SetRadius(radius)
     tube.SetNumberOfSides(10)
     tube.CappingOn()
-    mapper = vtkPolyDataMapper()
-    mapper.SetInputConnection(tube.GetOutputPort())
-    actor = vtkActor()
-    actor.SetMapper(mapper)
-    actor.GetProperty().SetColor(*rgb)
-    return actor
+    return _coloured(tube, rgb)
 
 
 def _ball(p, radius, rgb):
     from vtkmodules.vtkFiltersSources import vtkSphereSource
-    from vtkmodules.vtkRenderingCore import vtkActor, vtkPolyDataMapper
 
     s = vtkSphereSource()
     s.SetCenter(*map(float, p))
     s.SetRadius(radius)
     s.SetThetaResolution(16)
     s.SetPhiResolution(12)
+    return _coloured(s, rgb)
+
+
+def _coloured(source, rgb):
+    """An actor showing ``source``'s output in one colour."""
+    from vtkmodules.vtkRenderingCore import vtkActor, vtkPolyDataMapper
     mapper = vtkPolyDataMapper()
-    mapper.SetInputConnection(s.GetOutputPort())
+    mapper.SetInputConnection(source.GetOutputPort())
     actor = vtkActor()
     actor.SetMapper(mapper)
     actor.GetProperty().SetColor(*rgb)

@@ -264,16 +264,9 @@ class Protocol:
     @classmethod
     def load(cls, path: PathLike) -> "Protocol":
         """Read and check a protocol JSON file."""
-        from .textfiles import read_text
+        from .textfiles import read_json
         path = os.fspath(path)
-        text = read_text(path, "protocol file", "JSON")
-        try:
-            d = json.loads(text)
-        except ValueError as e:
-            msg = getattr(e, "msg", str(e))
-            where = " (line {}, column {})".format(e.lineno, e.colno) if hasattr(e, "lineno") else ""
-            raise PalnetError("not valid JSON: {}{}".format(msg, where), path) from None
-        return cls.from_dict(d, source=path)
+        return cls.from_dict(read_json(path, "protocol file"), source=path)
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON form; ``from_dict(p.to_dict()) == p``."""

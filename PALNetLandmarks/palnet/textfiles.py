@@ -1,5 +1,6 @@
 """Reading a small text file (a protocol, measurement definitions, norms, a landmark file) with
 one clear line for each way it can fail, naming the file."""
+import json
 import os
 from typing import Union
 
@@ -23,3 +24,13 @@ def read_text(path: PathLike, what: str, kind: str = "text", newline=None) -> st
         raise PalnetError("not a text file (a {} is {})".format(what, kind), path) from None
     except OSError as e:
         raise PalnetError("cannot read: {}".format(e.strerror or e), path) from None
+
+
+def read_json(path: PathLike, what: str):
+    """The file's JSON value; a file that is not valid JSON is one line with the place it breaks."""
+    text = read_text(path, what, "JSON")
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        where = " (line {}, column {})".format(e.lineno, e.colno) if hasattr(e, "lineno") else ""
+        raise PalnetError("not valid JSON: {}{}".format(getattr(e, "msg", str(e)), where), os.fspath(path)) from None

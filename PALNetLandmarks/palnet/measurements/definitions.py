@@ -5,7 +5,6 @@ soft-tissue measurements on the 50 palnet50 landmarks; users may write their own
 docs/measurements.md for the format). Every problem with a file is a PalnetError: one line
 naming the file, the measurement and what is wrong.
 """
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -183,15 +182,9 @@ class Definitions:
 
     @classmethod
     def load(cls, path: PathLike) -> "Definitions":
-        from ..textfiles import read_text
+        from ..textfiles import read_json
         path = os.fspath(path)
-        text = read_text(path, "measurement definitions file", "JSON")
-        try:
-            d = json.loads(text)
-        except ValueError as e:
-            where = " (line {}, column {})".format(e.lineno, e.colno) if hasattr(e, "lineno") else ""
-            raise PalnetError("not valid JSON: {}{}".format(getattr(e, "msg", str(e)), where), path) from None
-        return cls.from_dict(d, source=path)
+        return cls.from_dict(read_json(path, "measurement definitions file"), source=path)
 
 
 def default_definitions_path() -> Path:
