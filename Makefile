@@ -1,5 +1,7 @@
 # The README's two commands: `make demo` (the main job) and `make test` (the whole suite).
 # Both create or reuse the virtual environment .venv with palnet installed in editable mode.
+# Each install step prints one line saying what it does; pip runs quietly (-q) and speaks only
+# when something goes wrong.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -9,21 +11,25 @@ TORCH  := torch==2.13.0
 .PHONY: demo test clean-venv
 
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	@echo "[setup] creating the virtual environment $(VENV)"
+	@$(PYTHON) -m venv $(VENV)
+	@echo "[setup] upgrading pip"
+	@$(BIN)/python -m pip install -q --upgrade pip
 
 # Inference needs only numpy, scipy and vtk.
 $(VENV)/.demo-deps: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e .
-	touch $@
+	@echo "[setup] installing palnet (editable) with numpy, scipy and vtk"
+	@$(BIN)/python -m pip install -q -e .
+	@touch $@
 
 # Training and test extras in the same environment; slicer-core pins vtk, so it is
 # resolved together with the project. The constraints file fixes the versions the suite runs
 # against, the same on every machine.
 CONSTRAINTS := Testing/constraints.txt
 $(VENV)/.test-deps: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
-	$(BIN)/python -m pip install -q -e ".[train,test]" "$(TORCH)" -c $(CONSTRAINTS)
-	touch $@ $(VENV)/.demo-deps
+	@echo "[setup] installing palnet (editable) with the training and test extras and $(TORCH); this takes a few minutes"
+	@$(BIN)/python -m pip install -q -e ".[train,test]" "$(TORCH)" -c $(CONSTRAINTS)
+	@touch $@ $(VENV)/.demo-deps
 
 SAMPLE := PALNetLandmarks/Resources/Samples
 

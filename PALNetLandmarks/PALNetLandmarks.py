@@ -61,16 +61,21 @@ try:
     _checkOwnPalnet(palnet)
     from palnet import options as _options
     from palnet import resources
+    from palnet import status as _status
     from palnet.errors import PalnetError
     from PALNetLandmarksLib import background, mrml, runner, training
 finally:
     sys.path.remove(MODULE_DIR)  # the entry inserted above; the one Slicer added stays
 
 DOCS_URL = "https://github.com/palnet-slicer/SlicerPALNet/blob/main/docs/slicer.md"
-# The choices come from palnet.options, which the command line uses too (the .ui lists them for display).
+# The choices come from palnet.options, which the command line uses too; the widget fills the .ui's
+# combo boxes with them at setup (the .ui lists no items), each showing its default.
 SNAP_CHOICES = list(_options.SNAP_METHODS)
 UNIT_CHOICES = list(_options.UNIT_CHOICES)
 FORMAT_CHOICES = list(_options.LANDMARK_FORMATS)
+DEFAULT_SNAP = "nearest"
+DEFAULT_UNITS = _options.AUTO_UNITS
+DEFAULT_FORMAT = "mrk.json"
 DEFAULT_EPOCHS = 100
 SAMPLE_CATEGORY = "PAL-Net"
 SAMPLE_FACE = "PALNetSampleFace"
@@ -221,12 +226,12 @@ class PALNetLandmarksParameterNode:
     inputModel: vtkMRMLModelNode
     outputPointList: vtkMRMLMarkupsFiducialNode
     modelFile: pathlib.Path
-    snap: Annotated[str, Choice(SNAP_CHOICES)] = "nearest"
-    units: Annotated[str, Choice(UNIT_CHOICES)] = "auto"
+    snap: Annotated[str, Choice(SNAP_CHOICES)] = DEFAULT_SNAP
+    units: Annotated[str, Choice(UNIT_CHOICES)] = DEFAULT_UNITS
     lockPoints: bool = False
     batchInputFolder: pathlib.Path
     batchOutputFolder: pathlib.Path
-    batchFormat: Annotated[str, Choice(FORMAT_CHOICES)] = "mrk.json"
+    batchFormat: Annotated[str, Choice(FORMAT_CHOICES)] = DEFAULT_FORMAT
     batchOverwrite: bool = False
     trainingDataFolder: pathlib.Path
     trainingEpochs: Annotated[int, WithinRange(1, 10000)] = DEFAULT_EPOCHS
@@ -317,6 +322,7 @@ class PALNetLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.uiWidget = uiWidget
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
+        self._fillComboBoxes()
 
         self.logic = PALNetLandmarksLogic()
 
@@ -349,6 +355,15 @@ class PALNetLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.initializeParameterNode()
         self._updateButtons()
+
+    def _fillComboBoxes(self) -> None:
+        """The combo boxes' items from palnet.options (the .ui lists none), each showing its default."""
+        for box, items, default in ((self.ui.snapComboBox, SNAP_CHOICES, DEFAULT_SNAP),
+                                    (self.ui.unitsComboBox, UNIT_CHOICES, DEFAULT_UNITS),
+                                    (self.ui.batchFormatComboBox, FORMAT_CHOICES, DEFAULT_FORMAT)):
+            box.clear()
+            box.addItems(items)
+            box.setCurrentIndex(box.findText(default))
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
@@ -491,7 +506,7 @@ class PALNetLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         text = _("{status}: {n} landmarks in '{node}', face fit {fit:.2f} mm, units {units}, {seconds:.1f} s").format(
             status=status, n=len(prediction.landmarks), node=node.GetName(), fit=prediction.fit_rms_mm,
             units=prediction.units, seconds=self.logic.lastSeconds)
-        color = {"ok": "", "not a face": "#c00000"}.get(status, "#b36b00")  # amber: low fit, partial
+        color = {_status.OK: "", _status.NOT_A_FACE: "#c00000"}.get(status, "#b36b00")  # amber: low fit, partial
         if self.logic.lastMeasurementsTable is not None:
             text += _("; {n} measurements in '{table}'").format(n=len(self.logic.lastMeasurements),
                                                                table=self.logic.lastMeasurementsTable.GetName())
@@ -499,7 +514,7 @@ class PALNetLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.setStyleSheet("color: {}".format(color) if color else "")
         self._fillResultsTable()
         self._fillMeasurementsTable()
-        if status == "not a face":
+        if status == _status.NOT_A_FACE:
             slicer.util.warningDisplay(
                 _("{reason}. The landmarks were placed, but check them, the units and the input model.").format(
                     reason=prediction.message[:1].upper() + prediction.message[1:]))
@@ -714,8 +729,9 @@ class PALNetLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateButtons()
 
     def onTrainingProgress(self, row, line) -> None:
-        self._appendLog(self.ui.trainingLog, line)
-        if row is not None:
+        if row is None:  # an epoch's event line (row) follows its log line, shown already
+            self._appendLog(self.ui.trainingLog, line)
+        else:
             self.ui.trainingProgressBar.setValue(min(int(row["epoch"]), self._trainingEpochs))
             self.ui.trainingStatusLabel.setText(_(
                 "epoch {epoch}: loss {loss:.3f}, validation {val_pointwise_mm:.2f} mm point-wise, "
@@ -902,11 +918,12 @@ class BatchRun(ChildRun):
 
 
 class TrainingRun(background.BackgroundRun):
-    """A ``palnet train`` process, its per-epoch history in a table node, and the timer that polls it.
+    """A ``palnet train --events`` process, its per-epoch history in a table node, and the timer that polls it.
 
-    ``progress(row, line)`` is called for every output line (``row``: the parsed epoch
-    numbers or None); ``finished(returnCode, message)`` once at the end. All calls
-    happen on the thread that calls :meth:`poll` (the GUI thread, from a QTimer).
+    ``progress(row, line)`` is called for every output line (``row``: the epoch's numbers
+    when the line is an epoch event, see training.parseEpochLine, else None);
+    ``finished(returnCode, message)`` once at the end. All calls happen on the thread that
+    calls :meth:`poll` (the GUI thread, from a QTimer).
     """
 
     kind = "training"
@@ -947,7 +964,8 @@ class TrainingRun(background.BackgroundRun):
         if code == 0:
             return _("Training finished after {n} epochs; model saved to {path}").format(
                 n=len(self.history), path=self.outputModelPath)
-        last = self.errorMessage or next((line for line in reversed(self.log) if line.strip()), "")
+        last = self.errorMessage or next((line for line in reversed(self.log)
+                                          if line.strip() and training.parseEpochLine(line) is None), "")
         return _("Training failed (exit status {code}): {last}").format(code=code, last=last)
 
 
@@ -1275,7 +1293,7 @@ class PALNetLandmarksLogic(ScriptedLoadableModuleLogic):
         logging.info("PAL-Net: %d landmarks on %s: %s, fit %.2f mm, units %s, %.2f s", len(prediction.landmarks),
                      modelNode.GetName(), prediction.status, prediction.fit_rms_mm, prediction.units,
                      self.lastSeconds)
-        if prediction.status != "ok":
+        if prediction.status != _status.OK:
             logging.warning("PAL-Net: %s: %s (template fit %.2f mm); check the landmarks", modelNode.GetName(),
                             prediction.status, prediction.fit_rms_mm)
 
@@ -1361,11 +1379,11 @@ class PALNetLandmarksLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def batchSummary(rows, outputDir: str = "") -> str:
-        from palnet.batch import ERROR, NOT_RUN, REJECTED, SKIPPED, SUMMARY_NAME
-        done = sum(r.status not in (REJECTED, SKIPPED, ERROR, NOT_RUN) for r in rows)  # ok, low fit, partial...
-        rejected = sum(r.status == REJECTED for r in rows)
-        skipped = sum(r.status == SKIPPED for r in rows)
-        failed = sum(r.status == ERROR for r in rows)
+        from palnet.batch import SUMMARY_NAME
+        done = sum(r.status in _status.DONE for r in rows)  # a landmark file written: ok, partial, low fit
+        rejected = sum(r.status == _status.NOT_A_FACE for r in rows)
+        skipped = sum(r.status == _status.SKIPPED for r in rows)
+        failed = sum(r.status == _status.ERROR for r in rows)
         text = _("{n} scans: {done} done, {rejected} not a face, {skipped} skipped, {failed} failed").format(
             n=len(rows), done=done, rejected=rejected, skipped=skipped, failed=failed)
         if outputDir:

@@ -68,3 +68,20 @@ def test_no_import_cycles():
 def test_no_module_is_named_like_the_standard_library():
     clash = sorted(name for name in _modules() if name.split(".")[-1] in sys.stdlib_module_names)
     assert not clash, clash
+
+
+def test_statuses_are_named_in_one_module():
+    """A scan's or a batch row's status is written as a string only in palnet/status.py; the
+    other modules use its names, so a status cannot be misspelt in one of them."""
+    from palnet import status
+    words = set(status.SCAN_STATUSES) | {status.ERROR, status.SKIPPED, status.NOT_RUN}
+    found = []
+    for name, path in _modules().items():
+        if name == "palnet.status":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        keys = {id(k) for d in ast.walk(tree) if isinstance(d, ast.Dict) for k in d.keys}  # a report's "skipped"
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and node.value in words and id(node) not in keys:
+                found.append("{}:{} {!r}".format(path.name, node.lineno, node.value))
+    assert not found, found

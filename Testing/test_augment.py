@@ -17,7 +17,7 @@ def scan(ict_path):
 
 
 def test_coarsen_keeps_a_manifold_surface(scan):
-    from palnet.cleanup import edges_and_border
+    from palnet.geometry import edges_and_border
     mesh, _ = scan
     c = coarsen(mesh, 0.4)
     assert 0.5 * mesh.n_vertices < c.n_vertices < 0.7 * mesh.n_vertices

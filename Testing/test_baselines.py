@@ -200,6 +200,12 @@ def test_initial_approximation_baseline(sample, tiny_model):
     assert _on_surface(mesh, lms.points).max() < 1e-9  # on scan vertices
     err = np.linalg.norm(lms.points - truth.select(lms.labels).points, axis=1)
     assert err.mean() < 6.0, err.mean()
+    # from a prediction's pose: the same landmarks without aligning the scan again
+    from palnet.pipeline import model_arrays, template_modes, to_canonical_frame
+    template = model_arrays(tiny_model)[0]
+    c = to_canonical_frame(mesh, template, "auto", template_modes(template))
+    again = initial_approximation_baseline(mesh, tiny_model, c.units, c.alignment)
+    np.testing.assert_array_equal(again.points, lms.points)
 
 
 def test_template_registration_baseline_in_any_units(sample, tiny_model):

@@ -3,7 +3,8 @@ surface keeps its vertices."""
 import numpy as np
 import pytest
 
-from palnet.cleanup import _neighbour_centres, edges_and_border, find_fragments, find_spikes, remove_spikes
+from palnet.cleanup import _neighbour_centres, find_fragments, find_spikes, remove_spikes
+from palnet.geometry import edges_and_border
 from palnet.mesh_io import read_mesh
 from palnet.resources import sample_scan_path
 from palnet.datatypes import Mesh
@@ -16,7 +17,7 @@ def sample():
 
 def _spiked(mesh, fraction, seed=0):
     """Spikes on vertices inside the surface (border vertices are not judged, see cleanup)."""
-    from palnet.synth import vertex_normals
+    from palnet.geometry import vertex_normals
     rng = np.random.default_rng(seed)
     inside = np.flatnonzero(~_neighbour_centres(mesh)[3])
     pick = rng.choice(inside, int(fraction * mesh.n_vertices), replace=False)

@@ -220,7 +220,7 @@ def test_save_refuses_what_load_would_refuse(good, tmp_path):
 
 
 def test_confidence_stays_within_0_and_1_for_a_model_never_loaded():
-    from palnet.pipeline import landmark_confidence
+    from palnet.priors import landmark_confidence
     weights = {k: np.zeros(s, np.float32) for k, s in expected_weight_shapes(CONFIG).items()}
     meta = dict(METADATA, confidence={"spread_mm": [0.5, 1.0], "p_within_2mm": [5.0, -3.0]})
     conf = landmark_confidence(np.array([0.1, 0.75, 3.0]), Model(weights, CONFIG, meta))

@@ -71,9 +71,10 @@ def test_a_file_of_only_missing_landmarks_is_refused(tmp_path):
 
 def test_a_picture_leaves_missing_landmarks_out(tmp_path, sample):
     from palnet.datatypes import Landmarks
-    from palnet.render import render_landmarks
+    from palnet.render import RenderOptions, render_landmarks
     mesh, truth = sample
     pts = truth.points.copy()
     pts[:5] = np.nan
-    out = render_landmarks(mesh, Landmarks(truth.labels, pts, units=truth.units), tmp_path / "m.png", size=(200, 200))
+    out = render_landmarks(mesh, Landmarks(truth.labels, pts, units=truth.units), tmp_path / "m.png",
+                           RenderOptions(size=(200, 200)))
     assert (tmp_path / "m.png").stat().st_size > 1000 and str(out).endswith("m.png")

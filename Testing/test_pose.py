@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from palnet.align import align_scan, grid_subsample
-from palnet.patches import sample_surface, thin_points
+from palnet.align import align_scan
+from palnet.geometry import grid_subsample, sample_surface, thin_points
 from palnet.pipeline import predict
 from palnet.resources import face_template_path
 from palnet.datatypes import Mesh

@@ -29,9 +29,11 @@ from palnet.engine import NetworkConfig, expected_weight_shapes  # noqa: E402
 from palnet.mesh_io import mesh_to_polydata, write_mesh  # noqa: E402
 from palnet.landmark_io import read_landmarks, split_description  # noqa: E402
 from palnet.modelfile import Model, save_model  # noqa: E402
+from palnet.progress import event_line  # noqa: E402
 from palnet.protocol import Protocol, default_protocol  # noqa: E402
 from palnet.resources import default_model_path, face_template_path, sample_landmarks_path, sample_scan_path  # noqa
 from palnet.datatypes import Mesh  # noqa: E402
+from palnet.train import epoch_line  # noqa: E402
 
 TESTING = Path(__file__).resolve().parent
 REPO = TESTING.parent
@@ -453,25 +455,29 @@ def test_batch_counts_scans_that_are_not_a_face_and_tells_slicer_users_what_to_d
 
 # ---------------------------------------------------------------- training
 
-EPOCH_LINES = [
-    "epoch   1  loss 14.020  val point-wise 9.100 mm  distance-wise 7.003 mm  lr 0.001  0.9 s  *",
-    "epoch   2  loss 12.500  val point-wise 9.350 mm  distance-wise 6.800 mm  lr 0.001  0.8 s",
-    "epoch  12  loss 3.25  val point-wise 2.5 mm  distance-wise 1.75 mm  lr 0.0005  12.0 s  *",
+EPOCHS = [
+    {"epoch": 1, "loss": 14.02, "val_pointwise_mm": 9.1, "val_distancewise_mm": 7.003, "lr": 0.001, "seconds": 0.9,
+     "best": True},
+    {"epoch": 2, "loss": 12.5, "val_pointwise_mm": 9.35, "val_distancewise_mm": 6.8, "lr": 0.001, "seconds": 0.8,
+     "best": False},
+    {"epoch": 12, "loss": 3.25, "val_pointwise_mm": 2.5, "val_distancewise_mm": 1.75, "lr": 0.0005, "seconds": 12.0,
+     "best": True},
 ]
+# What palnet train --events prints for each epoch: its log line, then its event line.
+EPOCH_LINES = [line for e in EPOCHS for line in (epoch_line(e), event_line("epoch", **e))]
 
 
 def test_training_log_parser(plm):
     parse = plm.training.parseEpochLine
-    row = parse("epoch   3  loss 11.206  val point-wise 8.607 mm  distance-wise 6.237 mm  lr 0.001  0.8 s")
-    assert row == {"epoch": 3, "loss": 11.206, "val_pointwise_mm": 8.607, "val_distancewise_mm": 6.237,
-                   "lr": 0.001, "seconds": 0.8, "best": False}
-    assert parse(EPOCH_LINES[0])["best"] is True
-    assert parse("epoch 140  loss 1.5e+00  val point-wise 1.2 mm  distance-wise 0.9 mm  lr 1.6e-05  3.0 s")["lr"] \
-        == pytest.approx(1.6e-05)
-    assert np.isnan(parse("epoch 1  loss nan  val point-wise nan mm  distance-wise nan mm  lr 0.001  0.1 s")["loss"])
-    for other in ("", "training on 8 scans, validating on 2", "resumed from x.ckpt at epoch 4",
-                  "preprocess [####......] 3/10  2s elapsed, 5s left", "stopping: no improvement for 30 epochs",
-                  "validation: point-wise 1.234 mm, distance-wise 0.987 mm", "epoch 3 loss"):
+    assert [parse(line) for line in EPOCH_LINES[1::2]] == EPOCHS  # the event lines, number for number
+    assert EPOCH_LINES[0] == "epoch   1  loss 14.020  val point-wise 9.100 mm  distance-wise 7.003 mm  lr 0.001  0.9 s  *"
+    assert parse(event_line("epoch", **dict(EPOCHS[1], lr=1.6e-05)))["lr"] == pytest.approx(1.6e-05)
+    assert np.isnan(parse(event_line("epoch", **dict(EPOCHS[0], loss=float("nan"))))["loss"])
+    for other in EPOCH_LINES[::2] + [
+            "", "training on 8 scans, validating on 2", "resumed from x.ckpt at epoch 4",
+            "preprocess [####......] 3/10  2s elapsed, 5s left", "stopping: no improvement for 30 epochs",
+            "validation: point-wise 1.234 mm, distance-wise 0.987 mm", "epoch 3 loss", "@palnet not JSON",
+            event_line("stage", stage="alignment"), event_line("epoch", epoch=3), "@palnet [1, 2]"]:
         assert parse(other) is None, other
     assert plm.training.parseErrorLine("palnet train: error: data: found 1 (scan, landmark file) pairs") == \
         "data: found 1 (scan, landmark file) pairs"
@@ -534,9 +540,10 @@ def test_training_failure_and_stop(plm, mrml_scene, tmp_path):
 
     slow = fake_trainer(tmp_path, """
         import time
-        print("epoch   1  loss 14.0  val point-wise 9.1 mm  distance-wise 7.0 mm  lr 0.001  0.9 s  *")
+        for line in {lines!r}:
+            print(line)
         time.sleep(60)
-    """)
+    """.format(lines=EPOCH_LINES[:2]))
     run = logic.startTrainingProcess(slow, str(tmp_path / "m.npz"))
     deadline = time.monotonic() + 20
     while not run.history and time.monotonic() < deadline:
@@ -554,13 +561,13 @@ def test_training_command_runs_palnets_own_command_line(plm, tmp_path):
     command = plm.training.trainingCommand(sys.executable, str(MODULE_DIR), str(tmp_path / "data"),
                                            str(tmp_path / "out.npz"), 7, ["--val-split", "0.5"])
     assert command[command.index("train"):] == ["train", str(tmp_path / "data"), "-o", str(tmp_path / "out.npz"),
-                                                 "--epochs", "7", "--val-split", "0.5"]
+                                                 "--events", "--epochs", "7", "--val-split", "0.5"]
     # The bootstrap imports palnet from the module folder, even where palnet is not installed.
     help_command = command[:command.index("train")] + ["train", "--help"]
     env = dict(os.environ, PYTHONPATH="", PYTHONNOUSERSITE="1")
     out = subprocess.run(help_command, capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "--epochs" in out.stdout
+    assert "--epochs" in out.stdout and "--events" in out.stdout
 
 
 def test_train_checks_its_inputs_before_starting(plm, mrml_scene, tmp_path, monkeypatch):

@@ -219,6 +219,25 @@ def test_parameters_round_trip_through_widgets_and_the_scene(plm, panel, mrml_sc
     assert ui.unitsComboBox.currentText() == "mm"
 
 
+def test_combo_boxes_list_what_palnet_options_lists(plm, panel):
+    """The .ui lists no items: setup fills every combo box from palnet.options, its default shown."""
+    import xml.etree.ElementTree as ET
+
+    from palnet import options
+    ui = panel.ui
+    boxes = [(ui.snapComboBox, options.SNAP_METHODS, "nearest"), (ui.unitsComboBox, options.UNIT_CHOICES, "auto"),
+             (ui.batchFormatComboBox, options.LANDMARK_FORMATS, "mrk.json")]
+    for box, items, default in boxes:
+        assert [box.itemText(i) for i in range(box.count())] == list(items), box.objectName()
+        assert box.currentText() == default, box.objectName()
+    p = panel._parameterNode
+    assert (p.snap, p.units, p.batchFormat) == ("nearest", "auto", "mrk.json")
+    root = ET.parse(MODULE_DIR / "Resources" / "UI" / "PALNetLandmarks.ui").getroot()
+    in_ui = {w.get("name"): w for w in root.iter("widget") if w.get("class") in ("QComboBox", "ctkComboBox")}
+    assert set(in_ui) == {box.objectName() for box, _, _ in boxes}, "a combo box that setup does not fill"
+    assert all(w.find("item") is None for w in in_ui.values()), "the .ui lists items of its own again"
+
+
 def test_path_field_keeps_what_the_user_types(panel, tmp_path):
     field = panel.ui.modelFilePathLineEdit
     p = panel._parameterNode
@@ -581,6 +600,7 @@ def test_training_runs_in_the_background_and_its_model_can_be_used(panel, traini
     spin(lambda: idle(panel), 60)
     assert run.returnCode == 0 and "finished after 3 epochs" in ui.trainingStatusLabel.text()
     assert ui.trainingProgressBar.value() == 12 and "epoch   2" in ui.trainingLog.toPlainText()
+    assert "@palnet" not in ui.trainingLog.toPlainText()  # the event lines feed the table, not the log
     assert ui.trainingUseModelButton.isEnabled() and ui.trainingShowPlotButton.isEnabled()
     ui.trainingShowPlotButton.click()
     assert slicer.modules.plots.logic().calls[-1] == ("ShowChartInLayout", run.chartNode)

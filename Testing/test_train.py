@@ -92,6 +92,24 @@ def test_checkpoint_resumes_the_same_run_only(tmp_path):
     assert str(ck) in str(info.value)
 
 
+def test_each_epoch_is_an_event_and_a_log_line_made_from_it():
+    """fit hands each epoch to on_epoch as a dict (what palnet train --events prints) and logs the
+    human line formatted from that dict."""
+    from palnet.train import epoch_line
+    scans = _scans(8)
+    logs, events = [], []
+    model = fit(scans[:6], scans[6:], ["a", "b", "c", "d", "e"], np.zeros((10, 3)), _cfg(2), {}, log=logs.append,
+                on_epoch=events.append)
+    history = model.metadata["training_history"]
+    assert [{k: v for k, v in e.items() if k != "best"} for e in events] == history and len(history) == 2
+    assert events[0]["best"] is True and all(type(e["best"]) is bool for e in events)
+    assert [line for line in logs if line.startswith("epoch")] == [epoch_line(e) for e in events]
+    assert epoch_line({"epoch": 3, "loss": 11.206, "val_pointwise_mm": 8.607, "val_distancewise_mm": 6.237, "lr": 0.001,
+                       "seconds": 0.8, "best": False}) == \
+        "epoch   3  loss 11.206  val point-wise 8.607 mm  distance-wise 6.237 mm  lr 0.001  0.8 s"
+    assert epoch_line(dict(events[0], best=True)).endswith("  *")
+
+
 def test_misaligned_scans_are_left_out():
     scans = _scans(10)
     scans[3] = TrainingScan("flipped", scans[3].samples, -scans[3].truth + 200, 6.0)
@@ -129,7 +147,7 @@ def test_final_validation_scores_what_predict_answers():
 def test_confidence_table_from_few_or_tied_spreads_has_no_gaps():
     """Fewer landmarks than bins (a small protocol, two validation scans) or tied spreads used
     to leave empty bins, whose NaN then made every confidence NaN."""
-    from palnet.pipeline import calibrate_confidence
+    from palnet.priors import calibrate_confidence
     for spread in (np.linspace(0.1, 1.0, 10), np.r_[np.zeros(30), np.linspace(0.5, 3.0, 20)]):
         error = spread * 2.5
         table = calibrate_confidence(spread, error)
@@ -155,7 +173,8 @@ def _shaped_scans(n, k=3, labels=5, seed=0):
 
 
 def test_landmark_modes_learn_how_landmarks_follow_the_fitted_face():
-    from palnet.train import fit_landmark_modes, scan_starts
+    from palnet.priors import fit_landmark_modes
+    from palnet.train import scan_starts
     scans, base, modes = _shaped_scans(60)
     learned = fit_landmark_modes(scans)
     np.testing.assert_allclose(np.asarray(learned["modes"]), modes, rtol=0.05, atol=0.1)  # ridge shrinks them a little
@@ -189,8 +208,7 @@ def test_shape_prior_pulls_noisy_landmarks_towards_the_training_shapes():
     """Landmarks that move together (here 4 hidden factors) let the precisely placed ones
     correct a loosely placed one; the prior's gain comes from the training shapes and the
     network's error on validation scans."""
-    from palnet.pipeline import apply_shape_prior
-    from palnet.train import fit_shape_prior
+    from palnet.priors import apply_shape_prior, fit_shape_prior
     rng = np.random.default_rng(0)
     base, modes = rng.normal(0, 30, (6, 3)), rng.normal(0, 3, (4, 6, 3))
 
@@ -226,7 +244,7 @@ def test_shape_prior_pulls_noisy_landmarks_towards_the_training_shapes():
 
 
 def test_shrinkage_grows_as_the_training_set_shrinks():
-    from palnet.train import _shrunk_covariance
+    from palnet.priors import _shrunk_covariance
     rng = np.random.default_rng(1)
     mix = rng.normal(0, 1, (30, 30))
     alphas = [_shrunk_covariance(rng.normal(0, 1, (n, 30)) @ mix)[1] for n in (1000, 100, 15)]
@@ -240,7 +258,8 @@ def test_landmarks_a_scan_lacks_teach_nothing_and_break_nothing():
     them, the epoch runs, the priors and modes learn from the scans that show everything."""
     import torch
 
-    from palnet.train import _loss, fit_shape_prior
+    from palnet.priors import fit_shape_prior
+    from palnet.train import _loss
     pred = torch.zeros((2, 3, 3), requires_grad=True)
     truth = torch.tensor([[[1.0, 0, 0], [float("nan")] * 3, [0, 1.0, 0]], [[1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]]])
     loss, point, dist = _loss(torch, pred, truth, [0.6, 0.4])

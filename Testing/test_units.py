@@ -236,13 +236,14 @@ def test_readme_documents_the_detection_ranges():
 # ---------------------------------------------------------------- pictures
 
 def test_a_scan_in_metres_is_drawn_like_the_same_scan_in_mm(tmp_path, scans):
-    from palnet.render import _read_png, render_landmarks
+    from palnet.render import RenderOptions, _read_png, render_landmarks
     pictures = {}
+    options = RenderOptions(views=("front",), size=(240, 240), colors=[(1.0, 0.0, 0.0)], labels=False,
+                            up=(0, 0, 1), front=(0, -1, 0))
     for units in ("mm", "m"):
         mesh, truth = scans[units]
         out = render_landmarks(Mesh(mesh.vertices, mesh.triangles, units), truth, tmp_path / (units + ".png"),
-                               views=("front",), size=(240, 240), colors=[(1.0, 0.0, 0.0)], labels=False,
-                               up=(0, 0, 1), front=(0, -1, 0))
+                               options)
         pictures[units] = _read_png(out).astype(int)
     red = {u: ((p[..., 0] > 150) & (p[..., 1] < 80) & (p[..., 2] < 80)).sum() for u, p in pictures.items()}
     assert red["mm"] > 100, red  # landmark spheres are drawn

@@ -99,7 +99,7 @@ def test_scanner_habits_coarse_mesh_and_closed_eyes(ict):
 
 def test_hair_covers_the_scalp_and_spares_the_face(ict):
     from palnet.variety import add_hair
-    from palnet.synth import vertex_normals
+    from palnet.geometry import vertex_normals
     verts, labels, lm = _head(ict)
     nrm = vertex_normals(verts, ict.triangles)
     haired = add_hair(verts, nrm, labels, lm, 10.0, np.random.default_rng(0))

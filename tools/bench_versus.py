@@ -1,6 +1,6 @@
 """Two checkouts of palnet side by side on this machine: the same jobs, alternated, as ratios.
 
-    python tools/bench_versus.py OLD_CHECKOUT NEW_CHECKOUT --scan SCAN.ply --batch DIR [--repeats 5]
+    python tools/bench_versus.py OLD_CHECKOUT NEW_CHECKOUT --scan SCAN.ply --batch DIR [--dense BIG.ply] [--repeats 5]
 
 Each job runs the checkout's own ``palnet`` command line in a fresh process (its package
 folder first on PYTHONPATH), old and new taking turns so that the machine's drift falls on
@@ -8,7 +8,8 @@ both alike. Jobs:
   scan    one scan, whole process (imports, model, scan, prediction, writing), one core:
           pinned to CPU 0 where ``taskset`` exists, one BLAS thread;
   batch   every mesh in DIR (e.g. 10 scans) with ``--jobs 2`` in this shell's environment as it
-          is (no thread settings added: what a user who types the command gets).
+          is (no thread settings added: what a user who types the command gets);
+  dense   one dense scan (e.g. 2.7M vertices) as the scan job, with the process's peak memory.
 Each prints wall seconds; the table gives medians and new/old ratios.
 """
 import argparse
@@ -35,8 +36,15 @@ def _env(checkout: Path, one_thread: bool) -> dict:
     return env
 
 
-def _run(checkout: Path, argv, one_core: bool) -> dict:
-    cmd = [sys.executable, "-m", "palnet"] + argv
+# Runs palnet's command line and prints the process's peak resident memory (MiB) last on stderr.
+_PEAK = ("import resource, runpy, sys\n"
+         "try:\n    runpy.run_module('palnet', run_name='__main__', alter_sys=True)\n"
+         "finally:\n    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+         "    sys.stderr.write('\\npeak_mib %.1f\\n' % (peak / (1024.0 if sys.platform != 'darwin' else 1024.0 ** 2)))\n")
+
+
+def _run(checkout: Path, argv, one_core: bool, peak: bool = False) -> dict:
+    cmd = [sys.executable] + (["-c", _PEAK] if peak else ["-m", "palnet"]) + argv
     if one_core and sys.platform.startswith("linux") and shutil.which("taskset"):
         cmd = ["taskset", "-c", "0"] + cmd
     t0 = time.perf_counter()
@@ -45,7 +53,10 @@ def _run(checkout: Path, argv, one_core: bool) -> dict:
     seconds = time.perf_counter() - t0
     if proc.returncode not in (0, 1):
         raise SystemExit("{} failed in {}: {}".format(" ".join(argv), checkout, proc.stderr.strip()[-400:]))
-    return {"seconds": seconds}
+    out = {"seconds": seconds}
+    if peak:
+        out["peak_mib"] = float(proc.stderr.rsplit("peak_mib", 1)[1].split()[0])
+    return out
 
 
 def main() -> int:
@@ -54,30 +65,41 @@ def main() -> int:
     p.add_argument("new", type=Path)
     p.add_argument("--scan", help="one mesh file for the single-scan job")
     p.add_argument("--batch", help="a folder of meshes for the batch job")
+    p.add_argument("--dense", help="one dense mesh for the dense job (time and peak memory, one core)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default=None, help="also write the raw timings as JSON")
     args = p.parse_args()
-    jobs = []
+    jobs = []  # (name, argv for an output folder, one core and thread, peak memory)
     if args.scan:
-        jobs.append(("scan", lambda out: ["predict", str(Path(args.scan).resolve()), "-o", out, "-q"], True))
+        jobs.append(("scan", lambda out: ["predict", str(Path(args.scan).resolve()), "-o", out, "-q"], True, False))
     if args.batch:
         jobs.append(("batch", lambda out: ["predict", str(Path(args.batch).resolve()), "-o", out, "-q",
-                                           "--jobs", "2"], False))
+                                           "--jobs", "2"], False, False))
+    if args.dense:
+        jobs.append(("dense", lambda out: ["predict", str(Path(args.dense).resolve()), "-o", out, "-q"], True, True))
     if not jobs:
-        p.error("give --scan, --batch or both")
-    results = {name: {"old": [], "new": []} for name, _, _ in jobs}
+        p.error("give --scan, --batch, --dense or several")
+    results = {name: {"old": [], "new": [], "old_peak_mib": [], "new_peak_mib": []} for name, _, _, _ in jobs}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
-            for name, argv, one_core in jobs:
+            for name, argv, one_core, peak in jobs:
                 for side in (("old", "new") if r % 2 == 0 else ("new", "old")):
                     out = os.path.join(tmp, "{}-{}-{}".format(name, side, r))
-                    res = _run(getattr(args, side).resolve(), argv(out), one_core)
+                    res = _run(getattr(args, side).resolve(), argv(out), one_core, peak)
                     results[name][side].append(res["seconds"])
-                    print("{:<6} {:<4} run {}: {:7.3f} s".format(name, side, r + 1, res["seconds"]), flush=True)
+                    note = ""
+                    if peak:
+                        results[name][side + "_peak_mib"].append(res["peak_mib"])
+                        note = "  peak {:.0f} MiB".format(res["peak_mib"])
+                    print("{:<6} {:<4} run {}: {:7.3f} s{}".format(name, side, r + 1, res["seconds"], note), flush=True)
     print("\njob     old s    new s   new/old   (medians of {} runs each)".format(args.repeats))
     for name in results:
         old, new = statistics.median(results[name]["old"]), statistics.median(results[name]["new"])
-        print("{:<6} {:7.3f}  {:7.3f}   {:6.2f}".format(name, old, new, new / old))
+        line = "{:<6} {:7.3f}  {:7.3f}   {:6.2f}".format(name, old, new, new / old)
+        if results[name]["old_peak_mib"]:
+            line += "   peak {:.0f} -> {:.0f} MiB".format(max(results[name]["old_peak_mib"]),
+                                                       max(results[name]["new_peak_mib"]))
+        print(line)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
     return 0

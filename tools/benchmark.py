@@ -78,7 +78,7 @@ def _error_text(exc: BaseException) -> str:
 
 def evaluate_scan(task) -> Dict[str, Any]:
     """Predict one scan with every method; nothing raised here escapes (each failure is recorded)."""
-    from palnet.baselines import template_registration_baseline
+    from palnet.baselines import initial_approximation_baseline, template_registration_baseline
     from palnet.mesh_io import read_mesh
     from palnet.landmark_io import check_labels, read_landmarks
     from palnet.pipeline import predict
@@ -97,7 +97,8 @@ def evaluate_scan(task) -> Dict[str, Any]:
     try:
         pred = predict(mesh, model)
         out["points"]["palnet"] = pred.landmarks.in_units("mm").points
-        out["points"]["initial"] = pred.initial.in_units("mm").points
+        out["points"]["initial"] = initial_approximation_baseline(mesh, model, pred.units,
+                                                                  pred.alignment).in_units("mm").points
         out["seconds"]["palnet"] = pred.seconds
         out["seconds"]["initial"] = pred.timings.get("prepare", pred.seconds)
         out["status"]["palnet"] = out["status"]["initial"] = pred.status

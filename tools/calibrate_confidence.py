@@ -17,7 +17,8 @@ import numpy as np
 from palnet.mesh_io import find_scan_pairs, read_mesh
 from palnet.landmark_io import check_labels, read_landmarks
 from palnet.modelfile import load_model, save_model
-from palnet.pipeline import calibrate_confidence, predict
+from palnet.pipeline import predict
+from palnet.priors import calibrate_confidence
 
 
 def errors_mm(pred, truth) -> np.ndarray:

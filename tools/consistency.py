@@ -76,7 +76,8 @@ def face_crop(mesh, pred):
 
 def check_scan(mesh, model, checks=CHECKS, png_dir: Optional[Path] = None, name: str = "scan") -> dict:
     """Every check on one scan: {"status": ..., check: {"mean_mm", "max_mm", ...}}."""
-    from palnet.pipeline import mirror_pairs, predict
+    from palnet.pipeline import predict
+    from palnet.priors import mirror_pairs
     base = predict(mesh, model)
     ref = _to_mm(base)
     out = {"status": base.status, "missing": list(base.missing)}
@@ -108,12 +109,13 @@ def check_scan(mesh, model, checks=CHECKS, png_dir: Optional[Path] = None, name:
         if check == "crop":
             variants[check] = (variant, p)
     if png_dir is not None:
-        from palnet.render import render_landmarks
+        from palnet.render import RenderOptions, render_landmarks
         png_dir = Path(png_dir)
         png_dir.mkdir(parents=True, exist_ok=True)
         rot = base.alignment.rotation  # canonical axes (y up, z front) seen in the scan's frame
-        render_landmarks(mesh, base.landmarks, png_dir / "{}.png".format(name), views=("front", "side"),
-                         up=rot[1], front=rot[2], title="{} ({})".format(name, base.status))
+        render_landmarks(mesh, base.landmarks, png_dir / "{}.png".format(name),
+                         RenderOptions(views=("front", "side"), up=rot[1], front=rot[2],
+                                       title="{} ({})".format(name, base.status)))
     return out
 
 

@@ -26,8 +26,8 @@ def canonical_answers(mesh, truth, model):
     """(network (L, 3), registration (L, 3), truth (L, 3), spread (L,), status), canonical mm."""
     from palnet.registration import register_template
     from palnet.patches import initial_approximation
-    from palnet.pipeline import (landmark_modes, model_arrays, network_answer, prepare_scan, scan_status,
-                                 starting_shape, template_modes)
+    from palnet.pipeline import model_arrays, network_answer, prepare_scan, scan_status, template_modes
+    from palnet.priors import landmark_modes, starting_shape
     template, mean, spacing, scale = model_arrays(model)
     prep = prepare_scan(mesh, template, mean, spacing, "auto", template_modes(template))
     start = starting_shape(mean, prep.alignment.shape, landmark_modes(model))

@@ -2,7 +2,7 @@
 
 The module starts it with Slicer's own Python (``PythonSlicer``) through a ``qt.QProcess``
 (see :mod:`PALNetLandmarksLib.background`). It talks back with one JSON object per stdout
-line, each prefixed with :data:`EVENT_PREFIX` (other lines are plain log text)::
+line, each prefixed with ``palnet.progress.EVENT_PREFIX`` (other lines are plain log text)::
 
     {"event": "stage", "stage": "alignment", "fraction": 0.1}     predict: each pipeline stage, then measuring
     {"event": "scan", "done": 3, "total": 9, "scan": "a", "error": null}   batch: after each scan
@@ -24,7 +24,8 @@ import threading
 import time
 from typing import List, Optional
 
-EVENT_PREFIX = "@palnet "
+from palnet.progress import event_line, parse_event as parseEvent  # noqa: F401 (the module reads events with it)
+
 EXIT_ERROR, EXIT_CANCELLED = 2, 3
 
 # Runs this module from the module folder, whatever else is on the path: ``palnet`` then
@@ -38,20 +39,8 @@ class Cancelled(Exception):
 
 
 def emit(event: str, **fields) -> None:
-    fields["event"] = event
-    sys.stdout.write(EVENT_PREFIX + json.dumps(fields) + "\n")
+    sys.stdout.write(event_line(event, **fields) + "\n")
     sys.stdout.flush()
-
-
-def parseEvent(line: str) -> Optional[dict]:
-    """The event of one output line, or None for a plain log line."""
-    if not line.startswith(EVENT_PREFIX):
-        return None
-    try:
-        event = json.loads(line[len(EVENT_PREFIX):])
-    except ValueError:
-        return None
-    return event if isinstance(event, dict) and "event" in event else None
 
 
 def command(python: str, moduleDir: str, args: List[str]) -> List[str]:

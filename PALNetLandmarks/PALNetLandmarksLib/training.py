@@ -1,21 +1,16 @@
-"""Training in a background process: the command line and the log parser.
+"""Training in a background process: the command line and the reader of its epoch events.
 
-Training runs ``palnet train`` in a separate Python process so Slicer's GUI never
+Training runs ``palnet train --events`` in a separate Python process so Slicer's GUI never
 freezes; the process itself is a :class:`PALNetLandmarksLib.background.ChildProcess`
-(``qt.QProcess``, read from a timer). Nothing here imports Slicer or Qt.
+(``qt.QProcess``, read from a timer). After each epoch's log line the process prints that epoch
+as an event line (``@palnet {"event": "epoch", ...}``, see palnet.progress), which is what
+:func:`parseEpochLine` reads. Nothing here imports Slicer or Qt.
 """
 import os
 import re
 from typing import Dict, List, Optional, Sequence
 
-# One line per epoch, as palnet.train.fit logs it, e.g.
-# "epoch   3  loss 11.206  val point-wise 8.607 mm  distance-wise 6.237 mm  lr 0.001  0.8 s  *"
-_NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf)"
-_EPOCH_LINE = re.compile(
-    r"^\s*epoch\s+(\d+)\s+loss\s+" + _NUMBER
-    + r"\s+val point-wise\s+" + _NUMBER + r"\s*mm\s+distance-wise\s+" + _NUMBER + r"\s*mm"
-    + r"\s+lr\s+" + _NUMBER + r"\s+" + _NUMBER + r"\s*s(\s+\*)?\s*$",
-    re.IGNORECASE)
+from palnet.progress import parse_event
 
 EPOCH_COLUMNS = ("epoch", "loss", "val_pointwise_mm", "val_distancewise_mm", "lr", "seconds")
 
@@ -25,18 +20,22 @@ _BOOTSTRAP = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
 
 
 def parseEpochLine(line: str) -> Optional[Dict[str, float]]:
-    """The numbers of one ``palnet train`` epoch line, or None for any other line.
+    """The numbers of one epoch event of ``palnet train --events``, or None for any other line
+    (the human log lines included).
 
-    Keys: EPOCH_COLUMNS plus ``best`` (True when the line ends with ``*``: the
-    validation error improved and these weights are kept).
+    Keys: EPOCH_COLUMNS plus ``best`` (True when the validation error improved and these
+    weights are kept).
     """
-    m = _EPOCH_LINE.match(line or "")
-    if not m:
+    event = parse_event(line or "")
+    if event is None or event["event"] != "epoch":
         return None
-    row = {"epoch": int(m.group(1))}  # type: Dict[str, float]
-    for key, text in zip(EPOCH_COLUMNS[1:], m.groups()[1:6]):
-        row[key] = float(text)
-    row["best"] = bool(m.group(7))
+    try:
+        row = {"epoch": int(event["epoch"])}  # type: Dict[str, float]
+        for key in EPOCH_COLUMNS[1:]:
+            row[key] = float(event[key])
+    except (KeyError, TypeError, ValueError):
+        return None
+    row["best"] = bool(event.get("best", False))
     return row
 
 
@@ -50,12 +49,12 @@ def parseErrorLine(line: str) -> Optional[str]:
 
 def trainingCommand(python: str, packageParentDir: str, datasetDir: str, outputModelPath: str,
                     epochs: Optional[int] = None, extraArgs: Sequence[str] = ()) -> List[str]:
-    """The argument list that runs ``palnet train`` with ``python``, unbuffered.
+    """The argument list that runs ``palnet train --events`` with ``python``, unbuffered.
 
     ``packageParentDir`` is the folder that holds the ``palnet`` package (the module folder).
     """
     command = [python, "-u", "-c", _BOOTSTRAP, os.fspath(packageParentDir), "train",
-               os.path.abspath(os.fspath(datasetDir)), "-o", os.path.abspath(os.fspath(outputModelPath))]
+               os.path.abspath(os.fspath(datasetDir)), "-o", os.path.abspath(os.fspath(outputModelPath)), "--events"]
     if epochs is not None:
         command += ["--epochs", str(int(epochs))]
     return command + [str(a) for a in extraArgs]

@@ -24,6 +24,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import PalnetError
+from .status import OK
 
 NETWORK, REGISTRATION, BOTH = "network", "registration", "both"
 ONSETS_MM = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)  # the grid the rule is learned on
@@ -65,7 +66,7 @@ def rule_from(metadata: dict, n_landmarks: int, source=None) -> Optional[Rule]:
 
 
 def triggered(rule: Rule, spread_mm: np.ndarray, status: str) -> bool:
-    return status != "ok" or float(np.mean(spread_mm)) > rule.trigger_spread_mm
+    return status != OK or float(np.mean(spread_mm)) > rule.trigger_spread_mm
 
 
 def weights(rule: Rule, network: np.ndarray, registration: np.ndarray) -> np.ndarray:

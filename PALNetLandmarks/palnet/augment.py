@@ -50,8 +50,8 @@ def coarsen(mesh: Mesh, reduction: float) -> Mesh:
 def augment_scan(mesh_mm: Mesh, landmarks_mm: np.ndarray, rng: np.random.Generator,
                  settings: dict) -> Tuple[Mesh, np.ndarray]:
     """One altered copy of a scan in millimetres: (mesh, landmarks), both in the copy's pose."""
-    from .cleanup import drop_unused
-    from .synth import add_spikes, vertex_normals
+    from .geometry import drop_unused, vertex_normals
+    from .synth import add_spikes
     s = dict(DEFAULT_AUGMENT, **settings)
     if s["coarsen"] > 0 and rng.random() < 0.5:
         mesh_mm = coarsen(mesh_mm, rng.uniform(0.3, 1.0) * s["coarsen"])

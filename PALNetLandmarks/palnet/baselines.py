@@ -19,6 +19,7 @@ from typing import Optional
 import numpy as np
 from scipy.spatial import cKDTree
 
+from .align import Alignment
 from .modelfile import Model
 from .registration import (DEFAULT_SETTINGS, CPDResult, RegistrationSettings,  # noqa: F401  (re-exported)
                            affine_coherent_point_drift, coherent_point_drift, gaussian_kernel,  # noqa: F401
@@ -31,14 +32,19 @@ __all__ = ["DEFAULT_SETTINGS", "CPDResult", "RegistrationSettings", "affine_cohe
            "subsample", "initial_approximation_baseline", "template_registration_baseline", "ict_mean_face"]
 
 
-def initial_approximation_baseline(mesh: Mesh, model: Model, units: str = "auto") -> Landmarks:
-    """Baseline (a): the mean landmarks after automatic alignment, on their nearest scan vertices.
-
-    This is ``pipeline.predict(...).initial`` (in the scan's frame and units): the
-    network runs too, so a benchmark that needs both takes them from one ``predict``.
-    """
-    from .pipeline import predict
-    return predict(mesh, model, snap="none", units=units).initial
+def initial_approximation_baseline(mesh: Mesh, model: Model, units: str = "auto",
+                                   alignment: Optional[Alignment] = None) -> Landmarks:
+    """Baseline (a): the mean landmarks after automatic alignment, on their nearest scan vertices,
+    in the scan's frame and units. ``alignment`` (with ``units`` not "auto"): the pose a
+    prediction of this scan already found (``Prediction.alignment`` and ``.units``), so that a
+    benchmark does not align the scan twice; without it the scan is aligned as predict does."""
+    from .pipeline import model_arrays, to_canonical_frame, template_modes
+    template, mean, _, _ = model_arrays(model)
+    if alignment is None or units == "auto":
+        c = to_canonical_frame(mesh, template, units, template_modes(template))
+        alignment, units = c.alignment, c.units
+    pts = alignment.to_scan(mean) * unit_scale("mm", units)
+    return Landmarks(list(model.metadata["protocol"]["labels"]), snap_to_surface(mesh, pts, "nearest"), units=units)
 
 
 def template_registration_baseline(mesh: Mesh, model: Model, units: str = "auto",
@@ -73,7 +79,7 @@ def ict_mean_face(mean_landmarks: np.ndarray, ict=None, margin: float = 20.0, sp
     ``ict``: a ``palnet.synth.IctModel``, a path to the ICT-FaceKit file, or None for
     the default location.
     """
-    from .patches import sample_surface
+    from .geometry import sample_surface
     from .synth import IctModel, load_ict
     head = ict if isinstance(ict, IctModel) else load_ict(ict)
     skin = np.zeros(len(head.neutral), bool)

@@ -26,6 +26,7 @@ from .mesh_io import MESH_EXTENSIONS, NOT_LANDMARK_FILES, read_mesh, scan_id_for
 from .landmark_io import LANDMARK_FORMATS, atomic_write, write_landmarks
 from .modelfile import Model
 from .pipeline import Prediction, predict
+from .status import ERROR, NOT_A_FACE, NOT_RUN, SKIPPED
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +36,6 @@ SUMMARY_FIELDS = ("run", "scan", "input", "output", "status", "fit_rms_mm", "tem
                   "missing_landmarks", "from_registration", "spikes_removed", "fragment_vertices_removed", "units",
                   "seconds", "message")
 
-# Statuses of a row. The first four come from the prediction (see pipeline.scan_status and
-# pipeline.PARTIAL: the face fits, some landmarks are missing from the scan).
-OK, PARTIAL, LOW_FIT, REJECTED = "ok", "partial", "low fit", "not a face"
-DONE = (OK, PARTIAL, LOW_FIT)  # a landmark file was written
-ERROR, SKIPPED, NOT_RUN = "error", "skipped", "not run"
 # What a row of a scan that is not a face says its user can do; a caller without the
 # command line's options (the Slicer module) gives its own.
 KEEP_REJECTED_HINT = "--keep-rejected writes it"
@@ -153,17 +149,17 @@ def predict_one(mesh_path: Path, out_file: Path, model: Model, fmt: str, snap: s
     written only with ``keep_rejected``."""
     mesh = read_mesh(mesh_path)
     pred = predict(mesh, model, snap=snap, units=units)
-    if pred.status == REJECTED and not keep_rejected:
+    if pred.status == NOT_A_FACE and not keep_rejected:
         return pred
     Path(out_file).parent.mkdir(parents=True, exist_ok=True)
     write_landmarks(pred.landmarks, out_file, fmt)
     if png is not None:
-        from .render import render_landmarks
+        from .render import RenderOptions, render_landmarks
         rot = pred.alignment.rotation  # canonical axes (y up, z front) seen in the scan's frame
+        options = RenderOptions(views=("front", "side"), up=rot[1], front=rot[2],
+                                title="{} ({})".format(mesh_path.name, pred.status))
         Path(png).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(png, lambda tmp: render_landmarks(mesh, pred.landmarks, tmp, views=("front", "side"),
-                                                       up=rot[1], front=rot[2],
-                                                       title="{} ({})".format(mesh_path.name, pred.status)))
+        atomic_write(png, lambda tmp: render_landmarks(mesh, pred.landmarks, tmp, options))
     return pred
 
 
@@ -266,7 +262,7 @@ def _predict_item(model: Model, mesh_path: Path, out_file: Path, fmt: str, snap:
             row.from_registration = sum(source != "network" for source in pred.sources)
             if pred.message:
                 notes.insert(0, pred.message)
-            if pred.status == REJECTED and not keep_rejected:
+            if pred.status == NOT_A_FACE and not keep_rejected:
                 row.output = ""
                 notes.append("no landmark file written ({})".format(rejected_hint) if rejected_hint
                              else "no landmark file written")

@@ -19,28 +19,13 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from .datatypes import Mesh
+from .geometry import edges_and_border
 
 SPIKE_RATIO = 1.5  # offset from the neighbours' centre / the neighbours' spread around it
 MIN_SPIKE_MM = 1.5  # a vertex this close to its neighbours' centre does no harm
 POINT_CLOUD_NEIGHBOURS = 8
 FRAGMENT_FRACTION = 0.05  # a piece with fewer vertices than this fraction of the largest one is small
 FRAGMENT_GAP_MM = 15.0  # and it is loose when none of its vertices comes this close to the largest piece
-
-
-def edges_and_border(triangles: np.ndarray, n: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Each edge of a triangle mesh with ``n`` vertices once, (E, 2) lower index first, and
-    the mask of border vertices (on an edge of only one triangle: a hole or a cut)."""
-    t = np.asarray(triangles, dtype=np.int64)
-    a = np.concatenate([t[:, 0], t[:, 1], t[:, 2]])
-    b = np.concatenate([t[:, 1], t[:, 2], t[:, 0]])
-    key = np.sort(np.minimum(a, b) * n + np.maximum(a, b))  # sorted keys: np.unique, but faster here
-    first = np.r_[True, key[1:] != key[:-1]]
-    once = first & np.r_[key[1:] != key[:-1], True]
-    border = np.zeros(n, bool)
-    border[key[once] // n] = True
-    border[key[once] % n] = True
-    key = key[first]
-    return np.stack([key // n, key % n], axis=1), border
 
 
 def _neighbour_centres(mesh: Mesh, edges: Optional[Tuple[np.ndarray, np.ndarray]] = None):
@@ -67,15 +52,26 @@ def _neighbour_centres(mesh: Mesh, edges: Optional[Tuple[np.ndarray, np.ndarray]
 
 
 def find_spikes(mesh: Mesh, ratio: float = SPIKE_RATIO, min_offset: float = MIN_SPIKE_MM,
-                edges: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> np.ndarray:
+                edges: Optional[Tuple[np.ndarray, np.ndarray]] = None, clustered: bool = False) -> np.ndarray:
     """Mask of the vertices that stick out of the surface as spikes (``min_offset`` in the mesh's units).
-    ``edges``: ``edges_and_border`` of the mesh, if already known."""
+    ``edges``: ``edges_and_border`` of the mesh, if already known.
+
+    ``clustered``: the mesh is a dense scan decimated by vertex clustering (pipeline.DENSE_VERTICES),
+    where a spike of the scan is a cluster of its own left with as few as two neighbours and
+    often on a border (a fan of triangles hanging from it); its border vertices are judged too,
+    since no edge between neighbouring clusters is long enough to put one ``min_offset`` from
+    its neighbours' centre, and so is a cluster that no triangle uses (nothing of the surface
+    is left around it)."""
     if mesh.n_vertices < 10:
         return np.zeros(mesh.n_vertices, bool)
     centre, spread, count, border = _neighbour_centres(mesh, edges)
     offset = np.linalg.norm(mesh.vertices - centre, axis=1)
+    sticks_out = (offset > ratio * np.maximum(spread, 1e-12)) & (offset > min_offset)
+    if clustered and len(mesh.triangles):
+        return (sticks_out & (count >= 2)) | (count == 0)
     # A border vertex has all its neighbours on one side: its offset means nothing.
-    return (count >= 3) & ~border & (offset > ratio * np.maximum(spread, 1e-12)) & (offset > min_offset)
+    return (count >= 3) & ~border & sticks_out
+
 
 
 def remove_spikes(mesh: Mesh, ratio: float = SPIKE_RATIO, min_offset: float = MIN_SPIKE_MM,
@@ -132,13 +128,6 @@ def find_fragments(mesh: Mesh, gap: float = FRAGMENT_GAP_MM, fraction: float = F
                     near[piece[members[0]]] = True
                     break
     return (small & ~near)[label]
-
-
-def drop_unused(v: np.ndarray, t: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """The vertices that some triangle uses, and the triangles renumbered to them."""
-    used = np.zeros(len(v), bool)
-    used[t.ravel()] = True
-    return v[used], (np.cumsum(used) - 1)[t]
 
 
 def remove_vertices(mesh: Mesh, drop: np.ndarray) -> Mesh:

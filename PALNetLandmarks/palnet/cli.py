@@ -147,7 +147,8 @@ def _stop_signals():
 
 def _cmd_predict(args) -> int:
     import signal
-    from .batch import DONE, ERROR, LOW_FIT, PARTIAL, REJECTED, SKIPPED, SUMMARY_NAME, predict_files
+    from .batch import SUMMARY_NAME, predict_files
+    from .status import DONE, ERROR, LOW_FIT, NOT_A_FACE, PARTIAL, SKIPPED
     from .progress import ProgressBar
     summary = Path(args.output) / SUMMARY_NAME
     handled = _stop_signals()
@@ -167,7 +168,7 @@ def _cmd_predict(args) -> int:
         for s, previous in handled.items():
             signal.signal(s, previous)
     for r in rows:
-        if r.status in DONE + (REJECTED,):
+        if r.status in DONE + (NOT_A_FACE,):
             print("{:<24} {:<10} fit {:5.2f} mm  {:6.3f} s  -> {}".format(r.scan, r.status, r.fit_rms_mm, r.seconds,
                                                                       r.output or "no landmark file"))
             if r.message:
@@ -177,7 +178,7 @@ def _cmd_predict(args) -> int:
     if args.show:
         from .landmark_io import read_landmarks
         for r in rows:
-            if r.status in DONE + (REJECTED,) and r.output:
+            if r.status in DONE + (NOT_A_FACE,) and r.output:
                 lms = read_landmarks(r.output)
                 print("\n{} ({}):".format(r.scan, lms.units))
                 for label, p in zip(lms.labels, lms.points):
@@ -190,15 +191,15 @@ def _cmd_predict(args) -> int:
             print("palnet predict: {}".format(line), file=sys.stderr)
         failed_measures = len(failures)
         print(note)
-    count = {s: sum(r.status == s for r in rows) for s in DONE + (REJECTED, SKIPPED, ERROR)}
+    count = {s: sum(r.status == s for r in rows) for s in DONE + (NOT_A_FACE, SKIPPED, ERROR)}
     print("{} scans: {} done ({} partial, {} low fit), {} not a face, {} skipped, {} failed; summary in {}".format(
-        len(rows), sum(count[s] for s in DONE), count[PARTIAL], count[LOW_FIT], count[REJECTED], count[SKIPPED],
+        len(rows), sum(count[s] for s in DONE), count[PARTIAL], count[LOW_FIT], count[NOT_A_FACE], count[SKIPPED],
         count[ERROR], summary))
-    return 1 if count[ERROR] or count[REJECTED] or failed_measures else 0
+    return 1 if count[ERROR] or count[NOT_A_FACE] or failed_measures else 0
 
 
 def _cmd_train(args) -> int:
-    from .progress import ProgressBar
+    from .progress import ProgressBar, event_line
     from .train import load_config, train
     # Read and checked here, so that each problem is one line naming the file and the setting.
     config = load_config(args.config) if args.config else None
@@ -212,9 +213,11 @@ def _cmd_train(args) -> int:
     # SIGTERM (the Slicer module's Stop button, a batch system's time limit) ends the
     # current epoch and still saves the best model so far.
     signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    # --events: each epoch also as one event line on stdout, after its log line (see palnet.progress)
+    on_epoch = (lambda event: print(event_line("epoch", **event), flush=True)) if args.events else None
     report = train(args.data, args.output, config, args.epochs, args.val_split, args.init, args.cache,
                    args.jobs, args.units, progress=ProgressBar("preprocess"), should_stop=lambda: bool(stop),
-                   folds=args.folds)
+                   folds=args.folds, on_epoch=on_epoch)
     print(json.dumps(report, indent=1))
     return 0
 
@@ -333,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cache", default=None, help="preprocessing cache folder (default: OUTPUT.cache)")
     t.add_argument("--units", default=AUTO_UNITS, choices=UNIT_CHOICES)
     t.add_argument("--jobs", type=int, default=1, help="processes for preprocessing")
+    t.add_argument("--events", action="store_true",
+                   help="also print each epoch as one line for programs that follow the training: '@palnet ' "
+                        "and a JSON object (event \"epoch\", epoch, loss, val_pointwise_mm, val_distancewise_mm, "
+                        "lr, seconds, best)")
     t.set_defaults(func=_cmd_train)
     return p
 

@@ -237,7 +237,7 @@ class _Template:
         return seen
 
     def _boundary_vertices(self) -> np.ndarray:
-        from .cleanup import edges_and_border
+        from .geometry import edges_and_border
         return np.flatnonzero(edges_and_border(self.skin_triangles, len(self.neutral))[1])
 
     def _candidate_sets(self, skin: np.ndarray) -> Dict[str, np.ndarray]:
@@ -626,7 +626,7 @@ def render_documentation(out_dir, ict_path=None, size: int = 600) -> List[str]:
     import os
     import tempfile
 
-    from .render import render_landmarks, stack_pngs
+    from .render import RenderOptions, render_landmarks, stack_pngs
     from .datatypes import Landmarks, Mesh
 
     tpl = _template(ict_path)
@@ -660,8 +660,9 @@ def render_documentation(out_dir, ict_path=None, size: int = 600) -> List[str]:
             v = head(seed, scale, expression)
             marks = Landmarks(LABELS, ict_landmark_positions(v, ict_path=ict_path))
             rows.append(render_landmarks(Mesh(v, scanned), marks, os.path.join(tmp, "h%d.png" % k),
-                                         views=("front", "side"), size=(size, size), margin=0.1,
-                                         title=title, font_size=13, vertex_colors=colours))
+                                         RenderOptions(views=("front", "side"), size=(size, size),
+                                                       margin=0.1, title=title, font_size=13,
+                                                       vertex_colors=colours)))
         written.append(stack_pngs(rows, os.path.join(str(out_dir), "protocol_landmarks.png"),
                                   levels=56))
         v = tpl.neutral
@@ -670,9 +671,9 @@ def render_documentation(out_dir, ict_path=None, size: int = 600) -> List[str]:
         for name, labels, view in _DOC_CLOSEUPS:
             marks = Landmarks(list(labels), np.array([points[lab] for lab in labels]))
             tiles.append(render_landmarks(Mesh(v, scanned), marks, os.path.join(tmp, name + ".png"),
-                                          views=(view,), size=(size, size), margin=0.3,
-                                          title=name, font_size=15, point_radius=0.7,
-                                          vertex_colors=colours, view_titles=False))
+                                          RenderOptions(views=(view,), size=(size, size), margin=0.3,
+                                                        title=name, font_size=15, point_radius=0.7,
+                                                        vertex_colors=colours, view_titles=False)))
         written.append(stack_pngs(tiles, os.path.join(str(out_dir), "protocol_closeups.png"),
                                   columns=2, levels=56))
     return written

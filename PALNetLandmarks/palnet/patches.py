@@ -13,6 +13,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from .datatypes import Mesh
+from .geometry import sample_surface
 
 ROI_MARGIN_MM = 40.0
 
@@ -22,87 +23,6 @@ def region_of_interest(vertices: np.ndarray, anchors: np.ndarray, margin: float 
     without the shoulders, the back of the head or stray fragments far from it."""
     d = cKDTree(anchors).query(vertices, distance_upper_bound=margin)[0]
     return np.isfinite(d)
-
-
-def _hash_uniform(a: np.ndarray, b: np.ndarray, salt: int) -> np.ndarray:
-    """Uniform numbers in [0, 1) that depend only on (a, b, salt): a splitmix64 hash."""
-    with np.errstate(over="ignore"):
-        x = (a.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + b.astype(np.uint64) * np.uint64(0xD1B54A32D192ED03)
-             + np.uint64(salt))
-        x ^= x >> np.uint64(30)
-        x *= np.uint64(0xBF58476D1CE4E5B9)
-        x ^= x >> np.uint64(27)
-        x *= np.uint64(0x94D049BB133111EB)
-        x ^= x >> np.uint64(31)
-    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-
-
-def sample_surface(vertices: np.ndarray, triangles: np.ndarray, spacing: float,
-                   seed: int = 0, max_points: int = 400_000, triangle_ids: Optional[np.ndarray] = None) -> np.ndarray:
-    """About one point per ``spacing`` x ``spacing`` mm of surface, spread evenly.
-
-    Each triangle gets floor(area / spacing^2 + u) points with u uniform, placed at
-    random barycentric positions; a point cloud without triangles is thinned on a grid.
-    The random numbers of a triangle depend only on its index in the mesh
-    (``triangle_ids``), so the same scan in another pose, or with a slightly
-    different region of interest, gets the same samples on the same triangles.
-    """
-    if len(triangles) == 0:
-        return thin_points(vertices, spacing, seed)
-    ids = np.arange(len(triangles)) if triangle_ids is None else np.asarray(triangle_ids)
-    a, b, c = (vertices[triangles[:, k]] for k in range(3))
-    area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
-    density = 1.0 / spacing ** 2
-    total = area.sum() * density
-    if total > max_points:  # keep memory and time bounded on huge regions
-        density *= max_points / total
-    counts = np.floor(area * density + _hash_uniform(ids, np.zeros_like(ids), seed)).astype(np.int64)
-    tri = np.repeat(np.arange(len(area)), counts)
-    nth = np.arange(len(tri)) - np.repeat(np.cumsum(counts) - counts, counts)  # sample number within its triangle
-    r1 = _hash_uniform(ids[tri], nth + 1, seed + 1)
-    r2 = _hash_uniform(ids[tri], nth + 1, seed + 2)
-    s = np.sqrt(r1)
-    w = np.stack([1 - s, s * (1 - r2), s * r2], axis=1)
-    pts = w[:, :1] * a[tri] + w[:, 1:2] * b[tri] + w[:, 2:] * c[tri]
-    # Tiny triangles may all round to zero points: a small fragment would vanish. Their
-    # vertices farther than ``spacing`` from every sample are kept, thinned to the same
-    # spacing, so a dense scan (millions of tiny triangles) is sampled as evenly as a coarse one.
-    lonely = np.zeros(len(vertices), bool)
-    lonely[triangles[counts == 0].ravel()] = True
-    lonely[triangles[counts > 0].ravel()] = False
-    lonely = np.flatnonzero(lonely)
-    if len(lonely) and len(pts):
-        lonely = lonely[~np.isfinite(cKDTree(pts).query(vertices[lonely], distance_upper_bound=spacing)[0])]
-    if len(lonely):
-        # Ranked by the first triangle they belong to, and their corner of it, not by their
-        # own index: the same samples whatever order the vertices are listed in.
-        first = np.full(len(vertices), len(triangles) * 3, dtype=np.int64)
-        np.minimum.at(first, triangles.ravel(), np.arange(triangles.size, dtype=np.int64))
-        extra = thin_points(vertices[lonely], spacing, seed, ids=ids[first[lonely] // 3] * 3 + first[lonely] % 3)
-        return np.vstack([pts, extra])
-    return pts
-
-
-THIN_NEIGHBOURS = 16  # neighbours compared when thinning; more within ``spacing`` is a far denser cloud
-
-
-def thin_points(points: np.ndarray, spacing: float, seed: int = 0, ids: Optional[np.ndarray] = None) -> np.ndarray:
-    """The points that outrank every other point within ``spacing`` of them, each ranked by a
-    random number that depends only on its index (``ids``): no two kept points are closer
-    than ``spacing``, and each piece of a cloud keeps at least its top-ranked point.
-
-    Unlike a grid, whose cells are fixed in space, the choice does not change when the
-    cloud is moved or turned, so the same scan in another pose is sampled alike."""
-    points = np.asarray(points, dtype=np.float64)
-    if len(points) < 2:
-        return points
-    ids = np.arange(len(points)) if ids is None else np.asarray(ids)
-    rank = _hash_uniform(ids, np.full(len(ids), 7), seed)
-    k = min(THIN_NEIGHBOURS + 1, len(points))
-    d, idx = cKDTree(points).query(points, k=k, distance_upper_bound=spacing)
-    near = np.isfinite(d[:, 1:])
-    other = np.where(near, rank[np.minimum(idx[:, 1:], len(points) - 1)], -1.0)
-    return points[rank > other.max(axis=1)]
 
 
 def roi_samples(mesh_canonical: Mesh, anchors: np.ndarray, spacing: float, seed: int = 0) -> np.ndarray:

@@ -12,12 +12,16 @@ from scipy.spatial import cKDTree
 
 from .arbitrate import NETWORK, combine, describe_sources, rule_from, triggered
 from .align import THOROUGH, Alignment, align_scan, detect_units
-from .cleanup import FRAGMENT_GAP_MM, MIN_SPIKE_MM, edges_and_border, find_fragments, remove_spikes, remove_vertices
+from .cleanup import FRAGMENT_GAP_MM, MIN_SPIKE_MM, find_fragments, find_spikes, remove_vertices
+from .geometry import cluster_decimate, edges_and_border, vertex_normals
 from .errors import PalnetError
 from .modelfile import Model
 from .landmark_io import describe
 from .patches import extract_patches, initial_approximation, roi_samples
+from .priors import (FLIP, apply_shape_prior, landmark_confidence, landmark_modes, mirror_landmarks, model_swap,
+                     second_round, shape_prior, starting_shape)
 from .snap import snap_to_surface
+from .status import LOW_FIT, NOT_A_FACE, OK, PARTIAL
 from .datatypes import Landmarks, Mesh, unit_scale
 
 # Above this template-to-scan RMS (distances capped at 8 mm) the face fit is doubtful; well
@@ -26,7 +30,6 @@ from .datatypes import Landmarks, Mesh, unit_scale
 # pose/units/crop with 2% spikes; tools/bench_robust.py): every correct fit had RMS <= 3.16 mm
 # and coverage >= 0.893; the 7 that ended far off had RMS >= 4.13 mm and coverage <= 0.76.
 # A sphere covers 0.46, a box 0.51, a plane 0.31.
-PARTIAL = "partial"  # the face fits, but the scan lacks some landmarks' surroundings (see missing_landmarks)
 LOW_FIT_RMS_MM = 3.5
 NOT_A_FACE_RMS_MM = 6.5
 LOW_FIT_INLIERS = 0.85
@@ -63,6 +66,11 @@ TEMPLATE_SUPPORT_POINTS = 10
 CONFIDENCE_SAMPLES = 12  # perturbed extra runs of the network per scan
 PERTURB_MM = 1.0  # spread of their starting points around the initial approximation
 PERTURB_DEGREES = 3.0  # and of the turns of their patches
+# Before a second round the first answer is only a start: the unjittered run and its mirror
+# image (predict_with_spread with 2 samples) do. On 100 held-out test scans: point-wise error
+# +0.002 mm against 12 in both rounds, the network's time per scan 0.68 -> 0.30 s. (Training
+# learns the first round's prior from the answers of all runs: the better estimate of its error.)
+FIRST_ROUND_SAMPLES = 2
 
 
 Progress = Callable[[str, float], None]  # (stage, fraction of the work done); see predict
@@ -77,11 +85,10 @@ class Prediction:
     """Landmarks in the scan's own frame and units, with how the scan was read."""
 
     landmarks: Landmarks
-    status: str  # "ok", "partial" (some landmarks missing), "low fit" or "not a face"
+    status: str  # one of status.SCAN_STATUSES: ok, partial (some landmarks missing), low fit, not a face
     units: str
     alignment: Alignment
     seconds: float
-    initial: Optional[Landmarks] = None  # the mean shape after alignment, snapped (baseline (a))
     timings: dict = field(default_factory=dict)
     spread_mm: Optional[np.ndarray] = None  # per landmark: how far perturbed runs land from the answer
     message: str = ""  # why the status is not "ok"
@@ -107,6 +114,7 @@ class PreparedScan:
     spikes: int = 0
     fragments: int = 0
     border: Optional[np.ndarray] = None  # mask of clean's border vertices, when already known
+    dense: Optional["DenseScan"] = None  # the scan as read, when ``clean`` is its decimated copy
 
 
 def scan_status(alignment: Alignment, n_vertices: int) -> Tuple[str, str]:
@@ -116,11 +124,11 @@ def scan_status(alignment: Alignment, n_vertices: int) -> Tuple[str, str]:
     if agree < NOT_A_FACE_AGREEMENT:  # NaN (not measured) compares False
         fit += ", {:.0f}% of the points over it on it".format(100 * agree)
     if rms > NOT_A_FACE_RMS_MM or inl < NOT_A_FACE_INLIERS or agree < NOT_A_FACE_AGREEMENT:
-        status, message = "not a face", "the surface does not look like a face ({})".format(fit)
+        status, message = NOT_A_FACE, "the surface does not look like a face ({})".format(fit)
     elif rms > LOW_FIT_RMS_MM or inl < LOW_FIT_INLIERS:
-        status, message = "low fit", "the face fits the template poorly ({}): check the landmarks".format(fit)
+        status, message = LOW_FIT, "the face fits the template poorly ({}): check the landmarks".format(fit)
     else:
-        return "ok", ""
+        return OK, ""
     if n_vertices < SPARSE_VERTICES:
         message += "; only {} vertices".format(n_vertices)
     return status, message
@@ -140,116 +148,6 @@ def model_arrays(model: Model):
         raise PalnetError("model has {} mean landmarks for {} outputs".format(len(mean), model.config.n_landmarks),
                           model.source)
     return template, mean, spacing, scale
-
-
-def landmark_modes(model: Model) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(mean shape coefficients (K,), mean landmarks (L, 3), landmark modes (K, L, 3)) when the
-    model learned how its landmarks move with the face template's fitted shape (see
-    :func:`starting_shape` and train.fit_landmark_modes), else None."""
-    entry = model.metadata.get("landmark_modes")
-    if not entry:
-        return None
-    n = model.config.n_landmarks
-    try:
-        coef_mean = np.asarray(entry["coef_mean"], dtype=np.float64).reshape(-1)
-        landmark_mean = np.asarray(entry["landmark_mean"], dtype=np.float64).reshape(n, 3)
-        modes = np.asarray(entry["modes"], dtype=np.float64).reshape(len(coef_mean), n, 3)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PalnetError("model metadata has unusable landmark_modes ({})".format(exc), model.source)
-    if not all(np.isfinite(a).all() for a in (coef_mean, landmark_mean, modes)):
-        raise PalnetError("model metadata has landmark_modes with NaN or infinite values", model.source)
-    return coef_mean, landmark_mean, modes
-
-
-def starting_shape(mean: np.ndarray, shape: np.ndarray,
-                   modes: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
-    """Where the network starts, canonical mm: the landmarks as the fitted face template's shape
-    (``shape``, its mode coefficients) places them, when the model learned that (``modes`` from
-    :func:`landmark_modes`); else the training scans' mean landmarks ``mean``, as in the paper."""
-    if modes is None or len(shape) != len(modes[0]):
-        return mean
-    return modes[1] + np.tensordot(np.asarray(shape, dtype=np.float64) - modes[0], modes[2], 1)
-
-
-def shape_prior(model: Model, entry: Optional[dict] = None) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(mean landmarks (L, 3), the network's bias (L, 3), gain (3L, 3L)) of the model's landmark
-    shape prior (see :func:`apply_shape_prior` and train.fit_shape_prior), or None. ``entry``:
-    another prior record of the model than its first (the second round's)."""
-    entry = model.metadata.get("shape_prior") if entry is None else entry
-    if not entry:
-        return None
-    n = model.config.n_landmarks
-    try:
-        mean = np.asarray(entry["mean"], dtype=np.float64).reshape(n, 3)
-        bias = np.asarray(entry.get("bias", np.zeros((n, 3))), dtype=np.float64).reshape(n, 3)
-        gain = np.asarray(entry["gain"], dtype=np.float64).reshape(3 * n, 3 * n)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise PalnetError("model metadata has an unusable shape_prior ({})".format(exc), model.source)
-    if not all(np.isfinite(a).all() for a in (mean, bias, gain)):
-        raise PalnetError("model metadata has a shape_prior with NaN or infinite values", model.source)
-    return mean, bias, gain
-
-
-def second_round(model: Model) -> Optional[Tuple[int, Tuple[np.ndarray, np.ndarray, np.ndarray]]]:
-    """(refinement passes, shape prior) of the model's second round (see :func:`network_answer`), or None."""
-    entry = model.metadata.get("second_round")
-    if not entry:
-        return None
-    try:
-        steps = int(entry["refine_steps"])
-        prior = shape_prior(model, entry["shape_prior"])
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise PalnetError("model metadata has an unusable second_round ({})".format(exc), model.source)
-    if steps < 1 or prior is None:
-        raise PalnetError("model metadata has an unusable second_round (needs refine_steps >= 1 and a shape_prior)",
-                          model.source)
-    return steps, prior
-
-
-def apply_shape_prior(points: np.ndarray, prior: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]],
-                      swap: Optional[np.ndarray] = None, missing: Optional[np.ndarray] = None) -> np.ndarray:
-    """The most probable landmarks (canonical mm) given the network's answer ``points`` (L, 3):
-    the training landmarks' spread (a Gaussian, mean and covariance S) combined with the
-    network's error on held-out scans (its mean, the bias, taken off the answer; the rest a
-    Gaussian with covariance N), i.e. ``mean + S (S + N)^-1 (points - bias - mean)``; the model
-    stores the gain S (S + N)^-1. A landmark the network places precisely keeps its place; one
-    it places loosely (a cheek's most lateral point) moves towards where the others say it lies.
-
-    ``swap`` (see :func:`mirror_pairs`): the prior applied to the answer and to its mirror image,
-    averaged, so that mirrored answers stay mirrored. ``missing`` (L,): landmarks the scan does not
-    show; the network's answer there (on the nearest rim) says nothing, so each is replaced by the
-    place the prior itself gives it from the others (the fixed point x_M = prior(x)_M, a small
-    linear solve), and it no longer pulls the landmarks the scan does show."""
-    if prior is None:
-        return points
-    mean, bias, gain = prior
-
-    def fix(p: np.ndarray, gone: Optional[np.ndarray]) -> np.ndarray:
-        if gone is not None and gone.any():
-            p = _fill_missing(p, mean, bias, gain, gone)
-        return mean + ((p - bias - mean).reshape(-1) @ gain.T).reshape(mean.shape)
-
-    if swap is None:
-        return fix(points, missing)
-    flipped = None if missing is None else missing[swap]
-    return 0.5 * (fix(points, missing) + mirror_landmarks(fix(mirror_landmarks(points, swap), flipped), swap))
-
-
-def _fill_missing(points: np.ndarray, mean: np.ndarray, bias: np.ndarray, gain: np.ndarray,
-                  missing: np.ndarray) -> np.ndarray:
-    """``points`` with the missing landmarks where the prior puts them given the others: the x_M
-    that solves x_M = mean_M + G_MM (x_M - b_M - mean_M) + G_MO (x_O - b_O - mean_O)."""
-    m = np.repeat(np.asarray(missing, bool), 3)
-    d = (points - bias - mean).reshape(-1)
-    g_mm, g_mo = gain[np.ix_(m, m)], gain[np.ix_(m, ~m)]
-    rhs = mean.reshape(-1)[m] - g_mm @ (bias + mean).reshape(-1)[m] + g_mo @ d[~m]
-    try:
-        x_m = np.linalg.solve(np.eye(int(m.sum())) - g_mm, rhs)
-    except np.linalg.LinAlgError:  # not for a prior's gain (eigenvalues below 1); a model built in code
-        return points
-    out = points.reshape(-1).copy()
-    out[m] = x_m
-    return out.reshape(points.shape)
 
 
 def template_modes(template: np.ndarray) -> Optional[np.ndarray]:
@@ -281,6 +179,59 @@ class Canonical(NamedTuple):
     spikes: int  # vertices taken out as spikes
     fragments: int = 0  # vertices taken out as loose fragments
     border: Optional[np.ndarray] = None  # mask of the clean mesh's border vertices, when already known
+    dense: Optional["DenseScan"] = None  # the scan as read, when ``clean`` is its decimated copy
+
+
+# A scan with more vertices than this, whose edges are shorter than DENSE_CELL_MM, is decimated
+# by vertex clustering (geometry.cluster_decimate) before cleanup: the later stages read the
+# surface at 1 mm (alignment) and 1.5 mm (the network's samples), so cubes of half the
+# network's spacing lose nothing they see, and time and memory stop growing with the scanner's
+# resolution. Landmarks are still snapped onto the scan's own vertices (see snapping_mesh).
+DENSE_VERTICES = 400_000
+DENSE_CELL_MM = 0.75
+
+
+class DenseScan(NamedTuple):
+    """A dense scan as read, and where each of its vertices went in the decimated clean copy."""
+
+    mesh: Mesh
+    kept: np.ndarray  # (N,) each vertex's clean vertex, -1 where its cluster was a spike or a fragment
+
+
+def _decimated(mesh: Mesh, to_mm: float) -> Optional[Tuple[Mesh, np.ndarray]]:
+    """(the decimated copy, each vertex's cluster) of a dense scan (see DENSE_VERTICES), else None."""
+    if mesh.n_vertices <= DENSE_VERTICES:
+        return None
+    cell = DENSE_CELL_MM / to_mm
+    if mesh.n_triangles:
+        t = mesh.triangles[:: max(1, mesh.n_triangles // 20_000)]
+        edge = np.median(np.linalg.norm(mesh.vertices[t[:, 0]] - mesh.vertices[t[:, 1]], axis=1))
+        if not edge < 0.5 * cell:  # already about as coarse: nothing to gain
+            return None
+    clusters = cluster_decimate(mesh.vertices, mesh.triangles, cell)
+    return Mesh(clusters.vertices, clusters.triangles, mesh.units, mesh.source), clusters.cluster
+
+
+def snapping_mesh(prep: "PreparedScan", points: np.ndarray, method: str, tree: cKDTree) -> Mesh:
+    """What ``points`` (the scan's frame and units) are snapped onto: the clean scan, or for a
+    decimated dense scan the part of the scan as read, without its spikes and fragments, that
+    holds the nearest vertices and triangles of every point (``tree``: of prep.clean's vertices)."""
+    if prep.dense is None:
+        return prep.clean
+    full, kept = prep.dense
+    cell = DENSE_CELL_MM / unit_scale(prep.units, "mm")
+    # A vertex nearest a point lies within its cluster's cube of the cluster's centre, so the
+    # clusters within (the nearest centre's distance + two cube diagonals) hold it; the margin
+    # covers mean-k's neighbours and the triangles around the nearest vertex.
+    reach = tree.query(points)[0] + 2.0 * np.sqrt(3.0) * cell + 4.0 * cell
+    near = np.zeros(len(prep.clean.vertices) + 1, bool)
+    for idx in tree.query_ball_point(points, reach):
+        near[idx] = True
+    keep = near[kept]  # kept == -1 reads the extra False
+    tri = full.triangles[keep[full.triangles].all(axis=1)] if method == "surface" and full.n_triangles else \
+        np.zeros((0, 3), np.int64)
+    remap = np.cumsum(keep) - 1
+    return Mesh(full.vertices[keep], remap[tri], full.units, full.source)
 
 
 def to_canonical_frame(mesh: Mesh, template: np.ndarray, units: str = "auto",
@@ -300,16 +251,29 @@ def to_canonical_frame(mesh: Mesh, template: np.ndarray, units: str = "auto",
         report("cleanup", 0.0)
         units = detect_units(mesh.vertices) if units == "auto" else units
         to_mm = unit_scale(units, "mm")
+        decimated = _decimated(mesh, to_mm)
+        work = mesh if decimated is None else decimated[0]
         # The edge list serves both searches unless spikes leave the mesh (then its edges change).
-        edges = edges_and_border(mesh.triangles, mesh.n_vertices) if mesh.n_triangles else None
-        clean, spikes = remove_spikes(mesh, min_offset=MIN_SPIKE_MM / to_mm, edges=edges)
+        edges = edges_and_border(work.triangles, work.n_vertices) if work.n_triangles else None
+        spike = find_spikes(work, min_offset=MIN_SPIKE_MM / to_mm, edges=edges, clustered=decimated is not None)
+        spikes = int(spike.sum())
+        clean = remove_vertices(work, spike) if spikes else work
         loose = find_fragments(clean, gap=FRAGMENT_GAP_MM / to_mm, edges=None if spikes else edges)
         if loose.any():
             clean = remove_vertices(clean, loose)
+        dense, fragments = None, int(loose.sum())
+        if decimated is not None:  # counted in the scan's own vertices
+            survived = np.flatnonzero(~spike)[~loose]
+            kept = np.full(work.n_vertices, -1, np.int64)
+            kept[survived] = np.arange(len(survived))
+            kept = kept[decimated[1]]
+            dense = DenseScan(mesh, kept)
+            spikes = int(spike[decimated[1]].sum())
+            fragments = int((kept < 0).sum()) - spikes
         mm = clean.vertices * to_mm
         report("alignment", 0.1)
         alignment = align_scan(mm, template, modes=modes, triangles=clean.triangles)
-        if scan_status(alignment, clean.n_vertices)[0] != "ok":  # rare: search wider, keep the better fit
+        if scan_status(alignment, clean.n_vertices)[0] != OK:  # rare: search wider, keep the better fit
             report("alignment (wider search)", 0.3)
             again = align_scan(mm, template, modes=modes, triangles=clean.triangles, effort=THOROUGH)
             if again.rms_mm < alignment.rms_mm:
@@ -318,7 +282,7 @@ def to_canonical_frame(mesh: Mesh, template: np.ndarray, units: str = "auto",
         raise PalnetError(exc.message, exc.path or mesh.source) from None
     border = edges[1] if edges is not None and not spikes and not loose.any() else None
     return Canonical(units, alignment, Mesh(alignment.to_canonical(mm), clean.triangles, "mm", mesh.source),
-                     clean, spikes, int(loose.sum()), border)
+                     clean, spikes, fragments, border, dense)
 
 
 def prepare_scan(mesh: Mesh, template: np.ndarray, mean_landmarks: np.ndarray, spacing: float,
@@ -330,7 +294,8 @@ def prepare_scan(mesh: Mesh, template: np.ndarray, mean_landmarks: np.ndarray, s
     samples = roi_samples(c.mesh, mean_landmarks, spacing)
     if len(samples) < 10:
         raise PalnetError("no surface near the face after alignment", mesh.source)
-    return PreparedScan(c.units, c.alignment, samples, cKDTree(samples), c.clean, c.spikes, c.fragments, c.border)
+    return PreparedScan(c.units, c.alignment, samples, cKDTree(samples), c.clean, c.spikes, c.fragments, c.border,
+                        c.dense)
 
 
 def run_network(tree: cKDTree, model: Model, starts: np.ndarray, steps: int, scale: float,
@@ -352,36 +317,6 @@ def run_network(tree: cKDTree, model: Model, starts: np.ndarray, steps: int, sca
     return centres
 
 
-def mirror_pairs(labels) -> Optional[np.ndarray]:
-    """Index that swaps each ``_R`` landmark with its ``_L`` partner (midline ones stay), or None
-    when the protocol has an unpaired side landmark."""
-    labels = list(labels)
-    index = {lab: i for i, lab in enumerate(labels)}
-    swap = np.arange(len(labels))
-    for i, lab in enumerate(labels):
-        if lab.endswith(("_R", "_L")):
-            other = lab[:-1] + ("L" if lab.endswith("_R") else "R")
-            if other not in index:
-                return None
-            swap[i] = index[other]
-    return swap
-
-
-def _model_swap(model: Model) -> Optional[np.ndarray]:
-    labels = model.metadata.get("protocol", {}).get("labels")
-    if not labels or len(labels) != model.config.n_landmarks:
-        return None
-    return mirror_pairs(labels)
-
-
-_FLIP = np.array([-1.0, 1.0, 1.0])  # the canonical frame's mirror: its x axis runs across the face
-
-
-def mirror_landmarks(points: np.ndarray, swap: np.ndarray) -> np.ndarray:
-    """Landmarks (..., L, 3) of the mirror image (x -> -x in the canonical frame), relabelled."""
-    return points[..., swap, :] * _FLIP
-
-
 def predict_with_spread(tree: cKDTree, model: Model, init: np.ndarray, steps: int, scale: float,
                         samples: int = CONFIDENCE_SAMPLES):
     """The network's answer (L, 3) and, per landmark, how sure it is: one run from ``init``
@@ -398,7 +333,7 @@ def predict_with_spread(tree: cKDTree, model: Model, init: np.ndarray, steps: in
     image then get mirrored answers from the network, whatever side it learned better."""
     rng = np.random.default_rng(0)
     k = max(0, int(samples))
-    swap = _model_swap(model)
+    swap = model_swap(model)
     if swap is None or k < 2:
         starts = np.concatenate([init[None], init + rng.normal(0, PERTURB_MM, (k,) + init.shape)])
         turns = np.concatenate([np.eye(3)[None], _small_rotations(rng, k, PERTURB_DEGREES)])
@@ -407,10 +342,10 @@ def predict_with_spread(tree: cKDTree, model: Model, init: np.ndarray, steps: in
         half = (k + 1) // 2 // 2  # mirrored pairs of jitters per side; with the unjittered run about k+1 runs
         jitter = rng.normal(0, PERTURB_MM, (half,) + init.shape)
         turn = _small_rotations(rng, half, PERTURB_DEGREES)
-        flip = np.diag(_FLIP)
+        flip = np.diag(FLIP)
         jitters = np.concatenate([np.zeros((1,) + init.shape), jitter, mirror_landmarks(jitter, swap)])
         turns = np.concatenate([np.eye(3)[None], turn, flip @ turn @ flip])
-        mirrored = cKDTree(tree.data * _FLIP)
+        mirrored = cKDTree(tree.data * FLIP)
         plain = run_network(tree, model, init + jitters, steps, scale, turns)
         seen = run_network(mirrored, model, mirror_landmarks(init, swap) + jitters, steps, scale, turns)
         runs = np.concatenate([plain, mirror_landmarks(seen, swap)])
@@ -423,53 +358,20 @@ def network_answer(tree: cKDTree, model: Model, init: np.ndarray, steps: int, sc
                    samples: int = CONFIDENCE_SAMPLES, missing: Optional[np.ndarray] = None):
     """What ``predict`` answers (L, 3), canonical mm, and the spread behind its confidence: the
     network's answer (:func:`predict_with_spread`, from ``init``) after the model's shape prior;
-    with a second round, the network once more from there (as many runs, the second round's
-    passes) and that round's prior, whose spread counts. The prior-corrected answer is a better
-    start than the first one, nearest the truth exactly where the network was loosest.
+    with a second round, the network once more from there (``samples`` extra runs, the second
+    round's passes) and that round's prior, whose spread counts; the first round then runs only
+    FIRST_ROUND_SAMPLES extra runs. The prior-corrected answer is a better start than the first
+    one, nearest the truth exactly where the network was loosest.
     ``missing``: the landmarks the scan does not show (see apply_shape_prior)."""
-    swap = _model_swap(model)
-    answer, spread = predict_with_spread(tree, model, init, steps, scale, samples)
-    answer = apply_shape_prior(answer, shape_prior(model), swap, missing)
+    swap = model_swap(model)
     again = second_round(model)
+    first = min(samples, FIRST_ROUND_SAMPLES) if again else samples
+    answer, spread = predict_with_spread(tree, model, init, steps, scale, first)
+    answer = apply_shape_prior(answer, shape_prior(model), swap, missing)
     if again:
         answer, spread = predict_with_spread(tree, model, initial_approximation(tree, answer), again[0], scale, samples)
         answer = apply_shape_prior(answer, again[1], swap, missing)
     return answer, spread
-
-
-def calibrate_confidence(spread_mm: np.ndarray, error_mm: np.ndarray, bins: int = 12) -> dict:
-    """Table for :func:`landmark_confidence` from held-out (spread, error) pairs: the
-    fraction of landmarks within 2 mm of the truth in each spread quantile, made
-    non-increasing so that a larger spread never means more confidence."""
-    spread_mm, error_mm = np.ravel(spread_mm), np.ravel(error_mm)
-    known = np.isfinite(spread_mm) & np.isfinite(error_mm)  # a missing landmark has no error
-    spread_mm, error_mm = spread_mm[known], error_mm[known]
-    bins = max(1, min(bins, spread_mm.size))
-    edges = np.quantile(spread_mm, np.linspace(0, 1, bins + 1))
-    which = np.clip(np.searchsorted(edges, spread_mm, side="right") - 1, 0, bins - 1)
-    used = [b for b in range(bins) if np.any(which == b)]  # tied spreads can leave a bin empty
-    centres = np.array([np.median(spread_mm[which == b]) for b in used])
-    p = np.array([np.mean(error_mm[which == b] <= 2.0) for b in used])
-    p = np.minimum.accumulate(p)
-    return {"spread_mm": [round(float(x), 4) for x in centres], "p_within_2mm": [round(float(x), 4) for x in p],
-            "n": int(spread_mm.size)}
-
-
-def landmark_confidence(spread_mm: np.ndarray, model: Model) -> np.ndarray:
-    """Confidence in [0, 1] from the spread of perturbed predictions.
-
-    A calibrated model carries a table mapping spread to the observed chance that a
-    landmark lies within 2 mm of the truth; without one, 1 / (1 + spread / 1 mm).
-    """
-    table = model.metadata.get("confidence")
-    if not table:
-        return np.clip(1.0 / (1.0 + spread_mm), 0.0, 1.0)
-    try:
-        conf = np.interp(spread_mm, table["spread_mm"], table["p_within_2mm"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PalnetError("model metadata has an unusable confidence table ({})".format(exc), model.source) from None
-    # load_model checks the table, but a Model built in code is not loaded: a probability either way.
-    return np.clip(conf, 0.0, 1.0)
 
 
 def predict(mesh: Mesh, model: Model, snap: str = "nearest", units: str = "auto",
@@ -488,7 +390,6 @@ def predict(mesh: Mesh, model: Model, snap: str = "nearest", units: str = "auto"
     t1 = time.perf_counter()
     start = starting_shape(mean, prep.alignment.shape, landmark_modes(model))
     init = initial_approximation(prep.tree, start)
-    at_mean = init if start is mean else initial_approximation(prep.tree, mean)  # baseline (a)
     steps = refine_steps if refine_steps is not None else int(model.metadata.get("refine_steps", 1))
     report("network", 0.6)
     vertex_tree = cKDTree(prep.clean.vertices)  # one search tree for the missing landmarks and both snaps
@@ -502,9 +403,9 @@ def predict(mesh: Mesh, model: Model, snap: str = "nearest", units: str = "auto"
 
     to_file = unit_scale("mm", prep.units)
     pts = prep.alignment.to_scan(centres) * to_file
-    pts = snap_to_surface(prep.clean, pts, snap, tree=vertex_tree) if snap != "none" else pts
-    initial = Landmarks(labels, snap_to_surface(prep.clean, prep.alignment.to_scan(at_mean) * to_file, "nearest",
-                                                tree=vertex_tree), units=prep.units)
+    if snap != "none":
+        onto = snapping_mesh(prep, pts, snap, vertex_tree)
+        pts = snap_to_surface(onto, pts, snap, tree=vertex_tree if onto is prep.clean else None)
     conf = landmark_confidence(spread, model)
     conf = np.where(missing, 0.0, conf)
     pts = np.where(missing[:, None], np.nan, pts)
@@ -512,7 +413,7 @@ def predict(mesh: Mesh, model: Model, snap: str = "nearest", units: str = "auto"
     if gone:
         note = "{} of {} landmarks missing: no scanned surface where the face puts {} (a cut or a hole?)".format(
             len(gone), len(labels), ", ".join(gone))
-        if status == "ok":
+        if status == OK:
             status = PARTIAL
         message = "; ".join(m for m in (message, note) if m)
     moved = describe_sources(labels, sources)
@@ -524,7 +425,7 @@ def predict(mesh: Mesh, model: Model, snap: str = "nearest", units: str = "auto"
     t3 = time.perf_counter()
     report("done", 1.0)
     return Prediction(Landmarks(labels, pts, conf, descriptions, prep.units), status, prep.units, prep.alignment,
-                      t3 - t0, initial, {"prepare": t1 - t0, "network": t2 - t1, "snap": t3 - t2}, spread, message,
+                      t3 - t0, {"prepare": t1 - t0, "network": t2 - t1, "snap": t3 - t2}, spread, message,
                       prep.spikes, prep.fragments, gone, tuple(sources))
 
 
@@ -590,7 +491,6 @@ def missing_landmarks(prep: PreparedScan, expected: np.ndarray, template: np.nda
     candidates = np.flatnonzero(on_border & (gap > EAR_PAST_EDGE_MM))
     past = np.zeros(len(far))
     if candidates.size:
-        from .synth import vertex_normals
         normals = vertex_normals(np.asarray(verts, np.float64), tri)[nearest[candidates]]
         offset = (spot[candidates] - verts[nearest[candidates]]) * to_mm
         along = offset - (offset * normals).sum(axis=1, keepdims=True) * normals

@@ -1,7 +1,32 @@
-"""A dependency-free progress bar for the command line."""
+"""A dependency-free progress bar for the command line, and event lines for programs that follow it.
+
+An event line is :data:`EVENT_PREFIX` and one JSON object with an ``"event"`` key, e.g. what
+``palnet train --events`` prints after each epoch (see train.fit)::
+
+    @palnet {"epoch": 3, "loss": 11.2, "val_pointwise_mm": 8.61, ..., "best": true, "event": "epoch"}
+"""
+import json
 import sys
 import time
 from typing import Optional, TextIO
+
+EVENT_PREFIX = "@palnet "  # begins every event line, and no log line
+
+
+def event_line(event: str, **fields) -> str:
+    """One event line: EVENT_PREFIX and the JSON object of ``fields`` with ``"event": event``."""
+    return EVENT_PREFIX + json.dumps(dict(fields, event=event))
+
+
+def parse_event(line: str) -> Optional[dict]:
+    """The event of one output line (see :func:`event_line`), or None for any other line."""
+    if not line.startswith(EVENT_PREFIX):
+        return None
+    try:
+        event = json.loads(line[len(EVENT_PREFIX):])
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) and "event" in event else None
 
 
 class ProgressBar:

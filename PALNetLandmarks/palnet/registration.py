@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .align import grid_subsample
+from .geometry import grid_subsample
 from .errors import PalnetError
 
 

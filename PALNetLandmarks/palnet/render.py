@@ -1,13 +1,16 @@
 """Pictures of landmarks on a surface: VTK offscreen rendering to a PNG.
 
-``render_landmarks(mesh, landmarks, "out.png", views=("front", "side"))`` draws a
-skin-coloured, lit surface with each landmark as a small coloured sphere and its
-label as 2D text beside it, one viewport per view, side by side in one image.
+``render_landmarks(mesh, landmarks, "out.png")`` draws a skin-coloured, lit surface
+with each landmark as a small coloured sphere and its label as 2D text beside it,
+one viewport per view, side by side in one image.
 Labels are drawn only for landmarks the camera can see (checked against the
 depth buffer), so a side view does not print the far ear's names over the face.
 Views are named ("front", "side" = the subject's right, "left", "top", "below",
 "three-quarter", ...) and follow the face's ``up``/``front`` directions, so posed
-scans are shown the same way. ``stack_pngs`` tiles several pictures into one.
+scans are shown the same way. What to draw and how is a ``RenderOptions``
+(``RenderOptions(views=("front",), size=(600, 600), up=..., front=...)``); the
+defaults give two 900 x 900 views, front and side. ``stack_pngs`` tiles several
+pictures into one.
 
 Works without a display: on Linux with no ``DISPLAY`` VTK is asked for its EGL
 window (headless OpenGL through Mesa or the GPU driver); elsewhere the platform
@@ -15,6 +18,7 @@ default is used.
 """
 import os
 import sys
+from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -391,80 +395,103 @@ def _caption(text, font_size, rgb, position, centred=False, bold=False, boxed=Fa
     return cap
 
 
+@dataclass(frozen=True)
+class RenderOptions:
+    """What ``render_landmarks`` draws and how; every field has the default used when none is given.
+
+    The camera: ``views``: names from VIEW_NAMES, one viewport each, side by side.
+    ``size``: pixels (width, height) of *each* view. ``up``/``front``: the face's up and
+    anterior directions in mesh coordinates (they differ for posed scans). ``focus``:
+    labels, or a (K, 3) array of points, whose extent the camera frames (a close-up);
+    default all landmarks (the whole mesh if there are none). ``margin``: space around
+    the framed extent, as a fraction of it.
+
+    The landmarks: ``labels``: draw the names (True/False, or one flag per landmark);
+    only landmarks a view sees are named in it. ``label_names``: names to show instead
+    of the landmarks' own. ``colors``: one RGB (0..1) per landmark, or one for all
+    (default: by anatomical group). ``point_radius``: of the spheres, in mesh units
+    (default: from the scan's size). ``extra_points``: (K, 3) small grey dots (a
+    candidate set while debugging).
+
+    The picture: ``title``: a caption across the top. ``view_titles``: each view's
+    name in its corner. ``font_size``: of the labels (titles are a little larger).
+    ``vertex_colors``: (N, 3) RGB per vertex instead of the uniform skin colour.
+    """
+
+    # the camera
+    views: Sequence[str] = ("front", "side")
+    size: Tuple[int, int] = (900, 900)
+    up: Sequence[float] = (0, 1, 0)
+    front: Sequence[float] = (0, 0, 1)
+    focus: Union[Sequence[str], np.ndarray, None] = None
+    margin: float = 0.25
+    # the landmarks
+    labels: Union[bool, Sequence[bool]] = True
+    label_names: Optional[Sequence[str]] = None
+    colors: Optional[Sequence[ColorLike]] = None
+    point_radius: Optional[float] = None
+    extra_points: Optional[np.ndarray] = None
+    # the picture
+    title: Optional[str] = None
+    view_titles: bool = True
+    font_size: int = 15
+    vertex_colors: Optional[np.ndarray] = None
+
+
 def render_landmarks(
     mesh: Union[Mesh, Tuple[np.ndarray, np.ndarray]],
     landmarks: Union[Landmarks, np.ndarray, None],
     path: Union[str, os.PathLike],
-    views: Sequence[str] = ("front", "side"),
-    size: Tuple[int, int] = (900, 900),
-    labels: Union[bool, Sequence[bool]] = True,
-    up: Sequence[float] = (0, 1, 0),
-    front: Sequence[float] = (0, 0, 1),
-    title: Optional[str] = None,
-    colors: Optional[Sequence[ColorLike]] = None,
-    label_names: Optional[Sequence[str]] = None,
-    focus: Union[Sequence[str], np.ndarray, None] = None,
-    margin: float = 0.25,
-    point_radius: Optional[float] = None,
-    font_size: int = 15,
-    extra_points: Optional[np.ndarray] = None,
-    view_titles: bool = True,
-    vertex_colors: Optional[np.ndarray] = None,
+    options: Optional[RenderOptions] = None,
 ) -> str:
     """Render the surface and its landmarks, one viewport per view, into one PNG at ``path``.
 
     ``mesh``: a Mesh or (vertices, triangles). ``landmarks``: a Landmarks, an (L, 3)
-    array or None; ``label_names`` overrides their names. ``views``: names from
-    VIEW_NAMES. ``size``: pixels of *each* view. ``up``/``front``: the face's up and
-    anterior directions in mesh coordinates (they differ for posed scans).
-    ``labels``: draw the names (True/False, or one flag per landmark); only
-    landmarks a view sees are named in it. ``colors``: one RGB (0..1) per landmark,
-    or one for all (default: by anatomical group). ``focus``: labels, or a (K, 3)
-    array of points, whose extent the camera frames (a close-up); default all
-    landmarks (the whole mesh if there are none). ``margin``: space around the
-    framed extent, as a fraction of it. ``extra_points``: (K, 3) small grey dots
-    (a candidate set while debugging). ``vertex_colors``: (N, 3) RGB per vertex
-    instead of the uniform skin colour. Returns the path written.
+    array or None. ``options``: a RenderOptions (default: ``RenderOptions()``, front
+    and side views of 900 x 900 pixels, every landmark labelled). Returns the path
+    written.
     """
+    opts = options if options is not None else RenderOptions()
+    up, front, font_size = opts.up, opts.front, opts.font_size
     _ensure_headless_backend()
     import vtkmodules.vtkRenderingFreeType  # noqa: F401  (text rendering)
     import vtkmodules.vtkRenderingOpenGL2  # noqa: F401  (registers the OpenGL classes)
     from vtkmodules.vtkRenderingCore import vtkLightKit, vtkRenderer, vtkRenderWindow
 
-    vertices, triangles, points, names = _as_arrays(mesh, landmarks, label_names)
+    vertices, triangles, points, names = _as_arrays(mesh, landmarks, opts.label_names)
     if len(vertices) == 0:
         raise ValueError("nothing to render: the mesh has no vertices")
-    if vertex_colors is not None and len(vertex_colors) != len(vertices):
-        raise ValueError("{} vertex colours for {} vertices".format(len(vertex_colors),
+    if opts.vertex_colors is not None and len(opts.vertex_colors) != len(vertices):
+        raise ValueError("{} vertex colours for {} vertices".format(len(opts.vertex_colors),
                                                                  len(vertices)))
-    views = list(views)
+    views = list(opts.views)
     if not views:
         raise ValueError("no views asked for")
     for view in views:
         view_direction(view, up, front)  # unknown names fail before any window is made
-    if colors is None:
+    if opts.colors is None:
         rgb = np.asarray(default_colors(names), dtype=np.float64).reshape(-1, 3)
     else:
-        rgb = np.asarray(colors, dtype=np.float64).reshape(-1, 3)
+        rgb = np.asarray(opts.colors, dtype=np.float64).reshape(-1, 3)
         if len(rgb) == 1 and len(points) > 1:
             rgb = np.repeat(rgb, len(points), axis=0)
         if len(rgb) != len(points):
             raise ValueError("{} colours for {} landmarks".format(len(rgb), len(points)))
-    if isinstance(labels, (bool, np.bool_)):
-        show_label = np.full(len(points), bool(labels))
+    if isinstance(opts.labels, (bool, np.bool_)):
+        show_label = np.full(len(points), bool(opts.labels))
     else:
-        show_label = np.asarray(labels, dtype=bool).reshape(-1)
+        show_label = np.asarray(opts.labels, dtype=bool).reshape(-1)
         if len(show_label) != len(points):
             raise ValueError("{} label flags for {} landmarks".format(len(show_label), len(points)))
-    if focus is not None and len(focus) and not isinstance(focus[0], str):
-        frame_points = np.asarray(focus, dtype=np.float64).reshape(-1, 3)
-    elif focus:
+    if opts.focus is not None and len(opts.focus) and not isinstance(opts.focus[0], str):
+        frame_points = np.asarray(opts.focus, dtype=np.float64).reshape(-1, 3)
+    elif opts.focus:
         index = {lab: i for i, lab in enumerate(names)}
-        unknown = [f for f in focus if f not in index]
+        unknown = [f for f in opts.focus if f not in index]
         if unknown:
             raise ValueError("focus label(s) not among the landmarks: {}".format(
                 ", ".join(unknown)))
-        frame_points = points[[index[f] for f in focus]]
+        frame_points = points[[index[f] for f in opts.focus]]
     else:
         frame_points = points
     # A missing landmark (NaN: the scan does not show it) is not drawn.
@@ -474,7 +501,7 @@ def render_landmarks(
         names = [name for name, s in zip(names, shown) if s]
     frame_points = frame_points[np.isfinite(frame_points).all(axis=1)]
 
-    w_px, h_px = int(size[0]), int(size[1])
+    w_px, h_px = int(opts.size[0]), int(opts.size[1])
     n = len(views)
     window = vtkRenderWindow()
     window.SetOffScreenRendering(1)
@@ -491,8 +518,8 @@ def render_landmarks(
         ren = vtkRenderer()
         ren.SetViewport(k / n, 0.0, (k + 1) / n, 1.0)
         ren.SetBackground(*BACKGROUND_RGB)
-        ren.AddActor(_surface_actor(vertices, triangles, SKIN_RGB, vertex_colors))
-        center, half = _frame(frame_points, vertices, direction, view_up, margin)
+        ren.AddActor(_surface_actor(vertices, triangles, SKIN_RGB, opts.vertex_colors))
+        center, half = _frame(frame_points, vertices, direction, view_up, opts.margin)
         if len(frame_points) < 2:
             half = max(half, 0.15 * extent)
         cam = ren.GetActiveCamera()
@@ -508,21 +535,21 @@ def render_landmarks(
         halves.append(half)
 
     # Floors: about 0.6 mm and 1.5 mm on a head 400 mm across (corner to corner).
-    radius = point_radius if point_radius is not None else max(0.0015 * extent, min(halves) * 0.012)
+    radius = opts.point_radius if opts.point_radius is not None else max(0.0015 * extent, min(halves) * 0.012)
     if len(points):
         visible, screen = _visibility(window, renderers, views, points, up, front,
                                       (w_px, h_px), max(0.004 * extent, 2.5 * radius))
         spheres = _spheres_actor(points, rgb, radius)
         for ren in renderers:
             ren.AddActor(spheres)
-    if extra_points is not None and len(extra_points):
-        extra = np.asarray(extra_points, dtype=np.float64).reshape(-1, 3)
+    if opts.extra_points is not None and len(opts.extra_points):
+        extra = np.asarray(opts.extra_points, dtype=np.float64).reshape(-1, 3)
         dots = _spheres_actor(extra, np.full((len(extra), 3), 0.35), radius * 0.35)
         for ren in renderers:
             ren.AddActor(dots)
 
     for k, ren in enumerate(renderers):
-        if view_titles:
+        if opts.view_titles:
             ren.AddViewProp(_caption(views[k], font_size + 3, (0.25, 0.25, 0.25), (10, 8)))
         if len(points):
             idx = np.flatnonzero(visible[k] & show_label)
@@ -531,13 +558,13 @@ def render_landmarks(
                 offset = radius / halves[k] * h_px * 0.5 / max(1.0, h_px / float(w_px)) + 14
                 _add_labels(ren, [names[i] for i in idx], rgb[idx], screen[k, idx],
                             (w_px, h_px), font_size, offset)
-    if title:
+    if opts.title:
         window.SetNumberOfLayers(2)
         overlay = vtkRenderer()
         overlay.SetLayer(1)
         overlay.SetViewport(0.0, 0.0, 1.0, 1.0)
         overlay.InteractiveOff()
-        overlay.AddViewProp(_caption(title, font_size + 5, (0.1, 0.1, 0.1),
+        overlay.AddViewProp(_caption(opts.title, font_size + 5, (0.1, 0.1, 0.1),
                                      (w_px * n // 2, h_px - font_size - 20), centred=True,
                                      bold=True, boxed=True))
         window.AddRenderer(overlay)

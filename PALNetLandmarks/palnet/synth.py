@@ -17,6 +17,7 @@ from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 from .errors import PalnetError
+from .geometry import drop_unused, grid_subsample, vertex_normals
 from .options import SYNTH_CROPS
 from .snap import closest_points_on_surface
 from .datatypes import Landmarks, Mesh, unit_scale
@@ -90,16 +91,6 @@ def load_ict(path: Optional[os.PathLike] = None) -> IctModel:
     model = IctModel(neutral, identity, expression, expression_names, tri, skin, np.flatnonzero(front))
     _ICT_CACHE[key] = model
     return model
-
-
-def vertex_normals(v: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Area-weighted unit vertex normals."""
-    fn = np.cross(v[t[:, 1]] - v[t[:, 0]], v[t[:, 2]] - v[t[:, 0]])
-    n = np.zeros_like(v)
-    for k in range(3):
-        for c in range(3):
-            n[:, c] += np.bincount(t[:, k], fn[:, c], minlength=len(v))
-    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
 
 
 def smooth_noise(t: np.ndarray, n: int, sigma: float, rng: np.random.Generator) -> np.ndarray:
@@ -186,7 +177,6 @@ def random_retriangulate(v: np.ndarray, t: np.ndarray, target: int, rng: np.rand
     inside one of its triangles. The result stays a manifold on the original
     surface, and no vertex keeps the template's position.
     """
-    from .cleanup import drop_unused
     v, t = drop_unused(v, t)
     while 4 * len(v) <= target:  # each subdivision adds one vertex per edge, about three per vertex
         v, t = subdivide(v, t)
@@ -423,7 +413,6 @@ def generate_scan(seed: int, ict: Optional[IctModel] = None, pose: str = "realis
     if scanner and scanner["hair_mm"]:
         verts = _with_hair(verts, tri, labels, lm, scanner["hair_mm"], seed)
     if scanner and scanner["coarse_edge_mm"]:
-        from .cleanup import drop_unused
         from .variety import coarse_target, decimate
         v, t = drop_unused(verts, tri)
         target = coarse_target(v, t, scanner["coarse_edge_mm"])
@@ -574,7 +563,6 @@ def face_template(ict: Optional[IctModel] = None, spacing: float = 4.0, n_modes:
     Brows to chin and cheek to cheek, without ears, neck or hairline: the part
     that every face scan shows.
     """
-    from .align import grid_subsample
     ict = ict or load_ict()
     idx = ict.skin_vertices[ict.skin_vertices < NARROW_FACE_END]
     idx = idx[(ict.neutral[idx, 1] > -85.0) & (ict.neutral[idx, 1] < 88.0)]

@@ -11,7 +11,7 @@ The initial approximation is the paper's mean shape, or (``"start": "shape"``,
 the default) the mean shape moved with the face the aligner fitted: the face
 template bends to each scan through its shape modes, and a linear map learned
 on the training scans turns those mode coefficients into landmark offsets (see
-:func:`fit_landmark_modes`).
+priors.fit_landmark_modes).
 """
 import copy
 import json
@@ -29,11 +29,8 @@ from .engine import NetworkConfig
 from .errors import PalnetError
 from .modelfile import METADATA_RANGES, Model, load_model, save_model
 from .patches import extract_patches, initial_approximation
-from .pipeline import apply_shape_prior, landmark_modes, mirror_pairs, shape_prior, starting_shape
-
-MODES_RIDGE = 1.0  # penalty on the landmark modes (the coefficients are about 1 for a typical face)
-MODES_MIN_SCANS_PER_COEFFICIENT = 3  # fewer training scans than this per unknown: keep the mean start
-PRIOR_MIN_VALIDATION = 5  # validation scans needed to measure the network's error for the shape prior
+from .priors import (apply_shape_prior, calibrate_confidence, fit_landmark_modes, fit_shape_prior, landmark_modes,
+                     mirror_pairs, shape_prior, starting_shape)
 
 DEFAULT_CONFIG = {
     "network": {"patch_size": 200, "fc": 512, "widths": [32, 64, 128], "pools": [5, 5, 4],
@@ -180,11 +177,6 @@ def _random_rotations(rng: np.random.Generator, n: int, degrees: float) -> np.nd
     return Rotation.from_rotvec(rng.normal(size=(n, 3)) * np.radians(degrees) / np.sqrt(3)).as_matrix()
 
 
-def complete(scans: List[TrainingScan]) -> List[TrainingScan]:
-    """The scans that show every landmark (shape statistics are learned from these only)."""
-    return [s for s in scans if np.isfinite(s.truth).all()]
-
-
 def scan_groups(scans: List[TrainingScan]) -> List[List[int]]:
     """Indices of the scans per annotated scan (the scan itself first, then its copies), in
     the order the scans first appear: splits are drawn over these, so no copy of a
@@ -215,28 +207,6 @@ def drop_misaligned(scans: List[TrainingScan], limit_mm: float = 25.0):
     return [s for s, k in zip(scans, keep) if k], [s.scan_id for s, k in zip(scans, keep) if not k]
 
 
-def fit_landmark_modes(scans: List[TrainingScan], ridge: float = MODES_RIDGE) -> Optional[dict]:
-    """How the landmarks (canonical mm) move with the face template's fitted shape: a ridge
-    regression of every scan's true landmarks on its template mode coefficients, as
-    ``{"coef_mean": (K,), "landmark_mean": (L, 3), "modes": (K, L, 3)}`` (see
-    pipeline.starting_shape), or None when the template has no modes or there are too few
-    scans to learn K x L x 3 numbers."""
-    scans = complete(scans)
-    k = {len(s.shape) for s in scans}
-    if len(k) != 1 or not next(iter(k)):
-        return None
-    k = next(iter(k))
-    if len(scans) < MODES_MIN_SCANS_PER_COEFFICIENT * (k + 1):
-        return None
-    x = np.stack([s.shape for s in scans]).astype(np.float64)
-    y = np.stack([s.truth for s in scans]).reshape(len(scans), -1)
-    xc, yc = x - x.mean(axis=0), y - y.mean(axis=0)
-    modes = np.linalg.solve(xc.T @ xc + ridge * np.eye(k), xc.T @ yc)
-    return {"coef_mean": np.round(x.mean(axis=0), 6).tolist(),
-            "landmark_mean": np.round(y.mean(axis=0).reshape(-1, 3), 4).tolist(),
-            "modes": np.round(modes.reshape(k, -1, 3), 5).tolist()}
-
-
 def scan_starts(scans: List[TrainingScan], mean: np.ndarray, meta: dict) -> np.ndarray:
     """(N, L, 3): where the network starts on each scan, as pipeline.predict does."""
     modes = landmark_modes(Model({}, NetworkConfig(n_landmarks=len(mean)), meta))
@@ -254,7 +224,7 @@ def make_batch(scans: List[TrainingScan], trees: List[cKDTree], idx: np.ndarray,
     """Patches, initial approximations and truths for scans ``idx``; jittered when ``rng`` is given.
 
     ``starts``: the shape every scan starts from (L, 3), or each scan's own (len(scans), L, 3).
-    ``swap``: the R <-> L relabelling (pipeline.mirror_pairs) that mirrored examples need."""
+    ``swap``: the R <-> L relabelling (priors.mirror_pairs) that mirrored examples need."""
     size, scale = cfg["network"]["patch_size"], cfg["patch"]["scale_mm"]
     jit = cfg["jitter"]
     patches, inits, truths = [], [], []
@@ -336,9 +306,8 @@ def network_answers(model: Model, trees: List[cKDTree], starts: np.ndarray, cfg:
 
 def score_answers(answers: np.ndarray, spreads: np.ndarray, truths: np.ndarray, prior=None, swap=None):
     """(errors, confidence table) of the network's ``answers`` after the shape ``prior`` (as
-    pipeline.shape_prior gives it; None: none), as palnet predict gives them (see
-    pipeline.calibrate_confidence); ``swap`` as for pipeline.apply_shape_prior."""
-    from .pipeline import calibrate_confidence
+    priors.shape_prior gives it; None: none), as palnet predict gives them (see
+    priors.calibrate_confidence); ``swap`` as for priors.apply_shape_prior."""
     answers = np.stack([apply_shape_prior(a, prior, swap) for a in answers])
     err = np.linalg.norm(answers - truths, axis=2).ravel()
     known = np.isfinite(err)  # a landmark the scan does not show has no error to calibrate on
@@ -349,7 +318,7 @@ def score_answers(answers: np.ndarray, spreads: np.ndarray, truths: np.ndarray, 
 def validate(model: Model, scans: List[TrainingScan], trees: List[cKDTree], starts: np.ndarray, cfg: dict):
     """Scores of the answers palnet predict gives on scans the network did not train on (the
     mean of the perturbed runs, the model's shape prior, its second round if it has one), and
-    the confidence table calibrated from their spread (see pipeline.calibrate_confidence):
+    the confidence table calibrated from their spread (see priors.calibrate_confidence):
     (errors, table). ``starts`` as for make_batch."""
     from .pipeline import network_answer
     runs = [network_answer(tree, model, initial_approximation(tree, _start_of(starts, i)), cfg["refine_steps"],
@@ -372,65 +341,33 @@ def second_round_answers(runs: List[Tuple[Model, List[cKDTree]]], corrected: np.
     return np.concatenate(answers), np.concatenate(spreads)
 
 
-def _shrunk_covariance(y: np.ndarray) -> Tuple[np.ndarray, float]:
-    """Covariance of the rows of ``y`` shrunk towards its diagonal, and the shrinkage: the
-    Ledoit-Wolf estimate on the standardised columns, so that a few dozen scans (fewer than
-    the 3L numbers per scan) still give a usable, invertible estimate."""
-    x = y - y.mean(axis=0)
-    sd = np.maximum(x.std(axis=0), 1e-9)
-    z = x / sd
-    n, p = z.shape
-    corr = z.T @ z / n
-    target = np.eye(p)
-    d2 = ((corr - target) ** 2).sum()
-    # sum over rows of |z z^T - corr|^2, which is sum |z|^4 - n |corr|^2 since corr is their mean
-    b2 = (((z ** 2).sum(axis=1) ** 2).sum() - n * (corr ** 2).sum()) / n ** 2
-    alpha = float(min(b2, d2) / d2) if d2 > 0 else 1.0
-    shrunk = (1 - alpha) * corr + alpha * target
-    return shrunk * np.outer(sd, sd) * n / max(n - 1, 1), alpha
-
-
-def fit_shape_prior(train_scans: List[TrainingScan], answers: np.ndarray, truths: np.ndarray) -> Optional[dict]:
-    """The landmark shape prior pipeline.apply_shape_prior uses, or None with fewer than
-    PRIOR_MIN_VALIDATION validation scans or 2 training scans.
-
-    The training scans' landmarks are a Gaussian (mean, covariance S shrunk as
-    ``_shrunk_covariance`` says). The network's errors on the validation scans (``answers``
-    against ``truths``) give its systematic offset (the bias; zero unless it is clearly more than
-    chance would give from that many scans, and shrunk by that) and the covariance N of the
-    rest (errors of neighbouring landmarks go together; shrunk likewise). Stored: the mean,
-    the bias and the gain S (S + N)^-1."""
-    # Shape statistics come from scans that show every landmark.
-    train_scans = complete(train_scans)
-    whole = np.isfinite(np.asarray(truths)).reshape(len(truths), -1).all(axis=1)
-    answers, truths = np.asarray(answers)[whole], np.asarray(truths)[whole]
-    if len(answers) < PRIOR_MIN_VALIDATION or len(train_scans) < 2:
-        return None
-    y = np.stack([s.truth for s in train_scans]).reshape(len(train_scans), -1).astype(np.float64)
-    cov, alpha = _shrunk_covariance(y)
-    err = (np.asarray(answers, dtype=np.float64) - np.asarray(truths)).reshape(len(answers), -1)
-    m, mean_err = len(err), err.mean(axis=0)
-    # kept where it is clearly more than chance (twice its standard error), shrunk by what chance would give
-    bias = mean_err * np.clip(1 - 4 * err.var(axis=0) / (m * np.maximum(mean_err ** 2, 1e-12)), 0, 1)
-    noise, beta = _shrunk_covariance(err)
-    noise += np.outer(mean_err - bias, mean_err - bias)  # the offset left in the answers
-    noise += np.eye(len(noise)) * 1e-4
-    gain = np.linalg.solve(cov + noise, cov).T  # S (S + N)^-1, both symmetric
-    return {"mean": np.round(y.mean(axis=0).reshape(-1, 3), 4).tolist(),
-            "bias": np.round(bias.reshape(-1, 3), 4).tolist(), "gain": np.round(gain, 6).tolist(),
-            "n_train": len(train_scans), "n_validation": m, "shrinkage": round(alpha, 4),
-            "noise_shrinkage": round(beta, 4), "noise_rms_mm": round(float(np.sqrt(np.trace(noise) / len(noise) * 3)), 4)}
-
-
 def _export(net, cfg_net: NetworkConfig, metadata: dict) -> Model:
     from .network import export_weights
     return Model(export_weights(net), cfg_net, copy.deepcopy(metadata))
 
 
+# The log line of one epoch, formatted from its event (see fit), e.g.
+# "epoch   3  loss 11.206  val point-wise 8.607 mm  distance-wise 6.237 mm  lr 0.001  0.8 s  *"
+EPOCH_LINE = ("epoch {epoch:3d}  loss {loss:.3f}  val point-wise {val_pointwise_mm:.3f} mm  distance-wise "
+              "{val_distancewise_mm:.3f} mm  lr {lr:.2g}  {seconds:.1f} s")
+
+
+def epoch_line(event: dict) -> str:
+    """The human log line of one epoch ``event`` (see :func:`fit`); ``  *`` at its end when the
+    validation error improved and these weights are kept."""
+    return EPOCH_LINE.format(**event) + ("  *" if event.get("best") else "")
+
+
 def fit(train_scans: List[TrainingScan], val_scans: List[TrainingScan], labels: List[str], template: np.ndarray,
         cfg: dict, metadata: dict, init_model: Optional[Model] = None, checkpoint: Optional[Path] = None,
-        log: Callable[[str], None] = print, should_stop: Callable[[], bool] = lambda: False) -> Model:
-    """Train on ``train_scans``, keep the weights best on ``val_scans``; resumable through ``checkpoint``."""
+        log: Callable[[str], None] = print, should_stop: Callable[[], bool] = lambda: False,
+        on_epoch: Optional[Callable[[dict], None]] = None) -> Model:
+    """Train on ``train_scans``, keep the weights best on ``val_scans``; resumable through ``checkpoint``.
+
+    After each epoch, ``on_epoch(event)`` gets a dict with ``epoch``, ``loss``,
+    ``val_pointwise_mm``, ``val_distancewise_mm``, ``lr``, ``seconds`` (the epoch's row of the
+    training history) and ``best`` (True when the validation error improved and these weights are
+    kept); the epoch's log line is formatted from the same dict (:func:`epoch_line`)."""
     import torch
     from .network import PalNet, load_weights
     torch.manual_seed(cfg["seed"])
@@ -507,8 +444,10 @@ def fit(train_scans: List[TrainingScan], val_scans: List[TrainingScan], labels: 
                "val_distancewise_mm": val["distancewise_mm"], "lr": opt.param_groups[0]["lr"],
                "seconds": time.monotonic() - t0}
         history.append(row)
-        log("epoch {epoch:3d}  loss {loss:.3f}  val point-wise {val_pointwise_mm:.3f} mm  distance-wise "
-            "{val_distancewise_mm:.3f} mm  lr {lr:.2g}  {seconds:.1f} s".format(**row) + ("  *" if improved else ""))
+        event = dict(row, best=bool(improved))
+        log(epoch_line(event))
+        if on_epoch is not None:
+            on_epoch(event)
         if checkpoint:
             tmp = Path(str(checkpoint) + ".tmp")
             torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
@@ -527,12 +466,14 @@ def fit(train_scans: List[TrainingScan], val_scans: List[TrainingScan], labels: 
 
 def cross_validate(scans: List[TrainingScan], groups: List[List[int]], order: np.ndarray, folds: int,
                    labels: List[str], template: np.ndarray, cfg: dict, metadata: dict, init_model: Optional[Model],
-                   log: Callable[[str], None], should_stop: Callable[[], bool]) -> Tuple[dict, tuple, list]:
+                   log: Callable[[str], None], should_stop: Callable[[], bool],
+                   on_epoch: Optional[Callable[[dict], None]] = None) -> Tuple[dict, tuple, list]:
     """K-fold cross-validation over annotated scans (``order`` permutes ``groups``): per-fold
     validation errors of the network's answers, their mean and the median best epoch; the
     out-of-fold (answers, spreads, truths), every scan answered by the fold that did not train
     on it, from which the final model learns its shape prior and confidence; and each fold's
-    (network, trees of its held-out scans) in the same order, for the second round."""
+    (network, trees of its held-out scans) in the same order, for the second round. ``on_epoch``:
+    as for :func:`fit`, for every fold's epochs."""
     if len(groups) < folds:
         raise PalnetError("{} folds need at least {} scans, found {}".format(folds, folds, len(groups)))
     rows, answers, spreads, truths, runs = [], [], [], [], []
@@ -540,7 +481,7 @@ def cross_validate(scans: List[TrainingScan], groups: List[List[int]], order: np
         # Folds in the permuted order, then the training scans in that order too.
         tr, val = split_groups(scans, [groups[i] for i in order], range(k, len(order), folds))
         log("fold {}/{}: training on {}, validating on {}".format(k + 1, folds, len(tr), len(val)))
-        model = fit(tr, val, labels, template, cfg, metadata, init_model, None, log, should_stop)
+        model = fit(tr, val, labels, template, cfg, metadata, init_model, None, log, should_stop, on_epoch)
         history = model.metadata["training_history"]
         # 0 when no epoch ran (--epochs 0 with --init: every fold keeps that network)
         best_epoch = min(history, key=lambda r: r["val_pointwise_mm"])["epoch"] if history else 0
@@ -562,18 +503,9 @@ def cross_validate(scans: List[TrainingScan], groups: List[List[int]], order: np
     return result, (np.concatenate(answers), np.concatenate(spreads), np.concatenate(truths)), runs
 
 
-def train(data_dir, output, config=None, epochs: Optional[int] = None, val_split: float = 0.2,
-          init: Optional[str] = None, cache_dir: Optional[str] = None, jobs: int = 1, units: str = "auto",
-          log: Callable[[str], None] = print, progress: Optional[Callable] = None, half: bool = True,
-          description: str = "", should_stop: Callable[[], bool] = lambda: False,
-          folds: Optional[int] = None) -> dict:
-    """``palnet train``: preprocess, split, fit, evaluate, save. Returns the final report.
-
-    ``config``: settings overriding DEFAULT_CONFIG, as a dict or the path of a JSON file."""
-    from .mesh_io import find_scan_pairs
-    from .landmark_io import read_landmarks
-    from .protocol import Protocol, default_protocol
-    from .resources import default_model_path, face_template_path
+def _settings(config, epochs: Optional[int], init: Optional[str]) -> Tuple[dict, Optional[dict]]:
+    """The checked settings (``config``, a dict or the path of a JSON file, over
+    DEFAULT_CONFIG; ``epochs`` over both), and the user's own settings as given."""
     source = None
     if isinstance(config, (str, os.PathLike)):  # a --config file: its errors name it
         source, config = config, load_config(config)
@@ -584,31 +516,49 @@ def train(data_dir, output, config=None, epochs: Optional[int] = None, val_split
     if cfg["epochs"] == 0 and not init:
         raise PalnetError("--epochs 0 : give a positive number of epochs, or 0 with --init to keep that model's "
                           "network and only learn its starting shape, shape priors and confidence from the data")
+    return cfg, config
+
+
+def _data_and_protocol(data_dir, init: Optional[str]):
+    """The (scan, landmark file) pairs in ``data_dir``, the landmark protocol of the first
+    landmark file, and the ``init`` model to fine-tune (None without one), which must share it."""
+    from .mesh_io import find_scan_pairs
+    from .landmark_io import read_landmarks
+    from .protocol import Protocol, default_protocol
     pairs = find_scan_pairs(data_dir)
     if len(pairs) < 2:
         raise PalnetError("found {} (scan, landmark file) pairs; training needs at least 2".format(len(pairs)), data_dir)
     init_model = load_model(init) if init else None
     first = read_landmarks(pairs[0][2]).labels
     protocol = default_protocol() if set(first) == set(default_protocol().labels) else Protocol.from_labels(first)
-    labels = protocol.labels
-    if init_model and list(init_model.metadata["protocol"]["labels"]) != labels:
+    if init_model and list(init_model.metadata["protocol"]["labels"]) != protocol.labels:
         raise PalnetError("--init model has a different landmark protocol than the data set", init)
-    if init_model:  # fine-tuning keeps the model's network, patches and sampling
+    return pairs, protocol, init_model
+
+
+def _starting_point(cfg: dict, user: Optional[dict], init_model: Optional[Model]) -> np.ndarray:
+    """The face template the scans are aligned to (the fine-tuned model's, the shipped
+    model's, or the shipped face template). Fine-tuning also keeps, in ``cfg``, the model's network,
+    patches and sampling, and its refinement passes unless ``user`` (the given settings) sets them."""
+    from .resources import default_model_path, face_template_path
+    if init_model:
         cfg["network"] = {k: v for k, v in init_model.config.to_dict().items() if k != "n_landmarks"}
         cfg["patch"] = dict(init_model.metadata["patch"])
-        if "refine_steps" not in (config or {}):  # the number of passes may change (weights do not depend on it)
+        if "refine_steps" not in (user or {}):  # the number of passes may change (weights do not depend on it)
             cfg["refine_steps"] = int(init_model.metadata.get("refine_steps", cfg["refine_steps"]))
-    if init_model:
-        template = np.asarray(init_model.metadata["template"], dtype=np.float64)
-    elif default_model_path().exists():
-        template = np.asarray(load_model(default_model_path()).metadata["template"], dtype=np.float64)
-    else:
-        with np.load(face_template_path(), allow_pickle=False) as d:
-            template = d["points"].astype(np.float64)
-    log("{} pairs in {}; protocol {} ({} landmarks)".format(len(pairs), data_dir, protocol.name, len(labels)))
-    scans, problems = load_training_scans(pairs, labels, template, cfg["patch"]["spacing_mm"],
-                                          Path(cache_dir) if cache_dir else Path(str(output) + ".cache"),
-                                          units, jobs, progress, cfg["augment"])
+        return np.asarray(init_model.metadata["template"], dtype=np.float64)
+    if default_model_path().exists():
+        return np.asarray(load_model(default_model_path()).metadata["template"], dtype=np.float64)
+    with np.load(face_template_path(), allow_pickle=False) as d:
+        return d["points"].astype(np.float64)
+
+
+def _usable_scans(data_dir, pairs, labels: List[str], template: np.ndarray, cfg: dict, cache: Path, units: str,
+                  jobs: int, progress: Optional[Callable], log: Callable[[str], None]):
+    """The scans preprocessed (cached in ``cache``) and aligned, less those whose alignment
+    failed, and one line per pair left out."""
+    scans, problems = load_training_scans(pairs, labels, template, cfg["patch"]["spacing_mm"], cache, units, jobs,
+                                          progress, cfg["augment"])
     for p in problems:
         log("skipped " + p)
     scans, misaligned = drop_misaligned(scans)
@@ -617,63 +567,111 @@ def train(data_dir, output, config=None, epochs: Optional[int] = None, val_split
     problems += ["{}: alignment failed".format(sid) for sid in misaligned]
     if len(scans) < 2:
         raise PalnetError("fewer than 2 usable scans", data_dir)
-    rng = np.random.default_rng(cfg["seed"])
+    return scans, problems
+
+
+def _split(scans: List[TrainingScan], seed: int, val_split: float):
+    """The scans' groups (an annotated scan and its copies), their shuffled order, and the
+    training and validation scans: the first ``val_split`` of the groups in that order validate."""
     groups = scan_groups(scans)
-    order = rng.permutation(len(groups))
+    order = np.random.default_rng(seed).permutation(len(groups))
     n_val = int(round(len(groups) * val_split)) if val_split > 0 else 0
     tr, val = split_groups(scans, [groups[i] for i in order], range(n_val))
+    return groups, order, tr, val
+
+
+def _held_out_answers(model: Model, val: List[TrainingScan], held_out: Optional[tuple], runs: Optional[list],
+                      cfg: dict):
+    """The network's (answers, spreads, truths) on scans it did not train on, the (network, trees)
+    behind them (see second_round_answers), and whether they are out-of-fold: the answers on the
+    validation scans when there are any, else cross-validation's ``held_out`` and ``runs`` (None
+    without either)."""
+    if not val:  # after cross-validation: each scan as answered by the fold that did not train on it
+        return held_out, runs, True
+    vt = [cKDTree(s.samples) for s in val]
+    starts = scan_starts(val, np.asarray(model.metadata["mean_landmarks"]), model.metadata)
+    return network_answers(model, vt, starts, cfg) + (np.stack([s.truth for s in val]),), [(model, vt)], False
+
+
+def _priors_and_confidence(model: Model, tr: List[TrainingScan], held_out: tuple, runs: list, cfg: dict,
+                           labels: List[str], out_of_fold: bool, report: dict, log: Callable[[str], None]) -> None:
+    """The model's shape prior, second round and confidence table, learned from the network's
+    ``held_out`` (answers, spreads, truths), and the scores of the answers palnet predict then gives
+    (into ``report`` and the model's accuracy). The prior is measured anew for every network (fit
+    never carries one over)."""
+    which = "out-of-fold answers" if out_of_fold else "validation scans"
+    answers, spreads, truths = held_out
+    report["validation_network"] = _errors(answers, truths)
+    prior = fit_shape_prior(tr, answers, truths) if cfg["shape_prior"] else None
+    if prior:
+        model.metadata["shape_prior"] = prior
+        log("shape prior: network error on the {} {:.2f} mm RMS per landmark, covariance of {} training scans "
+            "shrunk by {:.3f}; the validation below uses that error, so it flatters a little"
+            .format(which, prior["noise_rms_mm"], prior["n_train"], prior["shrinkage"]))
+    final = shape_prior(model)
+    if prior and cfg["second_round"]:
+        corrected = np.stack([apply_shape_prior(a, final, mirror_pairs(labels)) for a in answers])
+        answers, spreads = second_round_answers(runs, corrected, cfg)
+        report["validation_network_second"] = _errors(answers, truths)
+        again = fit_shape_prior(tr, answers, truths)
+        model.metadata["second_round"] = {"refine_steps": int(cfg["second_round"]), "shape_prior": again}
+        final = shape_prior(model, again)
+        log("second round: network from the prior-corrected answers {:.3f} mm, its error {:.2f} mm RMS per "
+            "landmark".format(report["validation_network_second"]["pointwise_mm"], again["noise_rms_mm"]))
+    report["validation"], model.metadata["confidence"] = score_answers(answers, spreads, truths, final,
+                                                                       mirror_pairs(labels))
+    model.metadata["accuracy"] = {"validation": report["validation"], "n": len(answers)}
+    if out_of_fold:
+        model.metadata["accuracy"]["out_of_fold"] = True
+    log("validation ({}): point-wise {pointwise_mm:.3f} mm, distance-wise {distancewise_mm:.3f} mm (answers as "
+        "palnet predict gives them; the epochs above score one run per scan)".format(which, **report["validation"]))
+
+
+def _save(output, model: Model, half: bool, log: Callable[[str], None]) -> None:
+    """The model file; the checkpoint goes (the run is complete, a later run starts afresh)."""
+    save_model(output, model, half=half)
+    checkpoint = Path(str(output) + ".ckpt")
+    if checkpoint.exists():
+        checkpoint.unlink()
+    log("saved {}".format(output))
+
+
+def train(data_dir, output, config=None, epochs: Optional[int] = None, val_split: float = 0.2,
+          init: Optional[str] = None, cache_dir: Optional[str] = None, jobs: int = 1, units: str = "auto",
+          log: Callable[[str], None] = print, progress: Optional[Callable] = None, half: bool = True,
+          description: str = "", should_stop: Callable[[], bool] = lambda: False,
+          folds: Optional[int] = None, on_epoch: Optional[Callable[[dict], None]] = None) -> dict:
+    """``palnet train``: settings, data, preprocessing, split, fit (after cross-validation with
+    ``folds``), shape priors and confidence from held-out answers, save. Returns the final report.
+
+    ``config``: settings overriding DEFAULT_CONFIG, as a dict or the path of a JSON file.
+    ``on_epoch(event)``: called after every epoch of every fit (see :func:`fit`)."""
+    cfg, user = _settings(config, epochs, init)
+    pairs, protocol, init_model = _data_and_protocol(data_dir, init)
+    template = _starting_point(cfg, user, init_model)
+    labels = protocol.labels
+    log("{} pairs in {}; protocol {} ({} landmarks)".format(len(pairs), data_dir, protocol.name, len(labels)))
+    cache = Path(cache_dir) if cache_dir else Path(str(output) + ".cache")
+    scans, problems = _usable_scans(data_dir, pairs, labels, template, cfg, cache, units, jobs, progress, log)
+    groups, order, tr, val = _split(scans, cfg["seed"], val_split)
     metadata = {"protocol": dict(protocol.to_dict(), labels=labels), "units": "mm",
                 "training": {"data": description or str(data_dir), "n_train": len(tr), "n_val": len(val),
                              "config": cfg, "fine_tuned_from": str(init) if init else None}}
     report = {"skipped": problems}
-    held_out = None  # the network's (answers, spreads, truths) on scans it did not train on
+    held_out, runs = None, None  # the network's (answers, spreads, truths) on scans it did not train on
     if folds and folds > 1:
         report["cross_validation"], held_out, runs = cross_validate(scans, groups, order, folds, labels, template,
-                                                                    cfg, metadata, init_model, log, should_stop)
+                                                                    cfg, metadata, init_model, log, should_stop,
+                                                                    on_epoch)
         # The final model learns from every scan for the folds' typical number of epochs.
         cfg = dict(cfg, epochs=report["cross_validation"]["median_best_epoch"])
         tr, val = split_groups(scans, [groups[i] for i in order], ())
     log("training on {} scans, validating on {}".format(len(tr), len(val)))
-    model = fit(tr, val, labels, template, cfg, metadata, init_model, Path(str(output) + ".ckpt"), log, should_stop)
-    mean = np.asarray(model.metadata["mean_landmarks"])
+    model = fit(tr, val, labels, template, cfg, metadata, init_model, Path(str(output) + ".ckpt"), log, should_stop,
+                on_epoch)
     report.update(n_train=len(tr), n_val=len(val))
-    if val:
-        vt = [cKDTree(s.samples) for s in val]
-        held_out = network_answers(model, vt, scan_starts(val, mean, model.metadata), cfg) + (
-            np.stack([s.truth for s in val]),)
-        runs = [(model, vt)]
-        which = "validation scans"
-    else:  # after cross-validation: each scan as answered by the fold that did not train on it
-        which = "out-of-fold answers"
-    if held_out is not None:  # the prior is measured anew for every network (fit never carries one over)
-        answers, spreads, truths = held_out
-        report["validation_network"] = _errors(answers, truths)
-        prior = fit_shape_prior(tr, answers, truths) if cfg["shape_prior"] else None
-        if prior:
-            model.metadata["shape_prior"] = prior
-            log("shape prior: network error on the {} {:.2f} mm RMS per landmark, covariance of {} training scans "
-                "shrunk by {:.3f}; the validation below uses that error, so it flatters a little"
-                .format(which, prior["noise_rms_mm"], prior["n_train"], prior["shrinkage"]))
-        final = shape_prior(model)
-        if prior and cfg["second_round"]:
-            corrected = np.stack([apply_shape_prior(a, final, mirror_pairs(labels)) for a in answers])
-            answers, spreads = second_round_answers(runs, corrected, cfg)
-            report["validation_network_second"] = _errors(answers, truths)
-            again = fit_shape_prior(tr, answers, truths)
-            model.metadata["second_round"] = {"refine_steps": int(cfg["second_round"]), "shape_prior": again}
-            final = shape_prior(model, again)
-            log("second round: network from the prior-corrected answers {:.3f} mm, its error {:.2f} mm RMS per "
-                "landmark".format(report["validation_network_second"]["pointwise_mm"], again["noise_rms_mm"]))
-        report["validation"], model.metadata["confidence"] = score_answers(answers, spreads, truths, final,
-                                                                           mirror_pairs(labels))
-        model.metadata["accuracy"] = {"validation": report["validation"], "n": len(answers)}
-        if not val:
-            model.metadata["accuracy"]["out_of_fold"] = True
-        log("validation ({}): point-wise {pointwise_mm:.3f} mm, distance-wise {distancewise_mm:.3f} mm (answers as "
-            "palnet predict gives them; the epochs above score one run per scan)".format(which, **report["validation"]))
-    save_model(output, model, half=half)
-    checkpoint = Path(str(output) + ".ckpt")
-    if checkpoint.exists():
-        checkpoint.unlink()  # the run is complete; a later run must start afresh
-    log("saved {}".format(output))
+    held_out, runs, out_of_fold = _held_out_answers(model, val, held_out, runs, cfg)
+    if held_out is not None:
+        _priors_and_confidence(model, tr, held_out, runs, cfg, labels, out_of_fold, report, log)
+    _save(output, model, half, log)
     return report
