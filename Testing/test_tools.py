@@ -18,3 +18,32 @@ def test_speed_mode_times_a_fresh_prediction(tmp_path):
     res = json.loads(out.read_text())
     assert res["repeats"] == 1 and res["torch_imported"] is False and len(res["runs"]) == 1
     assert res["runs"][0]["rc"] == 0 and res["median_seconds"] > 0 and res["peak_mib"] > 0
+
+
+def test_robustness_pairs_compare_the_landmarks_both_placed():
+    """A face-only variant lacks the ears the whole head shows: the pair is compared on the
+    landmarks both have, and the flips ignore missing ones."""
+    import numpy as np
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import bench_robust
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    nan = float("nan")
+
+    def side(errors):
+        return {"errors_mm": errors, "pointwise_mm": float(np.nanmean(errors)), "status": "ok",
+                "flip_lr": False, "flip_ud": False}
+
+    rows = [{"seed": 1, "units": "mm", "crop": "face", "reference": side([1.0, 2.0, 9.0]),
+             "variant": side([1.5, 2.5, nan])},
+            {"seed": 2, "units": "cm", "crop": "head", "reference": side([1.0, 1.0, 1.0]),
+             "variant": side([1.0, 1.0, 1.0])}]
+    s = bench_robust.summarise(rows)
+    assert s["reference_mm"] == 1.25 and s["variant_mm"] == 1.5 and s["difference_mm"] == 0.25
+    points = np.zeros((50, 3))
+    labels = ["g", "me"] + ["x{}_R".format(i) for i in range(24)] + ["x{}_L".format(i) for i in range(24)]
+    points[0], points[2:26, 0], points[26:, 0] = (0, 10, 0), -5.0, 5.0
+    points[26] = nan  # one missing left point
+    lateral, vertical = bench_robust._axes(points, labels)
+    assert lateral[0] == 10.0 and vertical[1] == 10.0
