@@ -36,10 +36,12 @@ def _env(checkout: Path, one_thread: bool) -> dict:
     return env
 
 
-# Runs palnet's command line and prints the process's peak resident memory (MiB) last on stderr.
+# Runs palnet's command line and prints the peak resident memory (MiB) of the process or of
+# its largest worker process, whichever is more, last on stderr.
 _PEAK = ("import resource, runpy, sys\n"
          "try:\n    runpy.run_module('palnet', run_name='__main__', alter_sys=True)\n"
-         "finally:\n    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+         "finally:\n    peak = max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, "
+         "resource.RUSAGE_CHILDREN))\n"
          "    sys.stderr.write('\\npeak_mib %.1f\\n' % (peak / (1024.0 if sys.platform != 'darwin' else 1024.0 ** 2)))\n")
 
 
