@@ -92,6 +92,20 @@ _slicer_figures = []  # lines for the summary
 _slicer_coverage = {}  # "cov": the coverage.Coverage measuring SLICER_MODULE_FILE
 
 
+def module_lib(name):
+    """``PALNetLandmarksLib.<name>`` of the Slicer module, imported from the module folder (no
+    Slicer needed) and forgotten again, so that no later import finds it by accident."""
+    import importlib
+    saved_path = list(sys.path)
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "PALNetLandmarks"))
+    try:
+        return importlib.import_module("PALNetLandmarksLib." + name)
+    finally:
+        sys.path[:] = saved_path
+        for loaded in [n for n in sys.modules if n.startswith("PALNetLandmarksLib")]:
+            del sys.modules[loaded]
+
+
 def record_slicer_figure(text):
     """A line for the summary at the end of the test output."""
     _slicer_figures.append(text)

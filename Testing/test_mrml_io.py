@@ -115,8 +115,6 @@ def test_ras_point_list_from_slicer_converts_to_lps(mrml_scene, tmp_path):
 def test_a_missing_landmark_is_a_missing_control_point_in_slicer(mrml_scene, tmp_path, on_vertices):
     """Slicer's own markups reader takes our "missing" as its missing state, writes it back so,
     and the module's point list marks the point missing too; palnet reads it as no position."""
-    import sys
-    from pathlib import Path
     pts = on_vertices.points.copy()
     pts[2] = np.nan
     lm = Landmarks(on_vertices.labels, pts, on_vertices.confidence, on_vertices.descriptions)
@@ -133,14 +131,8 @@ def test_a_missing_landmark_is_a_missing_control_point_in_slicer(mrml_scene, tmp
     assert np.isnan(back.points[back.labels.index("sn")]).all()
     np.testing.assert_allclose(back.points[[0, 1, 3, 4, 5]], pts[[0, 1, 3, 4, 5]], atol=1e-6)
 
-    saved_path = list(sys.path)
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "PALNetLandmarks"))
-    try:
-        from PALNetLandmarksLib import mrml
-    finally:
-        sys.path[:] = saved_path
-        for name in [n for n in sys.modules if n.startswith("PALNetLandmarksLib")]:
-            del sys.modules[name]
+    from conftest import module_lib
+    mrml = module_lib("mrml")
     filled = mrml.newPointListNode(mrml_scene, "filled")
     mrml.fillPointList(filled, lm)
     assert filled.GetNthControlPointPositionStatus(2) == filled.PositionMissing

@@ -428,20 +428,6 @@ def test_train_predict_finetune_and_resume(tmp_path, tiny_data):
     assert main(["train", str(data), "-o", str(tmp_path / "none.npz"), "--epochs", "0"]) == 2
 
 
-def _slicer_training_module():
-    """PALNetLandmarksLib.training, the Slicer module's reader of palnet train's output (no Slicer needed)."""
-    from pathlib import Path
-    saved_path = list(sys.path)
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "PALNetLandmarks"))
-    try:
-        from PALNetLandmarksLib import training
-    finally:
-        sys.path[:] = saved_path
-        for name in [n for n in sys.modules if n.startswith("PALNetLandmarksLib")]:
-            del sys.modules[name]
-    return training
-
-
 def test_train_with_augmented_copies(tmp_path, tiny_data, capsys):
     data, cfg, cache = tiny_data
     out = tmp_path / "aug.npz"
@@ -452,7 +438,8 @@ def test_train_with_augmented_copies(tmp_path, tiny_data, capsys):
     lines = log.splitlines()
     epoch = [i for i, line in enumerate(lines) if line.startswith("epoch ")]
     assert len(epoch) == 1 and lines[epoch[0]].startswith("epoch   1  loss ")
-    parse = _slicer_training_module().parseEpochLine
+    from conftest import module_lib
+    parse = module_lib("training").parseEpochLine
     rows = [parse(line) for line in lines if line.startswith("@palnet ")]
     assert rows == [parse(lines[epoch[0] + 1])] and rows[0]["best"] is True
     report = json.loads(log[log.rindex("\n{\n") + 1:])
