@@ -17,6 +17,9 @@ from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 from .datatypes import Mesh
+from .geometry import drop_unused, vertex_normals
+from .mesh_io import mesh_to_polydata, polydata_to_mesh
+from .synth import add_spikes
 
 DEFAULT_AUGMENT = {
     "copies": 0,            # altered copies per training scan (0: none)
@@ -35,7 +38,6 @@ def coarsen(mesh: Mesh, reduction: float) -> Mesh:
     """The same surface with ``reduction`` of its vertices taken out (VTK's topology-preserving
     decimation: no folds, holes or non-manifold edges are made), never below COARSEST vertices."""
     from vtkmodules.vtkFiltersCore import vtkDecimatePro
-    from .mesh_io import mesh_to_polydata, polydata_to_mesh
     reduction = min(float(reduction), 1.0 - COARSEST / max(mesh.n_vertices, 1))
     if reduction <= 0.01 or not mesh.n_triangles:
         return mesh
@@ -50,8 +52,6 @@ def coarsen(mesh: Mesh, reduction: float) -> Mesh:
 def augment_scan(mesh_mm: Mesh, landmarks_mm: np.ndarray, rng: np.random.Generator,
                  settings: dict) -> Tuple[Mesh, np.ndarray]:
     """One altered copy of a scan in millimetres: (mesh, landmarks), both in the copy's pose."""
-    from .geometry import drop_unused, vertex_normals
-    from .synth import add_spikes
     s = dict(DEFAULT_AUGMENT, **settings)
     if s["coarsen"] > 0 and rng.random() < 0.5:
         mesh_mm = coarsen(mesh_mm, rng.uniform(0.3, 1.0) * s["coarsen"])

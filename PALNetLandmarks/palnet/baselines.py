@@ -20,11 +20,14 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from .align import Alignment
+from .geometry import sample_surface
 from .modelfile import Model
+from .pipeline import model_arrays, prepare_scan, template_modes, to_canonical_frame
 from .registration import (DEFAULT_SETTINGS, CPDResult, RegistrationSettings,  # noqa: F401  (re-exported)
                            affine_coherent_point_drift, coherent_point_drift, gaussian_kernel,  # noqa: F401
                            low_rank_eigen, register_template, squared_distances, subsample)  # noqa: F401
 from .snap import snap_to_surface
+from .synth import IctModel, load_ict
 from .datatypes import Landmarks, Mesh, unit_scale
 
 __all__ = ["DEFAULT_SETTINGS", "CPDResult", "RegistrationSettings", "affine_coherent_point_drift",
@@ -38,7 +41,6 @@ def initial_approximation_baseline(mesh: Mesh, model: Model, units: str = "auto"
     in the scan's frame and units. ``alignment`` (with ``units`` not "auto"): the pose a
     prediction of this scan already found (``Prediction.alignment`` and ``.units``), so that a
     benchmark does not align the scan twice; without it the scan is aligned as predict does."""
-    from .pipeline import model_arrays, to_canonical_frame, template_modes
     template, mean, _, _ = model_arrays(model)
     if alignment is None or units == "auto":
         c = to_canonical_frame(mesh, template, units, template_modes(template))
@@ -61,7 +63,6 @@ def template_registration_baseline(mesh: Mesh, model: Model, units: str = "auto"
     landmarks snapped to the scan (``snap`` as in ``snap_to_surface``, or "none"),
     in the scan's frame and units.
     """
-    from .pipeline import model_arrays, prepare_scan, template_modes
     template, mean, spacing, _ = model_arrays(model)
     prep = prepare_scan(mesh, template, mean, spacing, units, template_modes(template))  # as predict does
     moved = register_template(prep.samples, template, mean, mean_face, affine, settings, seed)
@@ -79,8 +80,6 @@ def ict_mean_face(mean_landmarks: np.ndarray, ict=None, margin: float = 20.0, sp
     ``ict``: a ``palnet.synth.IctModel``, a path to the ICT-FaceKit file, or None for
     the default location.
     """
-    from .geometry import sample_surface
-    from .synth import IctModel, load_ict
     head = ict if isinstance(ict, IctModel) else load_ict(ict)
     skin = np.zeros(len(head.neutral), bool)
     skin[head.skin_vertices] = True

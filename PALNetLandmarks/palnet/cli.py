@@ -7,8 +7,11 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+from . import __version__
 from .errors import PalnetError
 from .options import AUTO_UNITS, LANDMARK_FORMATS, NO_SNAP, SNAP_METHODS, SYNTH_CROPS, UNIT_CHOICES, UNITS_PER_MM
+from .progress import ProgressBar, event_line
+from .status import DONE, ERROR, LOW_FIT, NOT_A_FACE, PARTIAL, SKIPPED
 
 
 def _variety(text):
@@ -26,7 +29,6 @@ def _variety(text):
 
 
 def _cmd_synth(args) -> int:
-    from .progress import ProgressBar
     from .synth import HELD_OUT_SEED, generate_dataset
     if args.n < 1:
         raise PalnetError("--n must be at least 1")
@@ -64,7 +66,6 @@ def _cmd_measure(args) -> int:
     from .measurements import load_definitions, load_norms
     from .measurements.files import (check_output, find_landmark_inputs, measure_files, pair_scans, summary_line,
                                      write_table)
-    from .progress import ProgressBar
     if args.samples < 0:
         raise PalnetError("--samples must be 0 (no standard errors) or more, not {}".format(args.samples))
     if args.sd is not None and not args.sd > 0:
@@ -148,8 +149,6 @@ def _stop_signals():
 def _cmd_predict(args) -> int:
     import signal
     from .batch import SUMMARY_NAME, predict_files
-    from .status import DONE, ERROR, LOW_FIT, NOT_A_FACE, PARTIAL, SKIPPED
-    from .progress import ProgressBar
     summary = Path(args.output) / SUMMARY_NAME
     handled = _stop_signals()
     try:
@@ -199,7 +198,6 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .progress import ProgressBar, event_line
     from .train import load_config, train
     # Read and checked here, so that each problem is one line naming the file and the setting.
     config = load_config(args.config) if args.config else None
@@ -223,7 +221,6 @@ def _cmd_train(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
     p = argparse.ArgumentParser(prog="palnet", description="Automatic anatomical landmarks on 3D face scans (PAL-Net).")
     p.add_argument("--version", action="version", version="palnet " + __version__)
     p.add_argument("--threads", type=int, default=None, metavar="N",

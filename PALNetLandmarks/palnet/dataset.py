@@ -17,7 +17,14 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .align import detect_units
+from .augment import DEFAULT_AUGMENT, augment_scan
+from .datatypes import Mesh, unit_scale
 from .errors import PalnetError
+from .landmark_io import check_labels, read_landmarks
+from .mesh_io import read_mesh
+from .patches import roi_samples
+from .pipeline import template_modes, to_canonical_frame
 
 CACHE_VERSION = 13  # bump when alignment or sampling changes what a scan preprocesses to
 
@@ -57,12 +64,6 @@ def preprocess_pair(mesh_path: Path, landmark_path: Path, labels: Sequence[str],
     """Align one annotated scan (or, for ``copy`` > 0, its copy-th augmented copy, see
     :mod:`palnet.augment`) and sample it: (samples, canonical truth, fit RMS, the fitted
     template's shape coefficients)."""
-    from .align import detect_units
-    from .mesh_io import read_mesh
-    from .landmark_io import check_labels, read_landmarks
-    from .patches import roi_samples
-    from .pipeline import template_modes, to_canonical_frame
-    from .datatypes import Mesh, unit_scale
     mesh = read_mesh(mesh_path)
     lms = check_labels(read_landmarks(landmark_path), labels, landmark_path)
     known = np.isfinite(lms.points).all(axis=1)  # a landmark marked missing teaches nothing, is no error
@@ -72,7 +73,6 @@ def preprocess_pair(mesh_path: Path, landmark_path: Path, labels: Sequence[str],
     # mm is what the scan is converted to for alignment.
     points = lms.in_units("mm").points
     if copy > 0:
-        from .augment import augment_scan
         to_mm = unit_scale(detect_units(mesh.vertices) if units == "auto" else units, "mm")
         rng = np.random.default_rng([zlib.crc32(np.ascontiguousarray(mesh.vertices).tobytes()), int(copy)])
         mesh, points = augment_scan(Mesh(mesh.vertices * to_mm, mesh.triangles, "mm", mesh.source),
@@ -117,7 +117,6 @@ def load_training_scans(pairs: List[Tuple[str, Path, Path]], labels: Sequence[st
                 "template": hashlib.sha1(np.ascontiguousarray(template, np.float64).tobytes()).hexdigest()}
     if cache_dir:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    from .augment import DEFAULT_AUGMENT
     augment = dict(DEFAULT_AUGMENT, **(augment or {}))
     tasks = []
     for scan_id, mesh_path, lm_path in pairs:

@@ -33,7 +33,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .datatypes import Landmarks, Mesh
 from .errors import PalnetError
+from .geometry import edges_and_border
+from .resources import default_ict_path
 
 MIDLINE_NAMES = ("tr", "g", "n", "prn", "c", "sn", "ls", "sto", "li", "sl", "pg", "me")
 BILATERAL_NAMES = ("ft", "os", "ps", "pi", "en", "ex", "or", "zy", "t", "go", "ac", "al", "sbal",
@@ -237,7 +240,6 @@ class _Template:
         return seen
 
     def _boundary_vertices(self) -> np.ndarray:
-        from .geometry import edges_and_border
         return np.flatnonzero(edges_and_border(self.skin_triangles, len(self.neutral))[1])
 
     def _candidate_sets(self, skin: np.ndarray) -> Dict[str, np.ndarray]:
@@ -513,8 +515,6 @@ def _template_for(path: str) -> _Template:
 
 def _template(path=None) -> _Template:
     if path is None:
-        from .resources import default_ict_path
-
         path = default_ict_path()
     return _template_for(str(path))
 
@@ -627,13 +627,10 @@ def render_documentation(out_dir, ict_path=None, size: int = 600) -> List[str]:
     import tempfile
 
     from .render import RenderOptions, render_landmarks, stack_pngs
-    from .datatypes import Landmarks, Mesh
 
     tpl = _template(ict_path)
     path = str(ict_path) if ict_path is not None else None
     if path is None:
-        from .resources import default_ict_path
-
         path = str(default_ict_path())
     with np.load(path) as data:
         modes = data["identity_modes_mm"].astype(np.float64)

@@ -24,6 +24,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import numpy as np
 
 from . import engine
+from .arbitrate import rule_from
 from .engine import NetworkConfig, check_weights
 from .errors import PalnetError
 
@@ -287,7 +288,6 @@ def check_metadata(meta: Dict[str, Any], n_landmarks: int, path: Optional[str] =
         if np.any(np.diff(spread) < 0):  # np.interp needs it so, else it answers nonsense
             raise _refuse("confidence.spread_mm", "non-decreasing", spread.tolist(), path)
     if _object(meta, "arbitration", "arbitration", path) is not None:
-        from .arbitrate import rule_from
         rule = rule_from(meta, n, path)
         _number_in(rule.trigger_spread_mm, "arbitration.trigger_spread_mm", path)
         finite = rule.onset_mm[np.isfinite(rule.onset_mm)]

@@ -49,6 +49,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .errors import PalnetError
+from .resources import default_protocol_path
+from .textfiles import read_json
 
 FORMAT = "palnet-protocol"
 VERSION = 1
@@ -264,7 +266,6 @@ class Protocol:
     @classmethod
     def load(cls, path: PathLike) -> "Protocol":
         """Read and check a protocol JSON file."""
-        from .textfiles import read_json
         path = os.fspath(path)
         return cls.from_dict(read_json(path, "protocol file"), source=path)
 
@@ -472,7 +473,6 @@ def _looks_like_landmarks(d: Dict[str, Any]) -> bool:
 @functools.lru_cache(maxsize=1)
 def default_protocol() -> Protocol:
     """The shipped 50-landmark PAL-Net protocol (read once, then shared)."""
-    from .resources import default_protocol_path
     return Protocol.load(default_protocol_path())
 
 

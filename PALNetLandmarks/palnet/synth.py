@@ -18,8 +18,13 @@ from scipy.spatial.transform import Rotation
 
 from .errors import PalnetError
 from .geometry import drop_unused, grid_subsample, vertex_normals
+from .ict_landmarks import LABELS, anatomical_order_violations, ict_landmark_positions
+from .mesh_io import write_landmarks, write_mesh
 from .options import SYNTH_CROPS
+from .resources import default_ict_path
 from .snap import closest_points_on_surface
+from .variety import (CLOSED_EYES_BLINK, add_hair, check_families, coarse_target, decimate, draw_expression,
+                      scanner_settings, warp_head)
 from .datatypes import Landmarks, Mesh, unit_scale
 
 GENERATOR_VERSION = 1
@@ -56,7 +61,6 @@ _ICT_CACHE: Dict[str, IctModel] = {}
 
 def load_ict(path: Optional[os.PathLike] = None) -> IctModel:
     """The ICT-FaceKit model restricted to what a surface scanner sees (cached per path)."""
-    from .resources import default_ict_path
     path = Path(path) if path else default_ict_path()
     key = str(path)
     if key in _ICT_CACHE:
@@ -357,9 +361,7 @@ def generate_scan(seed: int, ict: Optional[IctModel] = None, pose: str = "realis
     ``crop`` is "random", a coarse mesh, hair), all drawn from a stream of their own."""
     check_variant(crop, spikes)
     if variety is not None:
-        from .variety import check_families
         variety = check_families(variety)
-    from .ict_landmarks import LABELS, anatomical_order_violations, ict_landmark_positions
     ict = ict or load_ict()
     labels = list(labels or LABELS)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), GENERATOR_VERSION]))
@@ -413,7 +415,6 @@ def generate_scan(seed: int, ict: Optional[IctModel] = None, pose: str = "realis
     if scanner and scanner["hair_mm"]:
         verts = _with_hair(verts, tri, labels, lm, scanner["hair_mm"], seed)
     if scanner and scanner["coarse_edge_mm"]:
-        from .variety import coarse_target, decimate
         v, t = drop_unused(verts, tri)
         target = coarse_target(v, t, scanner["coarse_edge_mm"])
         v, t = random_retriangulate(*decimate(v, t, target), target, rng)
@@ -444,8 +445,6 @@ def _vary_head(seed: int, ict: IctModel, verts: np.ndarray, w: np.ndarray, e: np
                labels: Sequence[str], families: Sequence[str], info: dict):
     """The head with a clinical expression and warps of ``families`` (see :mod:`palnet.variety`):
     (vertices, landmarks found again on them, scanned triangles, scanner settings)."""
-    from .ict_landmarks import LABELS, anatomical_order_violations, ict_landmark_positions
-    from .variety import CLOSED_EYES_BLINK, draw_expression, scanner_settings, warp_head
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), GENERATOR_VERSION, 2]))
     expression = draw_expression(ict.expression_names, rng)
     base = verts
@@ -475,7 +474,6 @@ def _vary_head(seed: int, ict: IctModel, verts: np.ndarray, w: np.ndarray, e: np
 
 def _with_hair(verts: np.ndarray, tri: np.ndarray, labels: Sequence[str], lm: np.ndarray, thickness: float,
                seed: int) -> np.ndarray:
-    from .variety import add_hair
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), GENERATOR_VERSION, 3]))
     return add_hair(verts, vertex_normals(verts, tri), labels, lm, thickness, rng)
 
@@ -486,7 +484,6 @@ def scan_id(seed: int) -> str:
 
 def write_scan(out_dir: Path, seed: int, ict: IctModel, pose: str, units: str, crop: str = "random",
                spikes: float = 0.0, variety: Optional[Sequence[str]] = None) -> Path:
-    from .mesh_io import write_landmarks, write_mesh
     scan, lms, info = generate_scan(seed, ict, pose, units, crop=crop, spikes=spikes, variety=variety)
     folder = Path(out_dir) / scan_id(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -527,7 +524,6 @@ def generate_dataset(out_dir, n: int, seed: int = 0, pose: str = "realistic", un
         raise PalnetError("unknown pose {!r} (use realistic or any)".format(pose))
     check_variant(crop, spikes)
     if variety is not None:
-        from .variety import check_families
         variety = check_families(variety)
     load_ict(ict_path)  # fail early, in this process, with a clear message
     Path(out_dir).mkdir(parents=True, exist_ok=True)

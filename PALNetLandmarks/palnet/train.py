@@ -27,10 +27,16 @@ from .augment import DEFAULT_AUGMENT
 from .dataset import TrainingScan, load_training_scans
 from .engine import NetworkConfig
 from .errors import PalnetError
+from .landmark_io import read_landmarks
+from .mesh_io import find_scan_pairs
+from .metrics import distancewise_errors, pointwise_errors
 from .modelfile import METADATA_RANGES, Model, load_model, save_model
 from .patches import extract_patches, initial_approximation
+from .pipeline import network_answer, predict_with_spread, run_network
 from .priors import (apply_shape_prior, calibrate_confidence, fit_landmark_modes, fit_shape_prior, landmark_modes,
                      mirror_pairs, shape_prior, starting_shape)
+from .protocol import Protocol, default_protocol
+from .resources import default_model_path, face_template_path
 
 DEFAULT_CONFIG = {
     "network": {"patch_size": 200, "fc": 512, "widths": [32, 64, 128], "pools": [5, 5, 4],
@@ -273,7 +279,6 @@ def _loss(torch, pred, truth, weights):
 
 
 def _errors(preds: np.ndarray, truths: np.ndarray) -> Dict[str, float]:
-    from .metrics import distancewise_errors, pointwise_errors
     return {"pointwise_mm": float(np.nanmean(pointwise_errors(preds, truths))),
             "distancewise_mm": float(np.nanmean(distancewise_errors(preds, truths)))}
 
@@ -283,7 +288,6 @@ def evaluate_scans(model: Model, scans: List[TrainingScan], trees: List[cKDTree]
     """Point-wise and distance-wise error (mm) of one run per scan from the initial
     approximation: the quick figure each epoch is judged by. palnet predict answers with the
     mean of several perturbed runs, which :func:`validate` scores. ``starts`` as for make_batch."""
-    from .pipeline import run_network
     scale = cfg["patch"]["scale_mm"]
     preds = [run_network(tree, model, initial_approximation(tree, _start_of(starts, i))[None], steps, scale)[0]
              for i, tree in enumerate(trees)]
@@ -294,7 +298,6 @@ def network_answers(model: Model, trees: List[cKDTree], starts: np.ndarray, cfg:
     """The network's answers (N, L, 3) on each scan, the mean of the perturbed runs as palnet
     predict computes them (before any shape prior), and their spreads (N, L); ``steps``
     refinement passes (default the configuration's)."""
-    from .pipeline import predict_with_spread
     answers, spreads = [], []
     for i, tree in enumerate(trees):
         answer, spread = predict_with_spread(tree, model, initial_approximation(tree, _start_of(starts, i)),
@@ -320,7 +323,6 @@ def validate(model: Model, scans: List[TrainingScan], trees: List[cKDTree], star
     mean of the perturbed runs, the model's shape prior, its second round if it has one), and
     the confidence table calibrated from their spread (see priors.calibrate_confidence):
     (errors, table). ``starts`` as for make_batch."""
-    from .pipeline import network_answer
     runs = [network_answer(tree, model, initial_approximation(tree, _start_of(starts, i)), cfg["refine_steps"],
                            cfg["patch"]["scale_mm"]) for i, tree in enumerate(trees)]
     # network_answer has applied the priors already
@@ -522,9 +524,6 @@ def _settings(config, epochs: Optional[int], init: Optional[str]) -> Tuple[dict,
 def _data_and_protocol(data_dir, init: Optional[str]):
     """The (scan, landmark file) pairs in ``data_dir``, the landmark protocol of the first
     landmark file, and the ``init`` model to fine-tune (None without one), which must share it."""
-    from .mesh_io import find_scan_pairs
-    from .landmark_io import read_landmarks
-    from .protocol import Protocol, default_protocol
     pairs = find_scan_pairs(data_dir)
     if len(pairs) < 2:
         raise PalnetError("found {} (scan, landmark file) pairs; training needs at least 2".format(len(pairs)), data_dir)
@@ -540,7 +539,6 @@ def _starting_point(cfg: dict, user: Optional[dict], init_model: Optional[Model]
     """The face template the scans are aligned to (the fine-tuned model's, the shipped
     model's, or the shipped face template). Fine-tuning also keeps, in ``cfg``, the model's network,
     patches and sampling, and its refinement passes unless ``user`` (the given settings) sets them."""
-    from .resources import default_model_path, face_template_path
     if init_model:
         cfg["network"] = {k: v for k, v in init_model.config.to_dict().items() if k != "n_landmarks"}
         cfg["patch"] = dict(init_model.metadata["patch"])

@@ -28,6 +28,10 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .datatypes import Mesh
+from .errors import PalnetError
+from .mesh_io import mesh_to_polydata, polydata_to_mesh
+
 FAMILIES = ("mouth", "nose", "eyes", "chin", "forehead", "ears", "proportions")
 HELD_OUT_FAMILY = "eyes"
 TRAINING_FAMILIES = tuple(f for f in FAMILIES if f != HELD_OUT_FAMILY)
@@ -177,8 +181,6 @@ def coarse_target(vertices: np.ndarray, triangles: np.ndarray, edge_mm: float) -
 def decimate(vertices: np.ndarray, triangles: np.ndarray, target: int) -> Tuple[np.ndarray, np.ndarray]:
     """The surface with about ``target`` vertices (VTK's topology-preserving decimation)."""
     from vtkmodules.vtkFiltersCore import vtkDecimatePro
-    from .datatypes import Mesh
-    from .mesh_io import mesh_to_polydata, polydata_to_mesh
     reduction = 1.0 - target / max(len(vertices), 1)
     if reduction <= 0.01:
         return vertices, triangles
@@ -195,7 +197,6 @@ def check_families(families: Optional[Sequence[str]]) -> Tuple[str, ...]:
     families = tuple(families or ())
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
-        from .errors import PalnetError
         raise PalnetError("unknown warp famil{} {} (use {})".format(
             "ies" if len(unknown) > 1 else "y", ", ".join(unknown), ", ".join(FAMILIES)))
     return families

@@ -31,6 +31,8 @@ import numpy as np
 from ..datatypes import Landmarks, Mesh
 from .asymmetry import asymmetry_magnitudes, mirror_index, rms
 from .definitions import Definitions, MeasurementDefinition, load_definitions
+from .norms import as_norms
+from .surface import SurfaceGraph, arc_se
 
 SAMPLES = 200
 CHUNK_CONFIGS = 20000  # configurations measured at once (faces x (samples + 1)): about 25 MB of points
@@ -286,7 +288,6 @@ def measure_many(faces: Sequence[Landmarks], definitions: Optional[Definitions] 
                  seed: int = 0, sd=None, default_sd: Optional[float] = None, group: Optional[str] = None,
                  protocol=None) -> List[List[Measurement]]:
     """:func:`measure` for many faces at once (much faster than one by one); one list per face."""
-    from .norms import as_norms
     defs = definitions if definitions is not None else load_definitions()
     faces = list(faces)
     if meshes is None:
@@ -416,7 +417,6 @@ def _ratio_note(defs: Definitions, m: MeasurementDefinition, arc_notes: Dict[str
 def _arcs(faces, meshes, base: np.ndarray, plan: _Plan, sds: np.ndarray, samples: int, seed: int):
     """Arc columns (F, 1 + samples, M): the value, then copies drawn from its SE for the
     ratios of arcs (NaN elsewhere); a note per face and arc; arc SEs (F, M)."""
-    from .surface import SurfaceGraph, arc_se
     defs = plan.defs
     columns = np.full((len(faces), samples + 1, len(defs)), np.nan)
     ses = np.full((len(faces), len(defs)), np.nan)

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ..errors import PalnetError
+from ..resources import default_protocol_path
+from ..textfiles import read_json
 
 FORMAT = "palnet-measurements"
 VERSION = 1
@@ -182,14 +184,12 @@ class Definitions:
 
     @classmethod
     def load(cls, path: PathLike) -> "Definitions":
-        from ..textfiles import read_json
         path = os.fspath(path)
         return cls.from_dict(read_json(path, "measurement definitions file"), source=path)
 
 
 def default_definitions_path() -> Path:
     """The shipped definitions, beside the shipped protocol."""
-    from ..resources import default_protocol_path
     return default_protocol_path().parent / DEFAULT_FILE
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 from ..errors import PalnetError
+from ..landmark_io import atomic_write, landmark_stem, read_landmarks
 from .compute import SAMPLES, Measurement, measure_many
 from .definitions import Definitions, load_definitions
 from .norms import as_norms
@@ -90,7 +91,6 @@ def pair_scans(files: Sequence[Path], scan: Optional[PathLike]) -> List[Optional
 def face_names(files: Sequence[Path]) -> List[str]:
     """A name per file for the table: its scan id, or, where two files share one, its path
     (without the landmark extension) below the folder they share."""
-    from ..landmark_io import landmark_stem
     from ..mesh_io import scan_id_for
     ids = [scan_id_for(f) for f in files]
     if len(set(ids)) == len(ids):
@@ -115,7 +115,6 @@ def measure_files(files: Sequence[PathLike], scans: Optional[Sequence[Optional[P
                   samples: int = SAMPLES, seed: int = 0, default_sd: Optional[float] = None,
                   progress: Optional[Callable] = None) -> List[FaceResult]:
     """Measure each landmark file (with its scan, if any); one FaceResult per file, in order."""
-    from ..landmark_io import read_landmarks
     defs = definitions if definitions is not None else load_definitions()
     norm_table = as_norms(norms)
     if norm_table is not None:
@@ -204,7 +203,6 @@ def table_text(results: Sequence[FaceResult], definitions: Definitions, long: bo
 def write_table(results: Sequence[FaceResult], path: PathLike, definitions: Definitions, long: bool = False,
                 with_z: bool = False, overwrite: bool = False) -> Path:
     """Write the table atomically; an existing file is kept (PalnetError) unless ``overwrite``."""
-    from ..landmark_io import atomic_write
     path = Path(path)
     check_output(path, overwrite)
     text = table_text(results, definitions, long, with_z)

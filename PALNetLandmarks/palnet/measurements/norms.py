@@ -10,6 +10,7 @@ import os
 from typing import Dict, Optional, Tuple, Union
 
 from ..errors import PalnetError
+from ..textfiles import read_text
 
 COLUMNS = ("measurement", "group", "mean", "sd")
 
@@ -42,7 +43,6 @@ class Norms:
 
 def load_norms(path: Union[str, "os.PathLike[str]"]) -> Norms:
     """Read and check a norms CSV; every problem is one line naming the file (and row)."""
-    from ..textfiles import read_text
     path = os.fspath(path)
     text = read_text(path, "norms file", "CSV", newline="")
     reader = csv.reader(io.StringIO(text))
