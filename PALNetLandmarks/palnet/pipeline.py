@@ -20,6 +20,8 @@ from .landmark_io import describe
 from .patches import extract_patches, initial_approximation, roi_samples
 from .priors import (FLIP, apply_shape_prior, landmark_confidence, landmark_modes, mirror_landmarks, model_swap,
                      second_round, shape_prior, starting_shape)
+from .registration import register_template
+from .resources import face_template_path
 from .snap import snap_to_surface
 from .status import LOW_FIT, NOT_A_FACE, OK, PARTIAL
 from .datatypes import Landmarks, Mesh, unit_scale
@@ -152,7 +154,6 @@ def model_arrays(model: Model):
 
 def template_modes(template: np.ndarray) -> Optional[np.ndarray]:
     """Shape modes for ``template`` when it is the shipped face template (see align_scan)."""
-    from .resources import face_template_path
     path = face_template_path()
     key = (str(path), template.shape)
     if key not in _MODES_CACHE:
@@ -298,23 +299,30 @@ def prepare_scan(mesh: Mesh, template: np.ndarray, mean_landmarks: np.ndarray, s
                         c.dense)
 
 
-def run_network(tree: cKDTree, model: Model, starts: np.ndarray, steps: int, scale: float,
+def run_network(tree, model: Model, starts: np.ndarray, steps: int, scale: float,
                 turns: Optional[np.ndarray] = None) -> np.ndarray:
     """Landmarks (B, L, 3) from B sets of starting points (B, L, 3), each refined ``steps`` times.
 
     ``turns`` (B, 3, 3) shows each set its patches slightly rotated (the answer is
-    turned back), as a slightly different alignment would.
+    turned back), as a slightly different alignment would. ``tree`` may also be a list of G
+    search trees, with ``starts`` (G, B, L, 3) and ``turns`` (G, B, 3, 3): each group reads
+    its own tree (a scan and its mirror image), and every pass runs the network once for all.
     """
-    centres = starts
+    together = isinstance(tree, (list, tuple))
+    trees = list(tree) if together else [tree]
+    centres = np.asarray(starts) if together else np.asarray(starts)[None]
+    turns = None if turns is None else (np.asarray(turns) if together else np.asarray(turns)[None])
     for _ in range(max(1, steps)):
-        patches, centres = extract_patches(tree, centres, model.config.patch_size, scale)
+        read = [extract_patches(t, c, model.config.patch_size, scale) for t, c in zip(trees, centres)]
+        patches, centres = np.stack([r[0] for r in read]), np.stack([r[1] for r in read])
         if turns is not None:
-            patches = np.einsum("blpj,bij->blpi", patches, turns.astype(np.float32))
-        offsets = model.forward(patches).astype(np.float64)
+            patches = np.einsum("gblpj,gbij->gblpi", patches, turns.astype(np.float32))
+        offsets = model.forward(patches.reshape((-1,) + patches.shape[2:])).astype(np.float64)
+        offsets = offsets.reshape(centres.shape)
         if turns is not None:
-            offsets = np.einsum("blj,bji->bli", offsets, turns)
+            offsets = np.einsum("gblj,gbji->gbli", offsets, turns)
         centres = centres + offsets * scale
-    return centres
+    return centres if together else centres[0]
 
 
 def predict_with_spread(tree: cKDTree, model: Model, init: np.ndarray, steps: int, scale: float,
@@ -346,8 +354,8 @@ def predict_with_spread(tree: cKDTree, model: Model, init: np.ndarray, steps: in
         jitters = np.concatenate([np.zeros((1,) + init.shape), jitter, mirror_landmarks(jitter, swap)])
         turns = np.concatenate([np.eye(3)[None], turn, flip @ turn @ flip])
         mirrored = cKDTree(tree.data * FLIP)
-        plain = run_network(tree, model, init + jitters, steps, scale, turns)
-        seen = run_network(mirrored, model, mirror_landmarks(init, swap) + jitters, steps, scale, turns)
+        starts = np.stack([init + jitters, mirror_landmarks(init, swap) + jitters])
+        plain, seen = run_network([tree, mirrored], model, starts, steps, scale, np.stack([turns, turns]))
         runs = np.concatenate([plain, mirror_landmarks(seen, swap)])
     answer = runs.mean(axis=0)
     spread = np.sqrt(((runs - answer) ** 2).sum(axis=2).mean(axis=0)) if k else np.zeros(len(init))
@@ -438,7 +446,6 @@ def arbitrate_with_registration(prep: PreparedScan, model: Model, centres: np.nd
     rule = rule_from(model.metadata, len(centres), model.source)
     if rule is None or not triggered(rule, spread, status):
         return centres, [NETWORK] * len(centres)
-    from .registration import register_template
     (progress or _no_progress)("registration", 0.8)
     return combine(rule, centres, register_template(prep.samples, template, mean))
 
