@@ -237,29 +237,45 @@ def _fit_plane(tree: cKDTree, template: np.ndarray, normals: np.ndarray, modes: 
 POLISH_NEIGHBOURS = 16  # surface samples that make up the smooth surface near a point
 POLISH_STOP = (1e-9, 1e-7)  # radians, mm: far below what moves a landmark
 POLISH_ITERS = 40
+# The polish searches the nearest samples anew only once its points have moved this far since
+# the last search (between searches it reads the distances to the same samples), and always
+# before it stops: its end is a fixed point of the fit to the true nearest samples. A sample
+# joins or leaves a point's neighbours with weight zero, so the surface it fits does not jump.
+POLISH_RESEARCH_MM = 0.05
 
 
-def _smooth_surface_points(tree: cKDTree, points: np.ndarray):
+def _smooth_surface_points(tree: cKDTree, points: np.ndarray, idx: Optional[np.ndarray] = None):
     """For each point, the plane of its POLISH_NEIGHBOURS nearest surface samples: their
     centroid and normal (the least direction of their spread), each sample weighted by
-    (1 - (d/h)^2)^3 with h the distance of the next nearest one.
+    (1 - (d/h)^2)^3 with h the distance of the next nearest one. Returns (centroids, normals,
+    the samples' indices); ``idx``: those of an earlier call, whose distances are read anew
+    instead of searching (see POLISH_RESEARCH_MM).
 
     Unlike the nearest sample, which jumps from sample to sample, this plane moves
     continuously with the point (a sample joins or leaves the neighbours with weight zero),
     and the distance to it does not change as the point slides along a flat surface: a fit
     to these planes has one answer, not one per set of nearest samples."""
     k = min(POLISH_NEIGHBOURS + 1, tree.n)
-    d, idx = tree.query(points, k=k)
-    d, idx = d.reshape(len(points), k), idx.reshape(len(points), k)
+    if idx is None:
+        d, idx = tree.query(points, k=k)
+        d, idx = d.reshape(len(points), k), idx.reshape(len(points), k)
+    else:
+        d = np.sqrt(((tree.data[idx] - points[:, None]) ** 2).sum(axis=2))
+        order = np.argsort(d, axis=1, kind="stable")
+        d, idx = np.take_along_axis(d, order, axis=1), np.take_along_axis(idx, order, axis=1)
     h = np.maximum(d[:, -1:], 1e-12)
     phi = (1.0 - np.minimum(d / h, 1.0) ** 2) ** 3
     phi[:, 0] += 1e-12  # a lone sample (or coinciding neighbours) still gives a point
     phi /= phi.sum(axis=1, keepdims=True)
     nb = tree.data[idx]
-    centroid = np.matmul(phi[:, None, :], nb)[:, 0]
-    spread = (nb - centroid[:, None]) * np.sqrt(phi)[:, :, None]
-    cov = np.matmul(np.transpose(spread, (0, 2, 1)), spread)  # weighted covariance, (n, 3, 3)
-    return centroid, np.linalg.eigh(cov)[1][:, :, 0]
+    centroid = np.einsum("nk,nki->ni", phi, nb)
+    off = nb - centroid[:, None]
+    weighted = off * phi[:, :, None]
+    cov = np.empty((len(points), 3, 3))  # weighted covariance, its six distinct entries
+    for i in range(3):
+        for j in range(i, 3):
+            cov[:, i, j] = cov[:, j, i] = (weighted[:, :, i] * off[:, :, j]).sum(axis=1)
+    return centroid, np.linalg.eigh(cov)[1][:, :, 0], idx
 
 
 def _polish(tree: cKDTree, template: np.ndarray, normals: np.ndarray, modes: Optional[np.ndarray],
@@ -271,16 +287,22 @@ def _polish(tree: cKDTree, template: np.ndarray, normals: np.ndarray, modes: Opt
     k = 0 if modes is None else len(modes)
     m = None if modes is None else np.transpose(modes, (1, 2, 0))  # (N, 3, K)
     coef = np.asarray(coef, dtype=np.float64).reshape(k) if k else np.zeros(0)
+    searched_at, idx = None, None
     for _ in range(POLISH_ITERS):
         turned = (template if m is None else template + m @ coef) @ rot.T
         moved = turned + t
-        centroid, nrm = _smooth_surface_points(tree, moved)
+        search = searched_at is None or np.abs(moved - searched_at).max() > POLISH_RESEARCH_MM
+        centroid, nrm, idx = _smooth_surface_points(tree, moved, None if search else idx)
+        if search:
+            searched_at = moved
         off = moved - centroid
         w = 1.0 / (1.0 + (off ** 2).sum(axis=1) / sigma ** 2)
         res = (off * nrm).sum(axis=1)  # distance to the scan's local plane (the normal's sign cancels out)
         rot, t, coef, x = _plane_step(turned, nrm, res, w, m, rot, t, coef, ridge)
         if np.linalg.norm(x[:3]) < POLISH_STOP[0] and np.linalg.norm(x[3:6]) < POLISH_STOP[1]:
-            break
+            if search:
+                break
+            searched_at = None  # settled on the samples of the last search: confirm with a new one
     return rot, t, coef
 
 
