@@ -92,6 +92,31 @@ _slicer_figures = []  # lines for the summary
 _slicer_coverage = {}  # "cov": the coverage.Coverage measuring SLICER_MODULE_FILE
 
 
+def moves_with_the_scan(model, mesh, moved, rot, shift, tolerance_mm):
+    """Predict ``mesh`` and ``moved`` (the mesh turned by ``rot`` and shifted by ``shift``, its
+    vertices in any order) and assert that the answers move with the scan (``tolerance_mm``),
+    that the same landmarks are missing, and that each answer snaps to the same nearest vertex
+    unless it lies so nearly midway between two vertices that the gap between the two answers
+    could tip it: a nearest-vertex snap is a step, and rounding on another CPU (or with another
+    number of BLAS threads) tips such a tie either way. Returns both predictions (unsnapped)."""
+    from scipy.spatial import cKDTree
+    from palnet.pipeline import predict
+    ref = predict(mesh, model, snap="none")
+    pred = predict(moved, model, snap="none")
+    assert pred.missing == ref.missing
+    assert np.array_equal(np.isnan(pred.landmarks.points), np.isnan(ref.landmarks.points))
+    back = (pred.landmarks.points - shift) @ rot
+    gap = np.linalg.norm(back - ref.landmarks.points, axis=1)
+    assert np.nanmax(gap) <= tolerance_mm, np.nanmax(gap)
+    shown = np.isfinite(gap)
+    tree = cKDTree(mesh.vertices)
+    two = tree.query(ref.landmarks.points[shown], k=2)[0]
+    tie = two[:, 1] - two[:, 0] <= 2.0 * gap[shown] + 1e-9
+    same = tree.query(ref.landmarks.points[shown])[1] == tree.query(back[shown])[1]
+    assert (same | tie).all(), np.array(ref.landmarks.labels)[shown][~(same | tie)]
+    return ref, pred
+
+
 def module_lib(name):
     """``PALNetLandmarksLib.<name>`` of the Slicer module, imported from the module folder (no
     Slicer needed) and forgotten again, so that no later import finds it by accident."""

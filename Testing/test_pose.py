@@ -6,9 +6,10 @@ from scipy.spatial.transform import Rotation
 
 from palnet.align import align_scan
 from palnet.geometry import grid_subsample, sample_surface, thin_points
-from palnet.pipeline import predict
 from palnet.resources import face_template_path
 from palnet.datatypes import Mesh
+
+from conftest import moves_with_the_scan
 
 EQUIVARIANCE_MM = 0.05  # the promise: any rigid motion moves the landmarks with it, this close
 
@@ -38,34 +39,22 @@ def _pose_gap(a, b, rot=np.eye(3), shift=np.zeros(3)):
 
 
 def test_any_rigid_motion_moves_the_landmarks_with_it(model, face):
-    ref = predict(face, model)
     for rot, shift in _motions(3):
-        pred = predict(Mesh(face.vertices @ rot.T + shift, face.triangles, "mm"), model)
-        back = (pred.landmarks.points - shift) @ rot
-        gap = np.linalg.norm(back - ref.landmarks.points, axis=1)
-        _same_missing(pred, ref)
-        assert np.nanmax(gap) <= EQUIVARIANCE_MM, np.nanmax(gap)
+        ref, pred = moves_with_the_scan(model, face, Mesh(face.vertices @ rot.T + shift, face.triangles, "mm"),
+                                        rot, shift, EQUIVARIANCE_MM)
         np.testing.assert_allclose(pred.landmarks.confidence, ref.landmarks.confidence, atol=1e-3)
         assert pred.status == ref.status
 
 
-def _same_missing(pred, ref):
-    """A landmark the scan does not show is missing (NaN) whatever the pose."""
-    assert pred.missing == ref.missing
-    assert np.array_equal(np.isnan(pred.landmarks.points), np.isnan(ref.landmarks.points))
-
-
 def test_a_half_turn_and_a_shift_together(model, ict_path):
-    """The case that was measured 1.9 mm apart: turned 180 degrees about z and moved."""
+    """The case that was measured 1.9 mm apart: turned 180 degrees about z and moved. (Its os_L
+    lies so nearly midway between two vertices 0.66 mm apart that which one it snaps to depends
+    on the last bits of the arithmetic: the thread count of the BLAS library tips it.)"""
     from palnet.synth import generate_scan, load_ict
     mesh, _, _ = generate_scan(1000, load_ict(ict_path))
-    rot = Rotation.from_euler("z", 180, degrees=True).as_matrix()
-    shift = np.array([25.0, -10.0, 5.0])
-    ref = predict(mesh, model)
-    pred = predict(Mesh(mesh.vertices @ rot.T + shift, mesh.triangles, mesh.units), model)
-    gap = np.linalg.norm((pred.landmarks.points - shift) @ rot - ref.landmarks.points, axis=1)
-    _same_missing(pred, ref)
-    assert np.nanmax(gap) <= EQUIVARIANCE_MM, np.nanmax(gap)
+    rot, shift = Rotation.from_euler("z", 180, degrees=True).as_matrix(), np.array([25.0, -10.0, 5.0])
+    moves_with_the_scan(model, mesh, Mesh(mesh.vertices @ rot.T + shift, mesh.triangles, mesh.units), rot, shift,
+                        EQUIVARIANCE_MM)
 
 
 def test_the_order_of_the_vertices_does_not_change_the_pose(template, face):

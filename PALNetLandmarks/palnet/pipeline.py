@@ -299,30 +299,23 @@ def prepare_scan(mesh: Mesh, template: np.ndarray, mean_landmarks: np.ndarray, s
                         c.dense)
 
 
-def run_network(tree, model: Model, starts: np.ndarray, steps: int, scale: float,
+def run_network(tree: cKDTree, model: Model, starts: np.ndarray, steps: int, scale: float,
                 turns: Optional[np.ndarray] = None) -> np.ndarray:
     """Landmarks (B, L, 3) from B sets of starting points (B, L, 3), each refined ``steps`` times.
 
     ``turns`` (B, 3, 3) shows each set its patches slightly rotated (the answer is
-    turned back), as a slightly different alignment would. ``tree`` may also be a list of G
-    search trees, with ``starts`` (G, B, L, 3) and ``turns`` (G, B, 3, 3): each group reads
-    its own tree (a scan and its mirror image), and every pass runs the network once for all.
+    turned back), as a slightly different alignment would.
     """
-    together = isinstance(tree, (list, tuple))
-    trees = list(tree) if together else [tree]
-    centres = np.asarray(starts) if together else np.asarray(starts)[None]
-    turns = None if turns is None else (np.asarray(turns) if together else np.asarray(turns)[None])
+    centres = starts
     for _ in range(max(1, steps)):
-        read = [extract_patches(t, c, model.config.patch_size, scale) for t, c in zip(trees, centres)]
-        patches, centres = np.stack([r[0] for r in read]), np.stack([r[1] for r in read])
+        patches, centres = extract_patches(tree, centres, model.config.patch_size, scale)
         if turns is not None:
-            patches = np.einsum("gblpj,gbij->gblpi", patches, turns.astype(np.float32))
-        offsets = model.forward(patches.reshape((-1,) + patches.shape[2:])).astype(np.float64)
-        offsets = offsets.reshape(centres.shape)
+            patches = np.einsum("blpj,bij->blpi", patches, turns.astype(np.float32))
+        offsets = model.forward(patches).astype(np.float64)
         if turns is not None:
-            offsets = np.einsum("gblj,gbji->gbli", offsets, turns)
+            offsets = np.einsum("blj,bji->bli", offsets, turns)
         centres = centres + offsets * scale
-    return centres if together else centres[0]
+    return centres
 
 
 def predict_with_spread(tree: cKDTree, model: Model, init: np.ndarray, steps: int, scale: float,
@@ -354,8 +347,8 @@ def predict_with_spread(tree: cKDTree, model: Model, init: np.ndarray, steps: in
         jitters = np.concatenate([np.zeros((1,) + init.shape), jitter, mirror_landmarks(jitter, swap)])
         turns = np.concatenate([np.eye(3)[None], turn, flip @ turn @ flip])
         mirrored = cKDTree(tree.data * FLIP)
-        starts = np.stack([init + jitters, mirror_landmarks(init, swap) + jitters])
-        plain, seen = run_network([tree, mirrored], model, starts, steps, scale, np.stack([turns, turns]))
+        plain = run_network(tree, model, init + jitters, steps, scale, turns)
+        seen = run_network(mirrored, model, mirror_landmarks(init, swap) + jitters, steps, scale, turns)
         runs = np.concatenate([plain, mirror_landmarks(seen, swap)])
     answer = runs.mean(axis=0)
     spread = np.sqrt(((runs - answer) ** 2).sum(axis=2).mean(axis=0)) if k else np.zeros(len(init))
