@@ -92,9 +92,9 @@ _slicer_figures = []  # lines for the summary
 _slicer_coverage = {}  # "cov": the coverage.Coverage measuring SLICER_MODULE_FILE
 
 
-def moves_with_the_scan(model, mesh, moved, rot, shift, tolerance_mm):
+def moves_with_the_scan(model, mesh, moved, rot, shift, tolerance_mm, factor=1.0):
     """Predict ``mesh`` and ``moved`` (the mesh turned by ``rot`` and shifted by ``shift``, its
-    vertices in any order) and assert that the answers move with the scan (``tolerance_mm``),
+    vertices in any order; in other units, ``factor`` times its coordinates) and assert that the answers move with the scan (``tolerance_mm``),
     that the same landmarks are missing, and that each answer snaps to the same nearest vertex
     unless it lies so nearly midway between two vertices that the gap between the two answers
     could tip it: a nearest-vertex snap is a step, and rounding on another CPU (or with another
@@ -105,7 +105,7 @@ def moves_with_the_scan(model, mesh, moved, rot, shift, tolerance_mm):
     pred = predict(moved, model, snap="none")
     assert pred.missing == ref.missing
     assert np.array_equal(np.isnan(pred.landmarks.points), np.isnan(ref.landmarks.points))
-    back = (pred.landmarks.points - shift) @ rot
+    back = ((pred.landmarks.points - shift) @ rot) / factor
     gap = np.linalg.norm(back - ref.landmarks.points, axis=1)
     assert np.nanmax(gap) <= tolerance_mm, np.nanmax(gap)
     shown = np.isfinite(gap)
