@@ -50,7 +50,7 @@ import numpy as np
 
 from .errors import PalnetError
 from .resources import default_protocol_path
-from .textfiles import read_json
+from .textfiles import file_version, read_json
 
 FORMAT = "palnet-protocol"
 VERSION = 1
@@ -177,12 +177,7 @@ class Protocol:
             raise PalnetError("missing field 'format' (expected {!r})".format(FORMAT), source)
         if d["format"] != FORMAT:
             raise PalnetError("not a palnet protocol: 'format' is {!r}, expected {!r}".format(d["format"], FORMAT), source)
-        version = d.get("version", VERSION)
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise PalnetError("'version' must be a positive whole number, not {!r}".format(version), source)
-        if version > VERSION:
-            raise PalnetError("protocol version {} is newer than this palnet reads (up to {}); "
-                              "update palnet".format(version, VERSION), source)
+        file_version(d, VERSION, "protocol", source)
         if "landmarks" not in d:
             raise PalnetError("missing field 'landmarks'", source)
         items = d["landmarks"]

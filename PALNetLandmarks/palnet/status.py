@@ -10,9 +10,8 @@ A scan's status, from ``pipeline.predict``:
   unless asked).
 
 A batch item's status is a scan's, or one of ``ERROR`` (the file could not be read or
-predicted), ``SKIPPED`` (its output is there already
-and is not to be replaced) and ``NOT_RUN`` (the batch was
-cancelled first). Imports nothing.
+predicted), ``SKIPPED`` (its output is there already and is not to be replaced) and
+``NOT_RUN`` (the batch was cancelled first). Imports nothing.
 """
 
 OK = "ok"

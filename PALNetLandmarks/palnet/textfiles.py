@@ -26,6 +26,19 @@ def read_text(path: PathLike, what: str, kind: str = "text", newline=None) -> st
         raise PalnetError("cannot read: {}".format(e.strerror or e), path) from None
 
 
+def file_version(d: dict, newest: int, what: str, source) -> int:
+    """The ``"version"`` of a versioned JSON file's object ``d`` (``newest`` when it has none):
+    a positive whole number no newer than ``newest``, else one line naming ``source``.
+    ``what``: the file's kind in the message ("protocol", "measurement definitions")."""
+    version = d.get("version", newest)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise PalnetError("'version' must be a positive whole number, not {!r}".format(version), source)
+    if version > newest:
+        raise PalnetError("{} version {} is newer than this palnet reads (up to {}); update palnet".format(
+            what, version, newest), source)
+    return version
+
+
 def read_json(path: PathLike, what: str):
     """The file's JSON value; a file that is not valid JSON is one line with the place it breaks."""
     text = read_text(path, what, "JSON")

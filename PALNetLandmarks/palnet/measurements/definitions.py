@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ..errors import PalnetError
 from ..resources import default_protocol_path
-from ..textfiles import read_json
+from ..textfiles import file_version, read_json
 
 FORMAT = "palnet-measurements"
 VERSION = 1
@@ -140,12 +140,7 @@ class Definitions:
             hint = " (this is a landmark protocol; give the measurements file)" if fmt == "palnet-protocol" else ""
             raise PalnetError("not palnet measurement definitions: 'format' is {!r}, expected {!r}{}".format(
                 fmt, FORMAT, hint), source)
-        version = d.get("version", VERSION)
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise PalnetError("'version' must be a positive whole number, not {!r}".format(version), source)
-        if version > VERSION:
-            raise PalnetError("measurement definitions version {} are newer than this palnet reads (up to {}); "
-                              "update palnet".format(version, VERSION), source)
+        file_version(d, VERSION, "measurement definitions", source)
         items = d.get("measurements")
         if items is None:
             raise PalnetError("missing field 'measurements'", source)
