@@ -30,13 +30,16 @@ def sample_surface(vertices: np.ndarray, triangles: np.ndarray, spacing: float,
     Each triangle gets floor(area / spacing^2 + u) points with u uniform, placed at
     random barycentric positions; a point cloud without triangles is thinned on a grid.
     The random numbers of a triangle depend only on its index in the mesh
-    (``triangle_ids``), so the same scan in another pose, or with a slightly
-    different region of interest, gets the same samples on the same triangles.
+    (``triangle_ids``), and its corners are taken in the order of their shape
+    (:func:`corners_in_shape_order`), so the same scan in another pose, mirrored, or with a
+    slightly different region of interest, gets the same samples on the same triangles.
     """
     if len(triangles) == 0:
         return thin_points(vertices, spacing, seed)
     ids = np.arange(len(triangles)) if triangle_ids is None else np.asarray(triangle_ids)
-    a, b, c = (vertices[triangles[:, k]] for k in range(3))
+    triangles = corners_in_shape_order(vertices, triangles)
+    corners = np.take(vertices, triangles, axis=0)
+    a, b, c = corners[:, 0], corners[:, 1], corners[:, 2]
     area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
     density = 1.0 / spacing ** 2
     total = area.sum() * density
@@ -67,6 +70,26 @@ def sample_surface(vertices: np.ndarray, triangles: np.ndarray, spacing: float,
         extra = thin_points(vertices[lonely], spacing, seed, ids=ids[first[lonely] // 3] * 3 + first[lonely] % 3)
         return np.vstack([pts, extra])
     return pts
+
+
+def corners_in_shape_order(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """Each triangle's corners listed by the length of the edge opposite them, longest first
+    (equal lengths keep the listed order).
+
+    A point sampled at given barycentric weights then depends on the triangle's shape, not on
+    the order or winding its file lists the corners in: the mirror image of a scan (whose
+    triangles are listed in reverse to keep them facing out) gets the mirror image of its samples,
+    and so the mirror image of its landmarks."""
+    t = np.asarray(triangles)
+    p = np.take(np.asarray(vertices, dtype=np.float64), t, axis=0)  # (T, 3, 3); far faster than vertices[t]
+    edge = [p[:, 1] - p[:, 2], p[:, 2] - p[:, 0], p[:, 0] - p[:, 1]]  # opposite each corner
+    opposite = [np.einsum("ij,ij->i", e, e) for e in edge]
+    order = np.empty(t.shape, dtype=np.int64)
+    rows = np.arange(len(t))
+    for i in range(3):  # a corner's place: the corners with a longer opposite edge (or as long, listed before)
+        place = sum((opposite[j] >= opposite[i]) if j < i else (opposite[j] > opposite[i]) for j in range(3) if j != i)
+        order[rows, place] = i
+    return np.take_along_axis(t, order, axis=1)
 
 
 THIN_NEIGHBOURS = 16  # neighbours compared when thinning; more within ``spacing`` is a far denser cloud
