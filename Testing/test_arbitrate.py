@@ -36,6 +36,20 @@ def test_the_rule_keeps_the_network_where_it_is_good_and_falls_back_where_it_is_
     assert triggered(rule, np.full(6, 0.3), "low fit")
 
 
+def test_a_landmark_and_its_mirror_partner_share_one_rule():
+    """Landmarks 3 and 4 are a left/right pair: the network fails on 3 alone (it learned one side
+    worse). Learned apart, only 3 would lean on the registration, and a mirrored face would get
+    the rule on its other side; learned as a pair, both share it."""
+    net, reg, truth, spread, bad = _answers()
+    net[:, 4] = truth[:, 4] + np.random.default_rng(5).normal(0, 0.5, (len(net), 3))  # 4 precise
+    swap = np.array([0, 1, 2, 4, 3, 5])
+    apart = learn_rule(net, reg, truth, spread)
+    paired = learn_rule(net, reg, truth, spread, swap=swap)
+    assert (apart.onset_mm[3], apart.weight[3]) != (apart.onset_mm[4], apart.weight[4])  # apart: one side only
+    assert paired.onset_mm[3] == paired.onset_mm[4] and paired.weight[3] == paired.weight[4]
+    np.testing.assert_array_equal(paired.onset_mm[[0, 1, 2, 5]], apart.onset_mm[[0, 1, 2, 5]])  # unpaired: as before
+
+
 def test_sources_say_which_answer_won():
     rule = Rule(1.0, np.array([np.inf, 1.0, 1.0]), np.array([0.0, 1.0, 0.5]))
     net = np.zeros((3, 3))

@@ -40,6 +40,7 @@ def canonical_answers(mesh, truth, model):
 
 def main(argv=None):
     from palnet.arbitrate import learn_rule, weights
+    from palnet.priors import mirror_pairs
     from palnet.landmark_io import check_labels, read_landmarks
     from palnet.mesh_io import find_scan_pairs, read_mesh
     from palnet.modelfile import load_model, save_model
@@ -56,7 +57,7 @@ def main(argv=None):
         truth = check_labels(read_landmarks(lm_path), labels, lm_path)
         rows.append(canonical_answers(read_mesh(mesh_path), truth, model))
     net, reg, true, spread = (np.stack([r[i] for r in rows]) for i in range(4))
-    rule = learn_rule(net, reg, true, spread)
+    rule = learn_rule(net, reg, true, spread, swap=mirror_pairs(labels))
     w = np.stack([weights(rule, a, b) for a, b in zip(net, reg)])
     after = net + w[..., None] * (reg - net)
     err = lambda p: float(np.nanmean(np.linalg.norm(p - true, axis=2)))  # noqa: E731  (missing: left out)

@@ -89,28 +89,35 @@ def sources(w: np.ndarray) -> List[str]:
 
 
 def learn_rule(network: np.ndarray, registration: np.ndarray, truth: np.ndarray, spread: np.ndarray,
-               trigger_quantile: float = 0.9) -> Rule:
+               trigger_quantile: float = 0.9, swap: Optional[np.ndarray] = None) -> Rule:
     """The rule that minimises each landmark's mean error on validation scans: ``network``,
     ``registration``, ``truth`` (N, L, 3) canonical mm, ``spread`` (N, L). The trigger is the
     ``trigger_quantile`` of the scans' mean spread: the registration runs on the least sure
-    tenth of faces like the validation ones (and on every face the fit calls doubtful)."""
+    tenth of faces like the validation ones (and on every face the fit calls doubtful).
+
+    ``swap`` (the protocol's mirror pairs, :func:`palnet.priors.mirror_pairs`): each side
+    landmark and its partner share one rule, learned on both, so that a face and its mirror
+    image are treated alike (learned apart, a few dozen scans gave the left eye a rule and the
+    right one none)."""
     n, n_lm = network.shape[:2]
     d = np.linalg.norm(network - registration, axis=2)  # (N, L)
     err_net = np.linalg.norm(network - truth, axis=2)  # NaN where a scan lacks the landmark
     onset = np.full(n_lm, np.inf)
     weight = np.zeros(n_lm)
     for k in range(n_lm):
-        known = np.isfinite(err_net[:, k])
-        if not known.all():  # some validation scans lack it (a face-only capture's ears): no rule
+        pair = sorted({k, int(swap[k])}) if swap is not None else [k]
+        if pair[0] != k:
+            continue  # learned with its partner
+        if not np.isfinite(err_net[:, pair]).all():  # some validation scans lack it (a face-only capture's ears): no rule
             continue
-        best = err_net[known, k].mean() - MIN_GAIN_MM
+        best = err_net[:, pair].mean() - MIN_GAIN_MM
         for a in ONSETS_MM:
-            ramp = np.clip((d[known, k] - a) / a, 0.0, 1.0)
+            ramp = np.clip((d[:, pair] - a) / a, 0.0, 1.0)  # (N, 1 or 2)
             for w in WEIGHTS:
-                moved = network[known, k] + (w * ramp)[:, None] * (registration[known, k] - network[known, k])
-                e = np.linalg.norm(moved - truth[known, k], axis=1).mean()
+                moved = network[:, pair] + (w * ramp)[..., None] * (registration[:, pair] - network[:, pair])
+                e = np.linalg.norm(moved - truth[:, pair], axis=2).mean()
                 if e < best:
-                    best, onset[k], weight[k] = e, a, w
+                    best, onset[pair], weight[pair] = e, a, w
     trigger = float(np.quantile(spread.mean(axis=1), trigger_quantile)) if n else 0.0
     return Rule(trigger, onset, weight, n)
 
