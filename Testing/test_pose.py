@@ -109,6 +109,26 @@ def test_thinning_keeps_points_apart_and_moves_with_the_cloud():
     assert len(thin_points(lone, 1.0)) == 2
 
 
+def test_least_axes_are_those_of_eigh_also_for_flat_and_degenerate_spreads():
+    """The polish's surface normals: the closed form agrees with LAPACK's eigh on random,
+    flat, needle-like and all-zero spreads (a needle or a zero spread has no single least
+    axis: any unit vector orthogonal to the rest is right)."""
+    from palnet.geometry import least_axes
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(2000, 3, 3))
+    cov = a @ a.transpose(0, 2, 1)
+    flat = rng.normal(size=(200, 16, 3)) * [5.0, 3.0, 1e-7]  # samples of a plane, turned anywhere
+    flat = flat @ Rotation.random(200, random_state=3).as_matrix()
+    flat -= flat.mean(axis=1, keepdims=True)
+    cov = np.concatenate([cov, flat.transpose(0, 2, 1) @ flat * 1e-3])
+    axes, want = least_axes(cov), np.linalg.eigh(cov)[1][:, :, 0]
+    np.testing.assert_allclose(np.abs((axes * want).sum(axis=1)), 1.0, atol=1e-9)
+    odd = np.stack([np.zeros((3, 3)), np.diag([4.0, 1e-12, 0.0]), np.eye(3), np.diag([2.0, 2.0, 1.0])])
+    axes = least_axes(odd)
+    np.testing.assert_allclose(np.linalg.norm(axes, axis=1), 1.0, atol=1e-12)
+    assert abs(axes[1, 0]) < 1e-6 and abs(abs(axes[3, 2]) - 1.0) < 1e-12
+
+
 def test_surface_samples_move_with_the_scan(face):
     """Even on a scan whose small triangles get no sample of their own (their vertices fill in)."""
     rot, shift = _motions(1, seed=4)[0]

@@ -15,7 +15,7 @@ from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 from .errors import PalnetError
-from .geometry import grid_subsample, sample_surface
+from .geometry import grid_subsample, least_axes, sample_surface
 from .datatypes import UNITS_PER_MM
 
 TYPICAL_FACE_RADIUS_MM = 80.0  # RMS distance of scan points from their centroid, roughly
@@ -273,24 +273,20 @@ def _smooth_surface_points(tree: cKDTree, points: np.ndarray, idx: Optional[np.n
     k = min(POLISH_NEIGHBOURS + 1, tree.n)
     if idx is None:
         d, idx = tree.query(points, k=k)
-        d, idx = d.reshape(len(points), k), idx.reshape(len(points), k)
-    else:
-        d = np.sqrt(((tree.data[idx] - points[:, None]) ** 2).sum(axis=2))
-        order = np.argsort(d, axis=1, kind="stable")
-        d, idx = np.take_along_axis(d, order, axis=1), np.take_along_axis(idx, order, axis=1)
-    h = np.maximum(d[:, -1:], 1e-12)
-    phi = (1.0 - np.minimum(d / h, 1.0) ** 2) ** 3
-    phi[:, 0] += 1e-12  # a lone sample (or coinciding neighbours) still gives a point
+        sq, idx = (d * d).reshape(len(points), k), idx.reshape(len(points), k)
+        nb = tree.data[idx]
+    else:  # the samples stay in the order of that search
+        nb = tree.data[idx]
+        diff = nb - points[:, None]
+        sq = np.einsum("nki,nki->nk", diff, diff)
+    phi = 1.0 - np.minimum(sq / np.maximum(sq.max(axis=1, keepdims=True), 1e-24), 1.0)
+    phi *= phi * phi
+    phi[np.arange(len(sq)), np.argmin(sq, axis=1)] += 1e-12  # a lone sample (or coinciding ones) still gives a point
     phi /= phi.sum(axis=1, keepdims=True)
-    nb = tree.data[idx]
     centroid = np.einsum("nk,nki->ni", phi, nb)
     off = nb - centroid[:, None]
-    weighted = off * phi[:, :, None]
-    cov = np.empty((len(points), 3, 3))  # weighted covariance, its six distinct entries
-    for i in range(3):
-        for j in range(i, 3):
-            cov[:, i, j] = cov[:, j, i] = (weighted[:, :, i] * off[:, :, j]).sum(axis=1)
-    return centroid, np.linalg.eigh(cov)[1][:, :, 0], idx
+    cov = np.matmul(off.transpose(0, 2, 1) * phi[:, None, :], off)  # weighted covariance
+    return centroid, least_axes(cov), idx
 
 
 def _polish(tree: cKDTree, template: np.ndarray, normals: np.ndarray, modes: Optional[np.ndarray],
