@@ -10,6 +10,7 @@ from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 from scipy.spatial import cKDTree
 
+from .anatomy import describe_out_of_order, out_of_order, out_of_order_labels
 from .arbitrate import NETWORK, combine, describe_sources, rule_from, triggered
 from .align import THOROUGH, Alignment, align_scan, detect_units
 from .cleanup import FRAGMENT_GAP_MM, MIN_SPIKE_MM, find_fragments, find_spikes, remove_vertices
@@ -79,6 +80,9 @@ FIRST_ROUND_SAMPLES = 2
 # with the nearest sample alone, of 1 scan with two (its alignment itself moved by 0.6 mm);
 # point-wise error 1.669 -> 1.663 mm; the network's time doubles (about 0.3 s more per scan).
 SNAP_CANDIDATES = 2
+# A landmark that breaks the anatomical order (palnet.anatomy) is wrong, or its partner is: its
+# confidence is at most this.
+OUT_OF_ORDER_CONFIDENCE = 0.25
 
 
 Progress = Callable[[str, float], None]  # (stage, fraction of the work done); see predict
@@ -104,6 +108,7 @@ class Prediction:
     fragments_removed: int = 0  # vertices of loose fragments left out likewise
     missing: Tuple[str, ...] = ()  # landmarks where the scan has no surface (NaN points, confidence 0)
     sources: Tuple[str, ...] = ()  # per landmark: "network", "registration" or "both" (see palnet.arbitrate)
+    out_of_order: Tuple[str, ...] = ()  # landmarks that break the anatomical order (see palnet.anatomy)
 
     @property
     def fit_rms_mm(self) -> float:
@@ -452,6 +457,11 @@ def predict(mesh: Mesh, model: Model, snap: str = "nearest", units: str = "auto"
         pts = snap_to_surface(onto, pts, snap, tree=vertex_tree if onto is prep.clean else None)
     conf = landmark_confidence(spread, model)
     conf = np.where(missing, 0.0, conf)
+    found = out_of_order(labels, np.where(missing[:, None], np.nan, centres))
+    disordered = out_of_order_labels(found)
+    if disordered:
+        broken = np.isin(labels, disordered)
+        conf = np.where(broken, np.minimum(conf, OUT_OF_ORDER_CONFIDENCE), conf)
     pts = np.where(missing[:, None], np.nan, pts)
     gone = tuple(lab for lab, m in zip(labels, missing) if m)
     if gone:
@@ -461,16 +471,16 @@ def predict(mesh: Mesh, model: Model, snap: str = "nearest", units: str = "auto"
             status = PARTIAL
         message = "; ".join(m for m in (message, note) if m)
     moved = describe_sources(labels, sources)
-    if moved:
-        message = "; ".join(m for m in (message, moved) if m)
+    message = "; ".join(m for m in (message, moved, describe_out_of_order(found)) if m)
     names = _landmark_names(model)
-    descriptions = [describe(names.get(lab, lab) + ("" if src == NETWORK else "; from " + src), c)
+    descriptions = [describe(names.get(lab, lab) + ("" if src == NETWORK else "; from " + src) +
+                             ("; out of anatomical order" if lab in disordered else ""), c)
                     for lab, c, src in zip(labels, conf, sources)]
     t3 = time.perf_counter()
     report("done", 1.0)
     return Prediction(Landmarks(labels, pts, conf, descriptions, prep.units), status, prep.units, prep.alignment,
                       t3 - t0, {"prepare": t1 - t0, "network": t2 - t1, "snap": t3 - t2}, spread, message,
-                      prep.spikes, prep.fragments, gone, tuple(sources))
+                      prep.spikes, prep.fragments, gone, tuple(sources), tuple(disordered))
 
 
 def arbitrate_with_registration(prep: PreparedScan, model: Model, centres: np.ndarray, spread: np.ndarray,

@@ -1,0 +1,75 @@
+"""Anatomical order: an answer with the upper lip's point below the stomion is reported, whatever
+the network's spread says."""
+import numpy as np
+import pytest
+
+from palnet import pipeline
+from palnet.anatomy import ORDER_TOLERANCE_MM, order_pairs, out_of_order, out_of_order_labels
+
+
+@pytest.fixture(scope="module")
+def labels(model):
+    return list(model.metadata["protocol"]["labels"])
+
+
+@pytest.fixture(scope="module")
+def mean(model):
+    return pipeline.model_arrays(model)[1]
+
+
+def test_the_chains_order_the_lips_eyes_and_ears_of_both_sides_once(labels):
+    pairs = [(labels[a], labels[b]) for a, b in order_pairs(labels)]
+    assert len(pairs) == len(set(pairs))
+    for upper, lower in (("ls", "sto"), ("sto", "li"), ("n", "me"), ("ps_R", "pi_R"), ("ps_L", "pi_L"),
+                         ("sa_L", "sba_L"), ("cph_R", "sto"), ("sn", "cph_L")):
+        assert (upper, lower) in pairs
+    assert ("ps_R", "pi_L") not in pairs and ("sto", "ls") not in pairs
+
+
+def test_the_mean_face_is_in_order_and_a_lip_point_below_the_stomion_is_not(labels, mean):
+    assert out_of_order(labels, mean) == []
+    moved = mean.copy()
+    ls, sto = labels.index("ls"), labels.index("sto")
+    moved[ls, 1] = mean[sto, 1] - 4.0  # the upper lip's point 4 mm below the stomion
+    found = out_of_order(labels, moved)
+    assert [(o.upper, o.lower) for o in found][0] == ("ls", "sto")
+    assert found[0].by_mm == pytest.approx(4.0)
+    assert set(out_of_order_labels(found)) >= {"ls", "sto"}
+    # within the tolerance it passes; a missing landmark (NaN) is not judged
+    moved[ls, 1] = mean[sto, 1] - ORDER_TOLERANCE_MM * 0.5
+    assert out_of_order(labels, moved) == []
+    moved[ls, 1] = mean[sto, 1] - 4.0
+    moved[sto] = np.nan
+    assert all("sto" not in (o.upper, o.lower) for o in out_of_order(labels, moved))
+
+
+def test_a_protocol_with_some_of_the_chain_is_checked_on_the_rest(mean, labels):
+    keep = [labels.index(n) for n in ("sn", "sto", "me")]
+    pts = mean[keep].copy()
+    pts[2, 1] = pts[0, 1] + 5.0  # menton above subnasale
+    found = out_of_order(["sn", "sto", "me"], pts)
+    assert {(o.upper, o.lower) for o in found} == {("sn", "me"), ("sto", "me")}
+    assert out_of_order(["a", "b"], np.zeros((2, 3))) == []
+
+
+def test_predict_reports_landmarks_out_of_order_with_a_low_confidence(model, sample, labels, monkeypatch):
+    real = pipeline.network_answer
+    ls, sto = labels.index("ls"), labels.index("sto")
+
+    def swapped(*args, **kwargs):
+        answer, spread = real(*args, **kwargs)
+        answer = answer.copy()
+        answer[ls, 1] = answer[sto, 1] - 5.0
+        return answer, spread
+
+    monkeypatch.setattr(pipeline, "network_answer", swapped)
+    pred = pipeline.predict(sample[0], model)
+    assert "ls" in pred.out_of_order and "sto" in pred.out_of_order
+    assert "out of anatomical order: ls" in pred.message
+    conf = dict(zip(labels, pred.landmarks.confidence))
+    assert conf["ls"] <= pipeline.OUT_OF_ORDER_CONFIDENCE and conf["sto"] <= pipeline.OUT_OF_ORDER_CONFIDENCE
+    assert "out of anatomical order" in pred.landmarks.descriptions[ls]
+    assert "out of anatomical order" not in pred.landmarks.descriptions[labels.index("prn")]
+    monkeypatch.setattr(pipeline, "network_answer", real)
+    plain = pipeline.predict(sample[0], model)
+    assert plain.out_of_order == () and "anatomical order" not in plain.message
