@@ -47,3 +47,40 @@ def test_robustness_pairs_compare_the_landmarks_both_placed():
     points[26] = nan  # one missing left point
     lateral, vertical = bench_robust._axes(points, labels)
     assert lateral[0] == 10.0 and vertical[1] == 10.0
+
+
+def test_holes_are_cut_beside_the_landmarks_and_summarised_with_and_without():
+    """tools/bench_holes.py: each hole's edge passes the asked gap from its landmark (which keeps
+    its surface), seeded alike on every call; the summary pairs errors with and without holes."""
+    import numpy as np
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import bench_holes
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    g = np.linspace(-60.0, 60.0, 121)
+    xx, yy = np.meshgrid(g, g)
+    v = np.stack([xx.ravel(), yy.ravel(), np.zeros(xx.size)], axis=1)  # a flat sheet, 1 mm grid
+    n = len(g)
+    q = (np.arange(n - 1)[:, None] * n + np.arange(n - 1)[None, :]).ravel()
+    t = np.concatenate([np.stack([q, q + 1, q + n], 1), np.stack([q + 1, q + n + 1, q + n], 1)])
+    lm = np.array([[-30.0, -30.0, 0.0], [30.0, 30.0, 0.0], [0.0, 0.0, 0.0], [30.0, -30.0, 0.0]])
+    labels = ["a", "b", "t_R", "c"]  # an ear point gets no hole
+    nv, nt, holes = bench_holes.cut_holes(v, t, lm, labels, np.random.default_rng(0), 4, (4.0, 6.0), (1.0, 2.0))
+    again = bench_holes.cut_holes(v, t, lm, labels, np.random.default_rng(0), 4, (4.0, 6.0), (1.0, 2.0))
+    assert holes == again[2] and len(nv) < len(v)
+    assert sorted(i for i, _, _ in holes) == [0, 1, 3]
+    from scipy.spatial import cKDTree
+    removed = v[cKDTree(nv).query(v)[0] > 1e-9]
+    for i, r, gap in holes:
+        assert 4.0 <= r <= 6.0 and 1.0 <= gap <= 2.0
+        assert np.linalg.norm(nv - lm[i], axis=1).min() < 1.0  # the landmark keeps its surface
+        edge = np.linalg.norm(removed - lm[i], axis=1).min()  # the hole's nearest lost vertex
+        assert gap - 1e-9 <= edge <= gap + 1.5  # on a 1 mm grid
+    rows = [{"holes": [(0, 5.0, 1.0)],
+             "plain": {"errors_mm": [1.0, 3.0], "confidence": [0.8, 0.5]},
+             "holed": {"errors_mm": [3.0, None], "confidence": [0.4, 0.0]}}]
+    s = bench_holes.summarise(rows)
+    assert s["beside_a_hole"]["error_mm"] == [1.0, 3.0] and s["beside_a_hole"]["within_2mm"] == [1.0, 0.0]
+    assert s["beside_a_hole"]["confidence"] == [0.8, 0.4]
+    assert s["others"]["missing_when_holed"] == 1 and s["others"]["error_mm"] is None
