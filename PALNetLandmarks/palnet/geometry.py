@@ -40,7 +40,9 @@ def sample_surface(vertices: np.ndarray, triangles: np.ndarray, spacing: float,
     triangles = corners_in_shape_order(vertices, triangles)
     corners = np.take(vertices, triangles, axis=0)
     a, b, c = corners[:, 0], corners[:, 1], corners[:, 2]
-    area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
+    u, w = b - a, c - a  # the cross product written out: np.cross's own overhead was a fifth of this call
+    area = 0.5 * np.sqrt((u[:, 1] * w[:, 2] - u[:, 2] * w[:, 1]) ** 2 + (u[:, 2] * w[:, 0] - u[:, 0] * w[:, 2]) ** 2
+                         + (u[:, 0] * w[:, 1] - u[:, 1] * w[:, 0]) ** 2)
     density = 1.0 / spacing ** 2
     total = area.sum() * density
     if total > max_points:  # keep memory and time bounded on huge regions
@@ -82,14 +84,15 @@ def corners_in_shape_order(vertices: np.ndarray, triangles: np.ndarray) -> np.nd
     and so the mirror image of its landmarks."""
     t = np.asarray(triangles)
     p = np.take(np.asarray(vertices, dtype=np.float64), t, axis=0)  # (T, 3, 3); far faster than vertices[t]
-    edge = [p[:, 1] - p[:, 2], p[:, 2] - p[:, 0], p[:, 0] - p[:, 1]]  # opposite each corner
-    opposite = [np.einsum("ij,ij->i", e, e) for e in edge]
-    order = np.empty(t.shape, dtype=np.int64)
-    rows = np.arange(len(t))
-    for i in range(3):  # a corner's place: the corners with a longer opposite edge (or as long, listed before)
-        place = sum((opposite[j] >= opposite[i]) if j < i else (opposite[j] > opposite[i]) for j in range(3) if j != i)
-        order[rows, place] = i
-    return np.take_along_axis(t, order, axis=1)
+    e0, e1, e2 = p[:, 1] - p[:, 2], p[:, 2] - p[:, 0], p[:, 0] - p[:, 1]  # opposite each corner
+    o0, o1, o2 = (np.einsum("ij,ij->i", e, e) for e in (e0, e1, e2))
+    # a corner's place: the corners with a longer opposite edge (or as long, listed before it)
+    p0 = (o1 > o0).astype(np.intp) + (o2 > o0)
+    p1 = (o0 >= o1).astype(np.intp) + (o2 > o1)
+    out = np.empty(t.size, dtype=t.dtype)
+    first = np.arange(0, t.size, 3)
+    out[first + p0], out[first + p1], out[first + 3 - p0 - p1] = t[:, 0], t[:, 1], t[:, 2]
+    return out.reshape(t.shape)
 
 
 THIN_NEIGHBOURS = 16  # neighbours compared when thinning; more within ``spacing`` is a far denser cloud
