@@ -510,6 +510,8 @@ class PALNetLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic.lastMeasurementsTable is not None:
             text += _("; {n} measurements in '{table}'").format(n=len(self.logic.lastMeasurements),
                                                                table=self.logic.lastMeasurementsTable.GetName())
+        if prediction.message:  # why the status is not ok, missing landmarks, ones out of anatomical order
+            text += "\n" + prediction.message[:1].upper() + prediction.message[1:]
         self.ui.statusLabel.setText(text)
         self.ui.statusLabel.setStyleSheet("color: {}".format(color) if color else "")
         self._fillResultsTable()

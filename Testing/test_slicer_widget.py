@@ -423,6 +423,8 @@ def test_not_a_face_warns_after_the_run_without_a_wait_cursor(panel, mrml_scene,
     assert panel.logic.lastPrediction.status == "not a face"
     assert dialogs.kinds() == ["warning"] and cursor_at_warning == [0]
     assert "does not look like a face" in dialogs.shown[0][1] and "c00000" in panel.ui.statusLabel.styleSheet()
+    first, why = panel.ui.statusLabel.text().split("\n", 1)  # the panel says why under the status line
+    assert first.startswith("not a face: 50 landmarks") and "does not look like a face" in why
 
 
 def test_apply_failures_are_one_line(panel, mrml_scene, face, tmp_path, dialogs):
