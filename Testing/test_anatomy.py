@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from palnet import pipeline
-from palnet.anatomy import ORDER_TOLERANCE_MM, order_pairs, out_of_order, out_of_order_labels
+from palnet.anatomy import (ORDER_TOLERANCE_MM, OutOfOrder, describe_out_of_order, order_pairs, out_of_order,
+                            out_of_order_labels)
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +51,16 @@ def test_a_protocol_with_some_of_the_chain_is_checked_on_the_rest(mean, labels):
     found = out_of_order(["sn", "sto", "me"], pts)
     assert {(o.upper, o.lower) for o in found} == {("sn", "me"), ("sto", "me")}
     assert out_of_order(["a", "b"], np.zeros((2, 3))) == []
+
+
+def test_the_message_names_the_worst_pairs_and_counts_the_rest():
+    """A scrambled answer breaks dozens of pairs; the message (one line in the Slicer panel) stays short."""
+    found = [OutOfOrder("tr", "me", 80.0), OutOfOrder("ls", "sto", 4.0), OutOfOrder("n", "sn", 3.0),
+             OutOfOrder("ps_R", "pi_R", 2.5), OutOfOrder("sa_L", "t_L", 2.1)]
+    text = describe_out_of_order(found)
+    assert text.startswith("out of anatomical order: tr 80.0 mm below me, ls 4.0 mm below sto")
+    assert "ps_R" not in text and "and 2 more pairs" in text
+    assert "more" not in describe_out_of_order(found[:3]) and describe_out_of_order([]) == ""
 
 
 def test_predict_reports_landmarks_out_of_order_with_a_low_confidence(model, sample, labels, monkeypatch):

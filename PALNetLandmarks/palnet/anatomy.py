@@ -63,9 +63,12 @@ def out_of_order_labels(found: Sequence[OutOfOrder]) -> List[str]:
     return list(dict.fromkeys(name for o in found for name in (o.upper, o.lower)))
 
 
-def describe_out_of_order(found: Sequence[OutOfOrder]) -> str:
-    """One clause for a scan's message ("" when the order holds)."""
+def describe_out_of_order(found: Sequence[OutOfOrder], most: int = 3) -> str:
+    """One short clause for a scan's message ("" when the order holds): the ``most`` worst pairs
+    and how many more (a scrambled answer breaks dozens; the list is in the prediction)."""
     if not found:
         return ""
-    return "out of anatomical order: " + ", ".join(
-        "{} {:.1f} mm below {}".format(o.upper, o.by_mm, o.lower) for o in found) + " (check them)"
+    shown = ", ".join("{} {:.1f} mm below {}".format(o.upper, o.by_mm, o.lower) for o in found[:most])
+    if len(found) > most:
+        shown += " and {} more pair{}".format(len(found) - most, "s" if len(found) - most > 1 else "")
+    return "out of anatomical order: " + shown + " (check them)"
