@@ -43,7 +43,8 @@ def cut_holes(vertices, triangles, landmarks, labels, rng, per_scan, radius, gap
     """(vertices, triangles) with a hole beside each of up to ``per_scan`` landmarks, and
     [(landmark index, radius, gap)] of the holes made."""
     v = np.asarray(vertices, dtype=np.float64)
-    candidates = [i for i, lab in enumerate(labels) if not lab.startswith(EAR_PREFIXES) and np.isfinite(landmarks[i]).all()]
+    candidates = [i for i, lab in enumerate(labels)
+                  if not lab.startswith(EAR_PREFIXES) and np.isfinite(landmarks[i]).all()]
     rng.shuffle(candidates)
     targets = []
     for i in candidates:

@@ -32,6 +32,9 @@ class Alignment:
     inlier_fraction: float = 0.0  # template points within 5 mm of the scan
     surface_agreement: float = float("nan")  # of the scan near the fitted template, the part within 5 mm of it
     shape: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the fitted template's shape-mode coefficients
+    # The same, fitted to the scan's mirror image (x -> -x in the canonical frame; see _halfway_to_mirror),
+    # or None: the template is not symmetric, so the two differ, and a face and its mirror image swap them.
+    mirror_shape: Optional[np.ndarray] = None
 
     @property
     def matrix(self) -> np.ndarray:
@@ -348,15 +351,17 @@ def _halfway_to_mirror(tree: cKDTree, template: np.ndarray, normals: np.ndarray,
     The face template is not quite symmetric, so a scan and its mirror image were aligned a
     little differently (0.2 degrees and 0.5 mm on a real face-only scan), and the network turned
     that into different landmarks. Halfway between the two, the scan and its mirror image get
-    mirrored poses (to the precision of the polish), so a mirrored scan gets mirrored landmarks."""
+    mirrored poses (to the precision of the polish), so a mirrored scan gets mirrored landmarks.
+
+    Returns (rot, t, the shape coefficients fitted to the mirror image)."""
     canonical = (tree.data - t) @ rot  # the scan's surface samples in the canonical frame
-    q_rot, q_t, _ = _polish(cKDTree(canonical @ MIRROR), template, normals, modes, np.eye(3), np.zeros(3), coef,
+    q_rot, q_t, q_coef = _polish(cKDTree(canonical @ MIRROR), template, normals, modes, np.eye(3), np.zeros(3), coef,
                             FINAL_SIGMA_MM)
     # template -> mirrored scan: q_rot x + q_t; mirrored back: MIRROR q_rot MIRROR x + MIRROR q_t
     half = Rotation.from_matrix(MIRROR @ q_rot @ MIRROR).as_rotvec() / 2.0
     half_rot = rotvec_matrix(half)
     half_t = np.linalg.solve(half_rot + np.eye(3), MIRROR @ q_t)  # half_rot (half_rot x + half_t) + half_t = mirrored
-    return rot @ half_rot, rot @ half_t + t
+    return rot @ half_rot, rot @ half_t + t, q_coef
 
 
 def rotation_grid(n_directions: int = 120, n_rolls: int = 18) -> np.ndarray:
@@ -602,8 +607,8 @@ def align_scan(vertices_mm: np.ndarray, template: np.ndarray, seed: int = 0,
     sub = order[: min(FINAL_FIT[0], len(template))]
     r, t, coef = _polish(surface, template[sub], all_normals[sub], None if modes is None else modes[:, sub], r, t, coef,
                          FINAL_SIGMA_MM)
-    r, t = _halfway_to_mirror(surface, template[sub], all_normals[sub], None if modes is None else modes[:, sub], r, t,
-                              coef)
+    r, t, mirror_coef = _halfway_to_mirror(surface, template[sub], all_normals[sub],
+                                           None if modes is None else modes[:, sub], r, t, coef)
     fitted = (template[sub] if modes is None or not len(coef) else
               template[sub] + np.transpose(modes[:, sub], (1, 2, 0)) @ coef) @ r.T + t
     dist = surface.query(fitted)[0]
@@ -611,7 +616,7 @@ def align_scan(vertices_mm: np.ndarray, template: np.ndarray, seed: int = 0,
     shaped = template if modes is None or not len(coef) else template + np.transpose(modes, (1, 2, 0)) @ coef
     return Alignment(rotation=r.T, translation=-r.T @ t, scale=1.0, rms_mm=rms, inlier_fraction=inl,
                      surface_agreement=surface_agreement(surface.data, template, shaped @ r.T + t, r),
-                     shape=np.asarray(coef, dtype=np.float64))
+                     shape=np.asarray(coef, dtype=np.float64), mirror_shape=np.asarray(mirror_coef, dtype=np.float64))
 
 
 def _search_on(first, tree: cKDTree, template: np.ndarray, modes: Optional[np.ndarray], order: np.ndarray,

@@ -20,7 +20,7 @@ from .modelfile import Model
 from .landmark_io import describe
 from .patches import extract_patches, initial_approximation, roi_samples
 from .priors import (FLIP, apply_shape_prior, landmark_confidence, landmark_modes, mirror_landmarks, model_swap,
-                     second_round, shape_prior, starting_shape)
+                     second_round, shape_prior, symmetric_start)
 from .registration import register_template
 from .resources import face_template_path
 from .snap import snap_to_surface
@@ -303,7 +303,9 @@ def prepare_scan(mesh: Mesh, template: np.ndarray, mean_landmarks: np.ndarray, s
     """Units to mm, spikes out, automatic alignment, region of interest and even sampling."""
     c = to_canonical_frame(mesh, template, units, modes, progress)
     (progress or _no_progress)("sampling", 0.5)
-    samples = roi_samples(c.mesh, mean_landmarks, spacing)
+    # The region around the mean landmarks and their mirror image: the same region, mirrored, for a
+    # scan's mirror image (the mean landmarks are not quite symmetric), so that it is sampled alike.
+    samples = roi_samples(c.mesh, np.vstack([mean_landmarks, mean_landmarks * FLIP]), spacing)
     if len(samples) < 10:
         raise PalnetError("no surface near the face after alignment", mesh.source)
     return PreparedScan(c.units, c.alignment, samples, cKDTree(samples), c.clean, c.spikes, c.fragments, c.border,
@@ -437,7 +439,8 @@ def predict(mesh: Mesh, model: Model, snap: str = "nearest", units: str = "auto"
     template, mean, spacing, scale = model_arrays(model)
     prep = prepare_scan(mesh, template, mean, spacing, units, template_modes(template), progress)
     t1 = time.perf_counter()
-    start = starting_shape(mean, prep.alignment.shape, landmark_modes(model))
+    start = symmetric_start(mean, prep.alignment.shape, prep.alignment.mirror_shape, landmark_modes(model),
+                            model_swap(model))
     init = initial_approximation(prep.tree, start)
     steps = refine_steps if refine_steps is not None else int(model.metadata.get("refine_steps", 1))
     report("network", 0.6)

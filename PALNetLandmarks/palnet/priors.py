@@ -89,6 +89,23 @@ def starting_shape(mean: np.ndarray, shape: np.ndarray,
     return modes[1] + np.tensordot(np.asarray(shape, dtype=np.float64) - modes[0], modes[2], 1)
 
 
+def symmetric_start(mean: np.ndarray, shape: np.ndarray, mirror_shape: Optional[np.ndarray],
+                    modes: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]],
+                    swap: Optional[np.ndarray]) -> np.ndarray:
+    """Where the network starts, the same for a face and its mirror image: half the start from
+    the template's shape fitted to the scan (:func:`starting_shape`), half the mirror image of
+    the start from the shape fitted to the scan's mirror image (``mirror_shape``, see
+    ``align.Alignment``). The template, the mean landmarks and the learned modes are not quite
+    symmetric, so the two starts differ (by up to a few tenths of a mode coefficient); from
+    either, the network could end a few mm apart on the ears. The start of the scan's mirror
+    image is then exactly the mirror image of this one. Without ``mirror_shape`` or mirror pairs
+    (``swap``): :func:`starting_shape`."""
+    start = starting_shape(mean, shape, modes)
+    if mirror_shape is None or swap is None or len(mirror_shape) != len(shape):
+        return start
+    return 0.5 * (start + mirror_landmarks(starting_shape(mean, mirror_shape, modes), swap))
+
+
 def fit_landmark_modes(scans: Sequence, ridge: float = MODES_RIDGE) -> Optional[dict]:
     """How the landmarks (canonical mm) move with the face template's fitted shape: a ridge
     regression of every scan's true landmarks on its template mode coefficients, as
