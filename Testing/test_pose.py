@@ -165,6 +165,18 @@ def test_the_start_of_a_mirror_image_is_the_mirror_image_of_the_start(model):
                                   starting_shape(mean, shape, modes))
 
 
+def test_only_a_model_whose_mean_is_its_own_mirror_image_averages_with_the_mirror_image(model):
+    """A model whose sides are not placed as mirror images (random mean landmarks, a protocol
+    with a one-sided landmark paired by name) would get starts between two unrelated points."""
+    from palnet.pipeline import model_arrays
+    from palnet.priors import SYMMETRIC_MEAN_MM, model_swap, symmetric_swap
+    mean, swap = model_arrays(model)[1], model_swap(model)
+    assert symmetric_swap(mean, swap) is swap and symmetric_swap(mean, None) is None
+    lopsided = mean.copy()
+    lopsided[int(np.flatnonzero(swap != np.arange(len(swap)))[0]), 0] += 2 * SYMMETRIC_MEAN_MM
+    assert symmetric_swap(lopsided, swap) is None
+
+
 def test_the_network_answer_moves_continuously_with_its_start(model, face):
     """A start midway between two samples: a nudge of 1e-6 mm to either side changes which one
     is nearest, and read at the nearest sample alone the answer jumps; blended over the nearest

@@ -27,11 +27,11 @@ def canonical_answers(mesh, truth, model):
     from palnet.registration import register_template
     from palnet.patches import initial_approximation
     from palnet.pipeline import model_arrays, network_answer, prepare_scan, scan_status, template_modes
-    from palnet.priors import landmark_modes, model_swap, symmetric_start
+    from palnet.priors import landmark_modes, model_swap, symmetric_start, symmetric_swap
     template, mean, spacing, scale = model_arrays(model)
     prep = prepare_scan(mesh, template, mean, spacing, "auto", template_modes(template))
     start = symmetric_start(mean, prep.alignment.shape, prep.alignment.mirror_shape, landmark_modes(model),
-                            model_swap(model))
+                            symmetric_swap(mean, model_swap(model)))
     steps = int(model.metadata.get("refine_steps", 1))
     net, spread = network_answer(prep.tree, model, initial_approximation(prep.tree, start), steps, scale)
     reg = register_template(prep.samples, template, mean)

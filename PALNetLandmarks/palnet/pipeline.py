@@ -19,8 +19,8 @@ from .errors import PalnetError
 from .modelfile import Model
 from .landmark_io import describe
 from .patches import extract_patches, initial_approximation, roi_samples
-from .priors import (FLIP, apply_shape_prior, landmark_confidence, landmark_modes, mirror_landmarks, model_swap,
-                     second_round, shape_prior, symmetric_start)
+from .priors import (FLIP, SYMMETRIC_MEAN_MM, apply_shape_prior, landmark_confidence, landmark_modes,
+                     mirror_landmarks, model_swap, second_round, shape_prior, symmetric_start, symmetric_swap)
 from .registration import register_template
 from .resources import face_template_path
 from .snap import snap_to_surface
@@ -305,7 +305,10 @@ def prepare_scan(mesh: Mesh, template: np.ndarray, mean_landmarks: np.ndarray, s
     (progress or _no_progress)("sampling", 0.5)
     # The region around the mean landmarks and their mirror image: the same region, mirrored, for a
     # scan's mirror image (the mean landmarks are not quite symmetric), so that it is sampled alike.
-    samples = roi_samples(c.mesh, np.vstack([mean_landmarks, mean_landmarks * FLIP]), spacing)
+    # (A model whose mean is not nearly its own mirror image keeps the region of its own landmarks.)
+    flipped = mean_landmarks * FLIP
+    symmetric = cKDTree(mean_landmarks).query(flipped)[0].max() <= SYMMETRIC_MEAN_MM
+    samples = roi_samples(c.mesh, np.vstack([mean_landmarks, flipped]) if symmetric else mean_landmarks, spacing)
     if len(samples) < 10:
         raise PalnetError("no surface near the face after alignment", mesh.source)
     return PreparedScan(c.units, c.alignment, samples, cKDTree(samples), c.clean, c.spikes, c.fragments, c.border,
@@ -439,8 +442,8 @@ def predict(mesh: Mesh, model: Model, snap: str = "nearest", units: str = "auto"
     template, mean, spacing, scale = model_arrays(model)
     prep = prepare_scan(mesh, template, mean, spacing, units, template_modes(template), progress)
     t1 = time.perf_counter()
-    start = symmetric_start(mean, prep.alignment.shape, prep.alignment.mirror_shape, landmark_modes(model),
-                            model_swap(model))
+    swap = symmetric_swap(mean, model_swap(model))  # None: no averaging with the mirror image's start
+    start = symmetric_start(mean, prep.alignment.shape, prep.alignment.mirror_shape, landmark_modes(model), swap)
     init = initial_approximation(prep.tree, start)
     steps = refine_steps if refine_steps is not None else int(model.metadata.get("refine_steps", 1))
     report("network", 0.6)
