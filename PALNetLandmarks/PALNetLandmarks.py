@@ -289,6 +289,7 @@ class PathFieldConnector(GuiConnector):
 
 STAGE_TEXT = {"loading": "loading the model", "cleanup": "cleaning the scan", "alignment": "aligning the face",
               "sampling": "sampling the surface", "network": "running the network",
+              "registration": "registering the face template",
               "snapping": "putting the points on the surface", "done": "finishing", "measuring": "measuring"}
 RUN_NAMES = {"prediction": "Placing landmarks", "batch": "A batch", "training": "A training",
              "install": "Installing PyTorch"}

@@ -1,11 +1,12 @@
 """Anatomical order: an answer with the upper lip's point below the stomion is reported, whatever
-the network's spread says."""
+the network's spread says, and the template registration stands in for it when that restores the order."""
 import numpy as np
 import pytest
 
 from palnet import pipeline
 from palnet.anatomy import (ORDER_TOLERANCE_MM, OutOfOrder, describe_out_of_order, order_pairs, out_of_order,
-                            out_of_order_labels)
+                            out_of_order_labels, restore_order)
+from palnet.priors import FLIP, mirror_landmarks, model_swap
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,47 @@ def test_the_message_names_the_worst_pairs_and_counts_the_rest():
     assert "more" not in describe_out_of_order(found[:3]) and describe_out_of_order([]) == ""
 
 
-def test_predict_reports_landmarks_out_of_order_with_a_low_confidence(model, sample, labels, monkeypatch):
+def test_the_registration_stands_in_for_the_landmarks_out_of_order_and_those_they_then_break(labels, mean):
+    ls, sto, sl = (labels.index(n) for n in ("ls", "sto", "sl"))
+    answer = mean.copy()
+    answer[ls, 1] = mean[sto, 1] - 4.0  # the upper lip's point below the stomion...
+    answer[sto, 1] = mean[sl, 1] - 3.0  # ...and the stomion below the sublabiale
+    repaired, taken = restore_order(labels, answer, mean)
+    assert out_of_order(labels, repaired) == []
+    assert taken[ls] and taken[sto] and not taken[labels.index("prn")]
+    np.testing.assert_array_equal(repaired[~taken], answer[~taken])
+    np.testing.assert_array_equal(repaired[taken], mean[taken])
+    unchanged, none = restore_order(labels, mean, answer)  # nothing out of order: nothing taken
+    assert not none.any() and np.array_equal(unchanged, mean)
+
+
+def test_no_stand_in_that_breaks_the_order_too_or_lacks_the_landmark(labels, mean):
+    ls, sto = labels.index("ls"), labels.index("sto")
+    answer = mean.copy()
+    answer[ls, 1] = mean[sto, 1] - 4.0
+    kept, taken = restore_order(labels, answer, answer)  # the alternative as wrong as the answer
+    assert not taken.any() and np.array_equal(kept, answer)
+    lacking = mean.copy()
+    lacking[ls] = np.nan
+    kept, taken = restore_order(labels, answer, lacking)
+    assert not taken.any() and np.array_equal(kept, answer)
+
+
+def test_the_registration_is_the_same_for_a_face_and_its_mirror_image(model, sample):
+    """Its CPD thinning and the template are not symmetric; the mean with the mirror image's is."""
+    template, mean, spacing, _ = pipeline.model_arrays(model)
+    prep = pipeline.prepare_scan(sample[0], template, mean, spacing, "auto", pipeline.template_modes(template))
+    swap = model_swap(model)
+    reg = pipeline.symmetric_registration(prep.samples, template, mean, swap)
+    mirrored = pipeline.symmetric_registration(prep.samples * FLIP, template, mean, swap)
+    np.testing.assert_allclose(mirror_landmarks(mirrored, swap), reg, atol=1e-9)
+    shuffled = prep.samples[np.random.default_rng(3).permutation(len(prep.samples))]
+    np.testing.assert_allclose(pipeline.symmetric_registration(shuffled, template, mean, swap), reg, atol=1e-9)
+    truth = prep.alignment.to_canonical(sample[1].points)
+    assert np.nanmean(np.linalg.norm(reg - truth, axis=1)) < 5.0  # a registration, not noise
+
+
+def test_predict_stands_in_for_landmarks_out_of_order_with_a_low_confidence(model, sample, labels, monkeypatch):
     real = pipeline.network_answer
     ls, sto = labels.index("ls"), labels.index("sto")
 
@@ -76,11 +117,23 @@ def test_predict_reports_landmarks_out_of_order_with_a_low_confidence(model, sam
     monkeypatch.setattr(pipeline, "network_answer", swapped)
     pred = pipeline.predict(sample[0], model)
     assert "ls" in pred.out_of_order and "sto" in pred.out_of_order
-    assert "out of anatomical order: ls" in pred.message
+    assert "the network's answer out of anatomical order (ls" in pred.message
+    assert "registration used for ls" in pred.message
+    sources = dict(zip(labels, pred.sources))
+    assert sources["ls"] == sources["sto"] == "registration" and sources["prn"] == "network"
     conf = dict(zip(labels, pred.landmarks.confidence))
     assert conf["ls"] <= pipeline.OUT_OF_ORDER_CONFIDENCE and conf["sto"] <= pipeline.OUT_OF_ORDER_CONFIDENCE
-    assert "out of anatomical order" in pred.landmarks.descriptions[ls]
-    assert "out of anatomical order" not in pred.landmarks.descriptions[labels.index("prn")]
+    assert "from registration, the network's answer out of anatomical order" in pred.landmarks.descriptions[ls]
+    assert "anatomical order" not in pred.landmarks.descriptions[labels.index("prn")]
+    truth = dict(zip(labels, sample[1].points))
+    assert np.linalg.norm(dict(zip(labels, pred.landmarks.points))["ls"] - truth["ls"]) < 6.0  # back on the upper lip
+
+    # A registration that breaks the order too changes nothing: the pairs are reported, the network's answer stays.
+    monkeypatch.setattr(pipeline, "symmetric_registration", lambda samples, template, mean, swap: mean * np.nan)
+    kept = pipeline.predict(sample[0], model)
+    assert "out of anatomical order: ls" in kept.message and "registration used" not in kept.message
+    assert dict(zip(labels, kept.sources))["ls"] == "network"
+    assert "; out of anatomical order" in kept.landmarks.descriptions[ls]
     monkeypatch.setattr(pipeline, "network_answer", real)
     plain = pipeline.predict(sample[0], model)
     assert plain.out_of_order == () and "anatomical order" not in plain.message

@@ -797,7 +797,7 @@ def test_stage_texts_cover_every_stage_predict_reports(plm):
     import inspect
     from palnet import pipeline
     source = inspect.getsource(pipeline)
-    for stage in ("cleanup", "alignment", "sampling", "network", "snapping", "done"):
+    for stage in ("cleanup", "alignment", "sampling", "network", "registration", "snapping", "done"):
         assert '"{}"'.format(stage) in source and stage in plm.STAGE_TEXT
 
 

@@ -1,4 +1,5 @@
-"""The benchmark tool's speed mode: `palnet predict` timed in a fresh process on one core."""
+"""The benchmark tools: the speed mode (`palnet predict` timed in a fresh process on one core), the
+accuracy summary, robustness pairs and holes beside landmarks."""
 import json
 import subprocess
 import sys
@@ -84,3 +85,29 @@ def test_holes_are_cut_beside_the_landmarks_and_summarised_with_and_without():
     assert s["beside_a_hole"]["error_mm"] == [1.0, 3.0] and s["beside_a_hole"]["within_2mm"] == [1.0, 0.0]
     assert s["beside_a_hole"]["confidence"] == [0.8, 0.4]
     assert s["others"]["missing_when_holed"] == 1 and s["others"]["error_mm"] is None
+
+
+def test_the_accuracy_summary_names_the_scans_out_of_order_or_leaning_on_the_registration():
+    import numpy as np
+    from palnet.protocol import default_protocol
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import benchmark
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    protocol = default_protocol()
+    labels = list(protocol.labels)
+    truth = np.zeros((len(labels), 3))
+
+    def row(scan, out_of_order, from_registration):
+        return {"scan": scan, "truth": truth, "points": {"palnet": truth + 1.0}, "seconds": {"palnet": 1.0},
+                "status": {"palnet": "ok"}, "errors": {}, "out_of_order": out_of_order,
+                "from_registration": from_registration}
+
+    rows = [row("a", [], []), row("b", ["ls", "sto"], ["ls", "sto", "li"]), row("c", [], ["os_L"])]
+    entry = benchmark.summarise(rows, ["palnet"], labels, protocol)["palnet"]
+    assert entry["out_of_order"] == [{"scan": "b", "landmarks": ["ls", "sto"]}]
+    assert [f["scan"] for f in entry["from_registration"]] == ["b", "c"]
+    text = benchmark.method_text("palnet", entry)
+    assert "Out of anatomical order: 1 scan(s); b (ls, sto)" in text
+    assert "From the registration: 2 scan(s); b (ls, sto, li); c (os_L)" in text

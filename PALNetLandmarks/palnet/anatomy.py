@@ -63,12 +63,39 @@ def out_of_order_labels(found: Sequence[OutOfOrder]) -> List[str]:
     return list(dict.fromkeys(name for o in found for name in (o.upper, o.lower)))
 
 
-def describe_out_of_order(found: Sequence[OutOfOrder], most: int = 3) -> str:
+def describe_out_of_order(found: Sequence[OutOfOrder], replaced: Sequence[str] = (), most: int = 3) -> str:
     """One short clause for a scan's message ("" when the order holds): the ``most`` worst pairs
-    and how many more (a scrambled answer breaks dozens; the list is in the prediction)."""
+    and how many more (a scrambled answer breaks dozens; the list is in the prediction), and the
+    landmarks ``replaced`` by the registration's answer to restore the order (:func:`restore_order`)."""
     if not found:
         return ""
     shown = ", ".join("{} {:.1f} mm below {}".format(o.upper, o.by_mm, o.lower) for o in found[:most])
     if len(found) > most:
         shown += " and {} more pair{}".format(len(found) - most, "s" if len(found) - most > 1 else "")
+    if replaced:
+        return "the network's answer out of anatomical order ({}): registration used for {} (check them)".format(
+            shown, ", ".join(replaced))
     return "out of anatomical order: " + shown + " (check them)"
+
+
+def restore_order(labels: Sequence[str], answer: np.ndarray, alternative: np.ndarray,
+                  tolerance_mm: float = ORDER_TOLERANCE_MM):
+    """``answer`` (L, 3; canonical mm, NaN for a missing landmark) with the landmarks that break
+    the anatomical order taken from ``alternative`` (another method's answer, such as a template
+    registration), and then each landmark that breaks the order with those, until it holds.
+
+    Returns (the repaired answer, a mask of the landmarks taken from ``alternative``). When the
+    order cannot be restored so (the alternative breaks it too), ``answer`` comes back as it is
+    and the mask is empty: the caller reports the pairs, and nothing is changed on a guess."""
+    pts = np.asarray(answer, dtype=np.float64)
+    other = np.asarray(alternative, dtype=np.float64)
+    index = {lab: i for i, lab in enumerate(labels)}
+    taken = np.zeros(len(pts), dtype=bool)
+    found = out_of_order(labels, pts, tolerance_mm)
+    while found:
+        more = [index[name] for name in out_of_order_labels(found) if not taken[index[name]]]
+        if not more or not np.isfinite(other[more]).all():
+            return pts, np.zeros(len(pts), dtype=bool)
+        taken[more] = True
+        found = out_of_order(labels, np.where(taken[:, None], other, pts), tolerance_mm)
+    return np.where(taken[:, None], other, pts), taken

@@ -10,8 +10,8 @@ from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .anatomy import describe_out_of_order, out_of_order, out_of_order_labels
-from .arbitrate import NETWORK, combine, describe_sources, rule_from, triggered
+from .anatomy import describe_out_of_order, out_of_order, out_of_order_labels, restore_order
+from .arbitrate import NETWORK, REGISTRATION, combine, describe_sources, rule_from, triggered
 from .align import THOROUGH, Alignment, align_scan, detect_units
 from .cleanup import FRAGMENT_GAP_MM, MIN_SPIKE_MM, find_fragments, find_spikes, remove_vertices
 from .geometry import cluster_decimate, edges_and_border, vertex_normals
@@ -452,7 +452,12 @@ def predict(mesh: Mesh, model: Model, snap: str = "nearest", units: str = "auto"
     centres, spread = network_answer(prep.tree, model, init, steps, scale, confidence_samples, missing)
     labels = list(model.metadata["protocol"]["labels"])
     status, message = scan_status(prep.alignment, mesh.n_vertices)
-    centres, sources = arbitrate_with_registration(prep, model, centres, spread, status, template, mean, report)
+    registration = LazyRegistration(prep, template, mean, swap, report)
+    centres, sources = arbitrate_with_registration(prep, model, centres, spread, status, template, mean, report,
+                                                   registration)
+    moved = describe_sources(labels, sources)
+    centres, taken, found = keep_anatomical_order(labels, centres, missing, registration)
+    sources = [REGISTRATION if t else src for t, src in zip(taken, sources)]
     t2 = time.perf_counter()
     report("snapping", 0.9)
 
@@ -461,14 +466,15 @@ def predict(mesh: Mesh, model: Model, snap: str = "nearest", units: str = "auto"
     if snap != "none":
         onto = snapping_mesh(prep, pts, snap, vertex_tree)
         pts = snap_to_surface(onto, pts, snap, tree=vertex_tree if onto is prep.clean else None)
+    pts = np.where(missing[:, None], np.nan, pts)
+    # What the user sees, once snapped (on a coarse scan snapping can move a point several mm): still in order?
+    still = out_of_order(labels, prep.alignment.to_canonical(pts / to_file))
+    broke, after = out_of_order_labels(found), out_of_order_labels(still)
+    disordered = list(dict.fromkeys(broke + after))
     conf = landmark_confidence(spread, model)
     conf = np.where(missing, 0.0, conf)
-    found = out_of_order(labels, np.where(missing[:, None], np.nan, centres))
-    disordered = out_of_order_labels(found)
-    if disordered:
-        broken = np.isin(labels, disordered)
-        conf = np.where(broken, np.minimum(conf, OUT_OF_ORDER_CONFIDENCE), conf)
-    pts = np.where(missing[:, None], np.nan, pts)
+    doubtful = np.isin(labels, disordered) | taken  # broke the order, or the registration stands in
+    conf = np.where(doubtful, np.minimum(conf, OUT_OF_ORDER_CONFIDENCE), conf)
     gone = tuple(lab for lab, m in zip(labels, missing) if m)
     if gone:
         note = "{} of {} landmarks missing: no scanned surface where the face puts {} (a cut or a hole?)".format(
@@ -476,12 +482,14 @@ def predict(mesh: Mesh, model: Model, snap: str = "nearest", units: str = "auto"
         if status == OK:
             status = PARTIAL
         message = "; ".join(m for m in (message, note) if m)
-    moved = describe_sources(labels, sources)
-    message = "; ".join(m for m in (message, moved, describe_out_of_order(found)) if m)
+    replaced = [lab for lab, t in zip(labels, taken) if t]
+    order = (describe_out_of_order(found, replaced) if replaced else "", describe_out_of_order(still))
+    message = "; ".join(m for m in (message, moved) + order if m)
     names = _landmark_names(model)
     descriptions = [describe(names.get(lab, lab) + ("" if src == NETWORK else "; from " + src) +
-                             ("; out of anatomical order" if lab in disordered else ""), c)
-                    for lab, c, src in zip(labels, conf, sources)]
+                             (", the network's answer out of anatomical order" if t and lab in broke else "") +
+                             ("; out of anatomical order" if lab in after else ""), c)
+                    for lab, c, src, t in zip(labels, conf, sources, taken)]
     t3 = time.perf_counter()
     report("done", 1.0)
     return Prediction(Landmarks(labels, pts, conf, descriptions, prep.units), status, prep.units, prep.alignment,
@@ -489,17 +497,72 @@ def predict(mesh: Mesh, model: Model, snap: str = "nearest", units: str = "auto"
                       prep.spikes, prep.fragments, gone, tuple(sources), tuple(disordered))
 
 
+def keep_anatomical_order(labels: Sequence[str], centres: np.ndarray, missing: np.ndarray,
+                          registration: Callable[[], np.ndarray]):
+    """(answer, mask of the landmarks the registration now gives, the pairs the answer broke).
+
+    Where the answer (canonical mm) breaks the anatomical order (:mod:`palnet.anatomy`; on real
+    scans the network once put the upper lip's point on the lower lip), the template
+    registration's answer stands in for the landmarks involved, and for those that then break
+    it, when that restores the order (:func:`palnet.anatomy.restore_order`); otherwise the answer
+    stays and the pairs are reported. The registration runs only then. Missing landmarks take
+    no part."""
+    taken = np.zeros(len(labels), dtype=bool)
+    shown = np.where(missing[:, None], np.nan, centres)
+    found = out_of_order(labels, shown)
+    if found:
+        repaired, taken = restore_order(labels, shown, registration())
+        centres = np.where(taken[:, None], repaired, centres)
+    return centres, taken, found
+
+
+def symmetric_registration(samples: np.ndarray, template: np.ndarray, mean: np.ndarray,
+                           swap: Optional[np.ndarray]) -> np.ndarray:
+    """The template registration's landmarks (canonical mm), the same for a face and its mirror
+    image: the mean of the registration onto ``samples`` and the mirror image of the one onto
+    their mirror image. The template and CPD's thinning of the samples are not symmetric, so the
+    two differ; without mirror pairs (``swap``) the registration onto ``samples`` alone. The samples
+    are taken in the order of their coordinates: CPD's thinning draws from them by position in the
+    list, and a scan's mirror image (or the same scan, saved otherwise) may list them otherwise."""
+    samples = np.asarray(samples, dtype=np.float64)
+    ordered = samples[np.lexsort(samples.T[::-1])]
+    reg = register_template(ordered, template, mean)
+    if swap is None:
+        return reg
+    flipped = samples * FLIP
+    return 0.5 * (reg + mirror_landmarks(register_template(flipped[np.lexsort(flipped.T[::-1])], template, mean), swap))
+
+
+class LazyRegistration:
+    """The scan's :func:`symmetric_registration`, computed on the first call only (about a
+    second: most scans never need it)."""
+
+    def __init__(self, prep: PreparedScan, template: np.ndarray, mean: np.ndarray, swap: Optional[np.ndarray],
+                 progress: Optional[Progress] = None):
+        self._args = (prep.samples, template, mean, swap)
+        self._progress = progress or _no_progress
+        self._answer = None
+
+    def __call__(self) -> np.ndarray:
+        if self._answer is None:
+            self._progress("registration", 0.8)
+            self._answer = symmetric_registration(*self._args)
+        return self._answer
+
+
 def arbitrate_with_registration(prep: PreparedScan, model: Model, centres: np.ndarray, spread: np.ndarray,
                                 status: str, template: np.ndarray, mean: np.ndarray,
-                                progress: Optional[Progress] = None) -> Tuple[np.ndarray, List[str]]:
+                                progress: Optional[Progress] = None,
+                                registration: Optional[LazyRegistration] = None) -> Tuple[np.ndarray, List[str]]:
     """The answer after the model's arbitration rule (see :mod:`palnet.arbitrate`), canonical mm,
     and each landmark's source; the network's answer as it is when the model has no rule or the
     rule does not call for the registration."""
     rule = rule_from(model.metadata, len(centres), model.source)
     if rule is None or not triggered(rule, spread, status):
         return centres, [NETWORK] * len(centres)
-    (progress or _no_progress)("registration", 0.8)
-    return combine(rule, centres, register_template(prep.samples, template, mean))
+    registration = registration or LazyRegistration(prep, template, mean, symmetric_swap(mean, model_swap(model)),
+                                                    progress)
+    return combine(rule, centres, registration())
 
 
 def missing_landmarks(prep: PreparedScan, expected: np.ndarray, template: np.ndarray, mean: np.ndarray,
