@@ -108,7 +108,9 @@ class Prediction:
     fragments_removed: int = 0  # vertices of loose fragments left out likewise
     missing: Tuple[str, ...] = ()  # landmarks where the scan has no surface (NaN points, confidence 0)
     sources: Tuple[str, ...] = ()  # per landmark: "network", "registration" or "both" (see palnet.arbitrate)
-    out_of_order: Tuple[str, ...] = ()  # landmarks that break the anatomical order (see palnet.anatomy)
+    # landmarks whose network answer broke the anatomical order (the registration may stand in for them: see
+    # sources) or that still break it once snapped (see palnet.anatomy)
+    out_of_order: Tuple[str, ...] = ()
 
     @property
     def fit_rms_mm(self) -> float:
