@@ -152,6 +152,25 @@ def test_subsample_is_even_and_near_the_count():
     assert len(subsample(pts[:100], 800)) == 100
 
 
+def test_subsample_does_not_hang_on_rounding_errors_or_the_order_of_the_points():
+    """Regularly laid samples (a coarse triangle's) tie for their cell's middle; a pick among them,
+    or a draw by position in the list, let a 1e-9 mm change swap a twentieth of the targets and
+    move a real scan's registration by up to 7 mm."""
+    # An exact lattice (off the grid's planes, as a scan's samples are): each cell's points tie.
+    pts = grid(1.0, 0.0, 0) + np.array([0.3183, 0.2718, 0.0])
+    few = subsample(pts, 800)
+    moved = subsample(pts + np.random.default_rng(1).normal(scale=1e-9, size=pts.shape), 800)
+    assert few.shape == moved.shape and np.abs(few - moved).max() < 1e-6
+    shuffled = subsample(pts[np.random.default_rng(2).permutation(len(pts))], 800)
+    assert np.abs(np.sort(shuffled, axis=0) - np.sort(few, axis=0)).max() < 1e-9
+    many = grid(0.5, 0.1, 3)  # more cells than asked for: the trim keeps cells, not list positions
+    kept = subsample(many, 700)
+    assert len(kept) == 700
+    again = subsample(many + np.random.default_rng(4).normal(scale=1e-9, size=many.shape), 700)
+    assert np.abs(kept - again).max() < 1e-6
+    assert np.ptp(kept[:, 0]) > 85 and np.ptp(kept[:, 1]) > 85
+
+
 # ---------------------------------------------------------------------------
 # The baselines on the shipped sample scan, with a tiny random-weight model
 # ---------------------------------------------------------------------------

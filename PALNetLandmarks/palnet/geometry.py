@@ -117,6 +117,20 @@ def thin_points(points: np.ndarray, spacing: float, seed: int = 0, ids: Optional
     return points[rank > other.max(axis=1)]
 
 
+def _grid_cells(points: np.ndarray, cell: float):
+    """(each point's cell, the number of occupied cells, their centroids) of a cubic grid of
+    ``cell``, cells numbered in the order of their grid coordinates. The grid's planes lie at
+    multiples of ``cell``, so the grid of a mirror image (x -> -x) is the mirror image of the grid."""
+    q = np.floor(points / cell).astype(np.int64)
+    q -= q.min(axis=0)
+    span = q.max(axis=0) + 1
+    keys = (q[:, 0] * span[1] + q[:, 1]) * span[2] + q[:, 2]
+    cells, which, count = np.unique(keys, return_inverse=True, return_counts=True)
+    which = which.reshape(-1)
+    centroid = np.stack([np.bincount(which, points[:, k], len(cells)) for k in range(3)], axis=1) / count[:, None]
+    return which, len(cells), centroid
+
+
 def grid_subsample(points: np.ndarray, cell: float) -> np.ndarray:
     """One point per occupied cubic cell, the one nearest the centroid of the cell's points:
     an even density whatever the triangulation.
@@ -128,13 +142,7 @@ def grid_subsample(points: np.ndarray, cell: float) -> np.ndarray:
     points = np.asarray(points)
     if len(points) == 0:
         return points
-    q = np.floor(points / cell).astype(np.int64)
-    q -= q.min(axis=0)
-    span = q.max(axis=0) + 1
-    keys = (q[:, 0] * span[1] + q[:, 1]) * span[2] + q[:, 2]
-    cells, which, count = np.unique(keys, return_inverse=True, return_counts=True)
-    which = which.reshape(-1)
-    centroid = np.stack([np.bincount(which, points[:, k], len(cells)) for k in range(3)], axis=1) / count[:, None]
+    which, _, centroid = _grid_cells(points, cell)
     off = ((points - centroid[which]) ** 2).sum(axis=1)
     # Sorted by cell, then distance to the centroid, then x (points tied on both are, in
     # practice, duplicates: equal whichever is taken): the first of each cell is kept.
@@ -142,6 +150,18 @@ def grid_subsample(points: np.ndarray, cell: float) -> np.ndarray:
     first = np.ones(len(order), dtype=bool)
     first[1:] = which[order][1:] != which[order][:-1]
     return points[order[first]]
+
+
+def grid_means(points: np.ndarray, cell: float) -> np.ndarray:
+    """The centroid of each occupied cubic cell's points, in the order of the cells.
+
+    Unlike :func:`grid_subsample`, which picks one of the points, the result moves continuously
+    with the points: samples laid out regularly (a coarse triangle's) sit at equal distances
+    from their cell's centroid, and a rounding error would decide which one is picked."""
+    points = np.asarray(points, dtype=np.float64)
+    if len(points) == 0:
+        return points
+    return _grid_cells(points, cell)[2]
 
 
 def edges_and_border(triangles: np.ndarray, n: int) -> Tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .geometry import grid_subsample
+from .geometry import grid_means, grid_subsample
 from .errors import PalnetError
 
 
@@ -301,23 +301,40 @@ def register_template(samples: np.ndarray, template: np.ndarray, mean: np.ndarra
     return fit.moved[-len(mean):]
 
 
-def subsample(points: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
-    """About ``count`` of ``points``, evenly spread: a grid thinning sized to the cloud's area.
+# Grid cells tried by subsample, in mm: a fixed ladder, so that a point moved by a rounding error
+# changes the cell only where the count crosses a rung, not the whole grid.
+SUBSAMPLE_CELLS = tuple(float(2.0 ** (k / 4.0)) for k in range(0, 41))
 
-    The cell grows until at most about ``count`` cells are occupied (the count falls
-    roughly with the square of the cell on a surface); a seeded random draw trims the rest.
-    """
+
+def _cell_rank(cells: np.ndarray, seed: int) -> np.ndarray:
+    """A pseudo-random number in [0, 1) for each integer cell (N, 3), the same wherever and
+    however often the cell turns up: a hash of its coordinates (and ``seed``)."""
+    h = np.uint64(0x9E3779B97F4A7C15 + seed)
+    with np.errstate(over="ignore"):
+        for k in range(3):
+            h = (h ^ cells[:, k].astype(np.uint64)) * np.uint64(0xBF58476D1CE4E5B9)
+            h ^= h >> np.uint64(31)
+    return (h >> np.uint64(11)).astype(np.float64) / float(2 ** 53)
+
+
+def subsample(points: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
+    """About ``count`` points evenly spread over ``points``: the centroids of a grid's cells
+    (:func:`palnet.geometry.grid_means`), the grid sized to the cloud's area.
+
+    The cell is the smallest of SUBSAMPLE_CELLS that leaves at most about ``count`` occupied
+    cells; beyond ``count``, the cells with the lowest hash of their grid coordinates are kept
+    (``seed`` salts it). The choice depends on where the points are, not on their order or
+    number, and is stable: a point moved by a rounding error changes at most its own cell's
+    pick, where a draw by position in the list would change the whole selection (and the
+    registration built on it, by millimetres on a coarse real scan)."""
     pts = np.asarray(points, dtype=np.float64)
     if len(pts) <= count:
         return pts
-    rng = np.random.default_rng(seed)
-    cell = 1.0
-    kept = pts
-    for _ in range(12):  # a few grid sizes: the count falls roughly with cell^2
-        kept = grid_subsample(pts, cell)
+    for cell in SUBSAMPLE_CELLS:
+        kept = grid_means(pts, cell)
         if len(kept) <= 1.1 * count:
             break
-        cell *= np.sqrt(len(kept) / count)
     if len(kept) > count:
-        kept = kept[np.sort(rng.choice(len(kept), count, replace=False))]
+        rank = _cell_rank(np.floor(kept / cell).astype(np.int64), seed)
+        kept = kept[np.sort(np.argsort(rank, kind="stable")[:count])]
     return kept
