@@ -90,6 +90,17 @@ def test_no_stand_in_that_breaks_the_order_too_or_lacks_the_landmark(labels, mea
     assert not taken.any() and np.array_equal(kept, answer)
 
 
+def test_the_registration_does_not_hang_on_the_last_digits_of_the_samples(model, sample):
+    """A mirror image's pose differs from the mirror of the pose by rounding errors; the
+    registration must not turn them into millimetres (it once moved fran_cut's lips by 4 mm)."""
+    template, mean, spacing, _ = pipeline.model_arrays(model)
+    prep = pipeline.prepare_scan(sample[0], template, mean, spacing, "auto", pipeline.template_modes(template))
+    swap = model_swap(model)
+    reg = pipeline.symmetric_registration(prep.samples, template, mean, swap)
+    noisy = prep.samples + np.random.default_rng(5).normal(scale=1e-9, size=prep.samples.shape)
+    np.testing.assert_allclose(pipeline.symmetric_registration(noisy, template, mean, swap), reg, atol=1e-5)
+
+
 def test_the_registration_is_the_same_for_a_face_and_its_mirror_image(model, sample):
     """Its CPD thinning and the template are not symmetric; the mean with the mirror image's is."""
     template, mean, spacing, _ = pipeline.model_arrays(model)
@@ -137,3 +148,39 @@ def test_predict_stands_in_for_landmarks_out_of_order_with_a_low_confidence(mode
     monkeypatch.setattr(pipeline, "network_answer", real)
     plain = pipeline.predict(sample[0], model)
     assert plain.out_of_order == () and "anatomical order" not in plain.message
+
+
+def test_an_answer_that_snapping_puts_out_of_order_is_repaired_too(model, sample, labels, monkeypatch):
+    """On a coarse scan (fran_cut: 4.4 mm between vertices) snapping can move a point several mm:
+    the order is checked again on what the user sees, and the registration's answer, snapped
+    alike, stands in where that restores it."""
+    li = labels.index("li")
+    plain = pipeline.predict(sample[0], model)
+    assert plain.units == "mm" and plain.out_of_order == ()
+    pose = plain.alignment
+    real = pipeline.snap_to_surface
+    calls = []
+
+    def dropping(mesh, points, method, tree=None):
+        out = real(mesh, points, method, tree=tree)
+        if not calls:  # the first snap, of the network's answer: li falls 15 mm down the face
+            out = out.copy()
+            out[li] = pose.to_scan(pose.to_canonical(out[li][None]) - np.array([0.0, 15.0, 0.0]))[0]
+        calls.append(len(points))
+        return out
+
+    monkeypatch.setattr(pipeline, "snap_to_surface", dropping)
+    pred = pipeline.predict(sample[0], model)
+    assert len(calls) == 2  # the answer, then the registration's
+    sources = dict(zip(labels, pred.sources))
+    assert sources["li"] == "registration" and sources["prn"] == "network"
+    assert "li" in pred.out_of_order and "registration used for" in pred.message
+    assert pipeline.out_of_order(labels, pred.alignment.to_canonical(pred.landmarks.points)) == []
+    conf = dict(zip(labels, pred.landmarks.confidence))
+    assert conf["li"] <= pipeline.OUT_OF_ORDER_CONFIDENCE
+
+    calls.clear()  # a registration that fails: nothing replaced, the pair reported
+    monkeypatch.setattr(pipeline, "symmetric_registration", lambda samples, template, mean, swap: mean * np.nan)
+    kept = pipeline.predict(sample[0], model)
+    assert dict(zip(labels, kept.sources))["li"] == "network"
+    assert "out of anatomical order:" in kept.message and "li" in kept.out_of_order

@@ -464,13 +464,31 @@ def predict(mesh: Mesh, model: Model, snap: str = "nearest", units: str = "auto"
     report("snapping", 0.9)
 
     to_file = unit_scale("mm", prep.units)
-    pts = prep.alignment.to_scan(centres) * to_file
-    if snap != "none":
-        onto = snapping_mesh(prep, pts, snap, vertex_tree)
-        pts = snap_to_surface(onto, pts, snap, tree=vertex_tree if onto is prep.clean else None)
-    pts = np.where(missing[:, None], np.nan, pts)
+
+    def snapped(canonical: np.ndarray) -> np.ndarray:
+        """``canonical`` in the scan's frame and units, snapped; NaN for the missing landmarks
+        (and for any the answer lacks: a registration that failed)."""
+        at = prep.alignment.to_scan(canonical) * to_file
+        known = ~missing & np.isfinite(at).all(axis=1)
+        if snap != "none" and known.any():
+            onto = snapping_mesh(prep, at[known], snap, vertex_tree)
+            at[known] = snap_to_surface(onto, at[known], snap, tree=vertex_tree if onto is prep.clean else None)
+        return np.where(known[:, None], at, np.nan)
+
+    pts = snapped(centres)
     # What the user sees, once snapped (on a coarse scan snapping can move a point several mm): still in order?
     still = out_of_order(labels, prep.alignment.to_canonical(pts / to_file))
+    if still and snap != "none":
+        # The registration's answer, snapped alike, stands in where that restores the order.
+        reg = snapped(registration())
+        _, more = restore_order(labels, prep.alignment.to_canonical(pts / to_file),
+                                prep.alignment.to_canonical(reg / to_file))
+        if more.any():
+            pts = np.where(more[:, None], reg, pts)
+            taken = taken | more
+            sources = [REGISTRATION if t else src for t, src in zip(taken, sources)]
+            found = sorted(list(found) + [o for o in still if o not in found], key=lambda o: -o.by_mm)
+            still = out_of_order(labels, prep.alignment.to_canonical(pts / to_file))
     broke, after = out_of_order_labels(found), out_of_order_labels(still)
     disordered = list(dict.fromkeys(broke + after))
     conf = landmark_confidence(spread, model)
