@@ -9,7 +9,8 @@ both answers place (a landmark reported missing in either is left out and counte
 - **remesh**: the surface decimated to 30 % of its vertices, and subdivided once (every
   triangle into four), against the answer on the scan as it is;
 - **crop**: the scan cut to the face (in front of the ears, above the chin's underside, below
-  the hairline, planes placed from the scan's own answer) against the answer on the whole scan.
+  the hairline, planes placed from the scan's own answer; a scan without tragions, a face-only
+  capture already, is cut 10 mm behind its deepest landmark) against the answer on the whole scan.
 
 ``python tools/benchmark.py --consistency SCAN_OR_FOLDER... [--model M] [--png DIR]`` runs them.
 """
@@ -19,6 +20,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 CHECKS = ("mirror", "decimate", "subdivide", "crop")
+FACE_ONLY_MARGIN_MM = 10.0  # crop of a scan without tragions: this far behind its deepest landmark
 DECIMATED_FRACTION = 0.3
 
 
@@ -59,7 +61,10 @@ def subdivided(mesh):
 
 def face_crop(mesh, pred):
     """The scan cut to the face, with planes placed from ``pred`` (its answer on the whole scan)
-    in the canonical frame: 3 mm in front of the tragions, 10 mm below menton, 15 mm above trichion."""
+    in the canonical frame: 3 mm in front of the tragions, 10 mm below menton, 15 mm above trichion.
+    A scan without tragions is a face-only capture already: its back plane lies 10 mm behind the
+    deepest landmark placed (a plane nearer the front would cut the eyes and cheeks away, and
+    then measure a broken scan, not a cropped one)."""
     from palnet.cleanup import remove_vertices
     from palnet.datatypes import unit_scale
     labels = pred.landmarks.labels
@@ -67,7 +72,7 @@ def face_crop(mesh, pred):
     lm = pred.alignment.to_canonical(_to_mm(pred))
     at = {lab: lm[i] for i, lab in enumerate(labels) if np.isfinite(lm[i]).all()}
     front = max(at[k][2] for k in ("t_R", "t_L") if k in at) + 3.0 if any(k in at for k in ("t_R", "t_L")) \
-        else np.nanmin(lm[:, 2]) + 20.0
+        else np.nanmin(lm[:, 2]) - FACE_ONLY_MARGIN_MM
     low = at["me"][1] - 10.0 if "me" in at else -np.inf
     high = at["tr"][1] + 15.0 if "tr" in at else np.inf
     drop = (canon[:, 2] < front) | (canon[:, 1] < low) | (canon[:, 1] > high)
