@@ -59,6 +59,10 @@ def test_sources_say_which_answer_won():
     np.testing.assert_allclose(answer[:, 0], [0.0, 5.0, 2.5])
     close = np.array([[0.5, 0, 0]] * 3)  # they agree within the onset: the network stays everywhere
     assert combine(rule, net, close)[1] == [NETWORK] * 3
+    lost = reg.copy()
+    lost[1] = np.nan  # a registration that places a landmark nowhere: the network keeps it
+    answer, src = combine(rule, net, lost)
+    assert src == [NETWORK, NETWORK, BOTH] and np.isfinite(answer).all()
 
 
 def test_rule_round_trips_through_metadata_and_bad_rules_are_refused():
@@ -96,6 +100,29 @@ def test_a_model_with_a_rule_saves_loads_and_reports_sources(tmp_path, model, sa
     plain = predict(sample[0], model)
     assert plain.sources == (NETWORK,) * n
     np.testing.assert_allclose(pred.landmarks.points[1:], plain.landmarks.points[1:])
+
+
+def test_a_registration_that_fails_leaves_the_network_answer(model, sample, monkeypatch):
+    """The registration is a fallback: when it raises (too few points, a singular fit) or returns
+    NaN, the prediction still comes, with the network's landmarks."""
+    import copy
+
+    from palnet import pipeline
+    from palnet.modelfile import Model
+    n = model.config.n_landmarks
+    meta = copy.deepcopy(model.metadata)
+    meta["arbitration"] = Rule(0.0, np.full(n, 0.001), np.ones(n), 3).to_dict()  # always the registration's
+    ruled = Model(model.weights, model.config, meta)
+    plain = pipeline.predict(sample[0], model)
+
+    def fails(*args):
+        raise PalnetError("coherent point drift needs points on both sides (0 source, 0 target)")
+
+    for broken in (fails, lambda samples, template, mean, swap: mean * np.nan):
+        monkeypatch.setattr(pipeline, "symmetric_registration", broken)
+        pred = pipeline.predict(sample[0], ruled)
+        assert pred.sources == (NETWORK,) * n
+        np.testing.assert_allclose(pred.landmarks.points, plain.landmarks.points)
 
 
 def test_a_landmark_some_validation_scans_lack_gets_no_rule():

@@ -78,9 +78,11 @@ def weights(rule: Rule, network: np.ndarray, registration: np.ndarray) -> np.nda
 
 
 def combine(rule: Rule, network: np.ndarray, registration: np.ndarray) -> Tuple[np.ndarray, List[str]]:
-    """(answer (L, 3), each landmark's source)."""
-    w = weights(rule, network, registration)
-    answer = network + w[:, None] * (registration - network)
+    """(answer (L, 3), each landmark's source). Where the registration has no answer (NaN: it
+    failed), the network's stays."""
+    placed = np.isfinite(registration).all(axis=1)
+    w = np.where(placed, np.nan_to_num(weights(rule, network, registration)), 0.0)
+    answer = network + w[:, None] * np.where(placed[:, None], registration - network, 0.0)
     return answer, sources(w)
 
 

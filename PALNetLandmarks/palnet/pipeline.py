@@ -555,7 +555,8 @@ def symmetric_registration(samples: np.ndarray, template: np.ndarray, mean: np.n
 
 class LazyRegistration:
     """The scan's :func:`symmetric_registration`, computed on the first call only (about a
-    second: most scans never need it)."""
+    second: most scans never need it). A registration that fails, or places a landmark nowhere
+    (NaN), stands in for nothing: its answer is NaN there, and the network's answer stays."""
 
     def __init__(self, prep: PreparedScan, template: np.ndarray, mean: np.ndarray, swap: Optional[np.ndarray],
                  progress: Optional[Progress] = None):
@@ -566,7 +567,13 @@ class LazyRegistration:
     def __call__(self) -> np.ndarray:
         if self._answer is None:
             self._progress("registration", 0.8)
-            self._answer = symmetric_registration(*self._args)
+            mean = self._args[2]
+            try:
+                with np.errstate(all="ignore"):
+                    answer = symmetric_registration(*self._args)
+            except (PalnetError, np.linalg.LinAlgError, ValueError, FloatingPointError):
+                answer = np.full(np.shape(mean), np.nan)
+            self._answer = np.where(np.isfinite(answer).all(axis=1)[:, None], answer, np.nan)
         return self._answer
 
 
