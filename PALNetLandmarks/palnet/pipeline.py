@@ -459,36 +459,12 @@ def predict(mesh: Mesh, model: Model, snap: str = "nearest", units: str = "auto"
                                                    registration)
     moved = describe_sources(labels, sources)
     centres, taken, found = keep_anatomical_order(labels, centres, missing, registration)
-    sources = [REGISTRATION if t else src for t, src in zip(taken, sources)]
     t2 = time.perf_counter()
     report("snapping", 0.9)
 
-    to_file = unit_scale("mm", prep.units)
-
-    def snapped(canonical: np.ndarray) -> np.ndarray:
-        """``canonical`` in the scan's frame and units, snapped; NaN for the missing landmarks
-        (and for any the answer lacks: a registration that failed)."""
-        at = prep.alignment.to_scan(canonical) * to_file
-        known = ~missing & np.isfinite(at).all(axis=1)
-        if snap != "none" and known.any():
-            onto = snapping_mesh(prep, at[known], snap, vertex_tree)
-            at[known] = snap_to_surface(onto, at[known], snap, tree=vertex_tree if onto is prep.clean else None)
-        return np.where(known[:, None], at, np.nan)
-
-    pts = snapped(centres)
-    # What the user sees, once snapped (on a coarse scan snapping can move a point several mm): still in order?
-    still = out_of_order(labels, prep.alignment.to_canonical(pts / to_file))
-    if still and snap != "none":
-        # The registration's answer, snapped alike, stands in where that restores the order.
-        reg = snapped(registration())
-        _, more = restore_order(labels, prep.alignment.to_canonical(pts / to_file),
-                                prep.alignment.to_canonical(reg / to_file))
-        if more.any():
-            pts = np.where(more[:, None], reg, pts)
-            taken = taken | more
-            sources = [REGISTRATION if t else src for t, src in zip(taken, sources)]
-            found = sorted(list(found) + [o for o in still if o not in found], key=lambda o: -o.by_mm)
-            still = out_of_order(labels, prep.alignment.to_canonical(pts / to_file))
+    pts, taken, found, still = snap_in_order(prep, labels, centres, missing, snap, vertex_tree, registration,
+                                             taken, found)
+    sources = [REGISTRATION if t else src for t, src in zip(taken, sources)]
     broke, after = out_of_order_labels(found), out_of_order_labels(still)
     disordered = list(dict.fromkeys(broke + after))
     conf = landmark_confidence(spread, model)
@@ -515,6 +491,40 @@ def predict(mesh: Mesh, model: Model, snap: str = "nearest", units: str = "auto"
     return Prediction(Landmarks(labels, pts, conf, descriptions, prep.units), status, prep.units, prep.alignment,
                       t3 - t0, {"prepare": t1 - t0, "network": t2 - t1, "snap": t3 - t2}, spread, message,
                       prep.spikes, prep.fragments, gone, tuple(sources), tuple(disordered))
+
+
+def snap_in_order(prep: PreparedScan, labels: Sequence[str], centres: np.ndarray, missing: np.ndarray, snap: str,
+                  vertex_tree: cKDTree, registration: Callable[[], np.ndarray], taken: np.ndarray, found: list):
+    """The answer ``centres`` (canonical mm) in the scan's frame and units, snapped (NaN where
+    missing), still in anatomical order: on a coarse scan snapping moves a point by a few mm,
+    so the snapped answer is checked again, and the registration's answer, snapped alike,
+    stands in where that restores the order (as :func:`keep_anatomical_order` does before
+    snapping). Returns (points, the mask of landmarks the registration gives, ``taken`` and
+    these; the pairs broken before or by snapping, ``found`` and these; the pairs still broken)."""
+    to_file = unit_scale("mm", prep.units)
+
+    def snapped(canonical: np.ndarray) -> np.ndarray:
+        at = prep.alignment.to_scan(canonical) * to_file
+        known = ~missing & np.isfinite(at).all(axis=1)  # a registration that failed places nothing
+        if snap != "none" and known.any():
+            onto = snapping_mesh(prep, at[known], snap, vertex_tree)
+            at[known] = snap_to_surface(onto, at[known], snap, tree=vertex_tree if onto is prep.clean else None)
+        return np.where(known[:, None], at, np.nan)
+
+    def canonical(points: np.ndarray) -> np.ndarray:
+        return prep.alignment.to_canonical(points / to_file)
+
+    pts = snapped(centres)
+    still = out_of_order(labels, canonical(pts))
+    if still and snap != "none":
+        reg = snapped(registration())
+        _, more = restore_order(labels, canonical(pts), canonical(reg))
+        if more.any():
+            pts = np.where(more[:, None], reg, pts)
+            taken = taken | more
+            found = sorted(list(found) + [o for o in still if o not in found], key=lambda o: -o.by_mm)
+            still = out_of_order(labels, canonical(pts))
+    return pts, taken, found, still
 
 
 def keep_anatomical_order(labels: Sequence[str], centres: np.ndarray, missing: np.ndarray,
