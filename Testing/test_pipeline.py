@@ -97,12 +97,13 @@ def test_the_shape_prior_moves_loosely_placed_landmarks_towards_the_others(model
 def test_the_second_round_starts_from_the_prior_corrected_answer(model, sample):
     """The shipped model runs the network twice: the first answer (FIRST_ROUND_SAMPLES runs)
     after the shape prior is where the second round starts, and that round has a prior of its
-    own; its spread is the one the confidence reads."""
+    own; its spread is the one the confidence reads. In both rounds the broad prior and the
+    narrow one (prior_choice) are weighed by how well the narrow one explains the first answer."""
     from palnet.patches import initial_approximation
     from palnet.pipeline import (FIRST_ROUND_SAMPLES, model_arrays, network_answer, predict_with_spread, prepare_scan,
                                  template_modes)
-    from palnet.priors import (apply_shape_prior, landmark_modes, mirror_pairs, second_round, shape_prior,
-                               starting_shape)
+    from palnet.priors import (apply_shape_prior, choice_weight, landmark_modes, mirror_pairs, prior_choice,
+                               second_round, shape_prior, starting_shape)
     mesh, truth = sample
     template, mean, spacing, scale = model_arrays(model)
     prep = prepare_scan(mesh, template, mean, spacing, "auto", template_modes(template))
@@ -111,11 +112,19 @@ def test_the_second_round_starts_from_the_prior_corrected_answer(model, sample):
     again = second_round(model)
     assert again is not None and again[0] == 2 and not np.array_equal(again[1][2], shape_prior(model)[2])
     swap = mirror_pairs(model.metadata["protocol"]["labels"])
-    first = apply_shape_prior(predict_with_spread(prep.tree, model, init, steps, scale, FIRST_ROUND_SAMPLES)[0],
-                              shape_prior(model), swap)
+    choice = prior_choice(model)
+    assert choice is not None
+    raw = predict_with_spread(prep.tree, model, init, steps, scale, FIRST_ROUND_SAMPLES)[0]
+    w = choice_weight(raw, choice, swap)
+    assert w > 0.9  # the sample is a plain synthetic face: the narrow prior's
+
+    def corrected(points, broad, narrow):
+        return (1 - w) * apply_shape_prior(points, broad, swap) + w * apply_shape_prior(points, narrow, swap)
+
+    first = corrected(raw, shape_prior(model), choice[0])
     second, second_spread = predict_with_spread(prep.tree, model, initial_approximation(prep.tree, first), 2, scale)
     answer, spread = network_answer(prep.tree, model, init, steps, scale)
-    np.testing.assert_allclose(answer, apply_shape_prior(second, again[1], swap))
+    np.testing.assert_allclose(answer, corrected(second, again[1], choice[1]))
     assert np.array_equal(spread, second_spread)
     to_canonical = prep.alignment.to_canonical(truth.points)
     err_first = np.linalg.norm(first - to_canonical, axis=1).mean()

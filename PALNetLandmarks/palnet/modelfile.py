@@ -34,7 +34,7 @@ WEIGHT_PREFIX = "w/"
 METADATA_KEY = "metadata"
 PathLike = Union[str, "os.PathLike[str]"]
 
-# Far above any model palnet trains (the default: 25 entries, 13 MB for the largest, 16.5 MB in
+# Far above any model palnet trains (the default: 25 entries, 13 MB for the largest, 19.1 MB in
 # all), far below what a bad file could otherwise make a reader allocate.
 MAX_ENTRIES = 1000
 MAX_ENTRY_BYTES = 512 * 2 ** 20
@@ -65,6 +65,9 @@ METADATA_RANGES = {
     "shape_prior.mean": (-1000.0, 1000.0),  # mm; also in second_round.shape_prior
     "shape_prior.bias": (-1000.0, 1000.0),  # mm
     "shape_prior.gain": (-100.0, 100.0),
+    "prior_choice.shape_prior.covariance": (-1e6, 1e6),  # mm^2
+    "prior_choice.threshold": (0.0, 1e6),  # squared distance per coordinate; see palnet.priors.choice_weight
+    "prior_choice.width": (1e-6, 1e6),
     "confidence.spread_mm": (0.0, 1000.0),  # non-decreasing, 1 to 1000 entries
     "confidence.p_within_2mm": (0.0, 1.0),
 }
@@ -278,6 +281,20 @@ def check_metadata(meta: Dict[str, Any], n_landmarks: int, path: Optional[str] =
         if not isinstance(prior, dict) or not prior:
             raise _refuse("second_round.shape_prior", "a JSON object", prior, path)
         _check_prior(prior, "second_round.shape_prior", n, path)
+    choice = _object(meta, "prior_choice", "prior_choice", path)
+    if choice is not None:
+        first = _required(choice, "shape_prior", "prior_choice", path)
+        if not isinstance(first, dict) or not first:
+            raise _refuse("prior_choice.shape_prior", "a JSON object", first, path)
+        _check_prior(first, "prior_choice.shape_prior", n, path)
+        _array_in(_required(first, "covariance", "prior_choice.shape_prior", path),
+                  "prior_choice.shape_prior.covariance", (3 * n, 3 * n), path, "prior_choice.shape_prior.covariance")
+        if choice.get("second_round"):
+            if not isinstance(choice["second_round"], dict):
+                raise _refuse("prior_choice.second_round", "a JSON object", choice["second_round"], path)
+            _check_prior(choice["second_round"], "prior_choice.second_round", n, path)
+        for key in ("threshold", "width"):
+            _number_in(_required(choice, key, "prior_choice", path), "prior_choice." + key, path)
     table = _object(meta, "confidence", "confidence", path)
     if table is not None:
         spread = _array_in(_required(table, "spread_mm", "confidence", path), "confidence.spread_mm", (None,), path)

@@ -19,8 +19,9 @@ from .errors import PalnetError
 from .modelfile import Model
 from .landmark_io import describe
 from .patches import extract_patches, initial_approximation, roi_samples
-from .priors import (FLIP, SYMMETRIC_MEAN_MM, apply_shape_prior, landmark_confidence, landmark_modes,
-                     mirror_landmarks, model_swap, second_round, shape_prior, symmetric_start, symmetric_swap)
+from .priors import (FLIP, SYMMETRIC_MEAN_MM, apply_shape_prior, choice_weight, landmark_confidence, landmark_modes,
+                     mirror_landmarks, model_swap, prior_choice, second_round, shape_prior, symmetric_start,
+                     symmetric_swap)
 from .registration import register_template
 from .resources import face_template_path
 from .snap import snap_to_surface
@@ -418,15 +419,28 @@ def network_answer(tree: cKDTree, model: Model, init: np.ndarray, steps: int, sc
     round's passes) and that round's prior, whose spread counts; the first round then runs only
     FIRST_ROUND_SAMPLES extra runs. The prior-corrected answer is a better start than the first
     one, nearest the truth exactly where the network was loosest.
-    ``missing``: the landmarks the scan does not show (see apply_shape_prior)."""
+    ``missing``: the landmarks the scan does not show (see apply_shape_prior).
+
+    A model with a narrower second prior (``prior_choice``, see :func:`palnet.priors.prior_choice`)
+    weighs the two priors' answers, in both rounds, by how well the narrow one explains the
+    network's first answer (:func:`palnet.priors.choice_weight`)."""
     swap = model_swap(model)
     again = second_round(model)
+    choice = prior_choice(model)
     first = min(samples, FIRST_ROUND_SAMPLES) if again else samples
     answer, spread = predict_with_spread(tree, model, init, steps, scale, first)
-    answer = apply_shape_prior(answer, shape_prior(model), swap, missing)
+    w = choice_weight(answer, choice, swap, missing) if choice else 0.0
+
+    def corrected(points: np.ndarray, broad, narrow) -> np.ndarray:
+        out = apply_shape_prior(points, broad, swap, missing)
+        if w > 0.0 and narrow is not None:
+            out = (1.0 - w) * out + w * apply_shape_prior(points, narrow, swap, missing)
+        return out
+
+    answer = corrected(answer, shape_prior(model), choice[0] if choice else None)
     if again:
         answer, spread = predict_with_spread(tree, model, initial_approximation(tree, answer), again[0], scale, samples)
-        answer = apply_shape_prior(answer, again[1], swap, missing)
+        answer = corrected(answer, again[1], choice[1] if choice else None)
     return answer, spread
 
 
