@@ -1,8 +1,10 @@
 """Shape priors and confidence: what a model knows about landmark shapes besides its network.
 
 This module holds the starting shape (landmarks predicted from the fitted face template's shape),
-the shape prior that pulls the network's answer towards plausible faces, the mirror relabelling
-both use, and the confidence table that turns the spread of perturbed runs into a probability.
+the shape prior that pulls the network's answer towards plausible faces (and the choice between
+a broad prior and a narrow one, weighed by how well the narrow one explains the answer), the
+mirror relabelling they use, and the confidence table that turns the spread of perturbed runs
+into a probability.
 Training fits each of them here (from training scans and held-out answers) and prediction reads
 them back from the model's metadata; NumPy only, so both sides use the same code.
 """
