@@ -36,7 +36,7 @@ def narrow_priors(model_path: str, plain_dir: str, cache: Path, jobs: int):
     """(first-round prior with its covariance, second-round prior) of the model's network on plain_dir."""
     from palnet import train as T
     from palnet.modelfile import load_model
-    from palnet.priors import apply_shape_prior, fit_shape_prior, mirror_pairs, shape_prior
+    from palnet.priors import fit_shape_prior
     model = load_model(model_path)
     cfg, user = T._settings(None, 0, model_path)
     pairs, protocol, init_model = T._data_and_protocol(plain_dir, model_path)
@@ -46,10 +46,7 @@ def narrow_priors(model_path: str, plain_dir: str, cache: Path, jobs: int):
     _, _, tr, val = T._split(scans, cfg["seed"], 0.2)
     (answers, _, truths), runs, _ = T._held_out_answers(model, val, None, None, cfg)
     first = fit_shape_prior(tr, answers, truths, covariance=True)
-    swap = mirror_pairs(labels)
-    corrected = np.stack([apply_shape_prior(a, shape_prior(model, first), swap) for a in answers])
-    again, _ = T.second_round_answers(runs, corrected, cfg)
-    second = fit_shape_prior(tr, again, truths)
+    _, _, second = T.second_round_prior(model, tr, first, answers, truths, runs, cfg, labels)
     print("narrow prior: {} training scans, {} validation scans; network error {:.2f} mm RMS per landmark, "
           "second round {:.2f}".format(len(tr), len(val), first["noise_rms_mm"], second["noise_rms_mm"]))
     return first, second
@@ -64,8 +61,7 @@ def _calibration_row(args):
     from palnet.patches import initial_approximation
     from palnet.pipeline import FIRST_ROUND_SAMPLES, model_arrays, predict, predict_with_spread, prepare_scan, \
         template_modes
-    from palnet.priors import (choice_distance, landmark_modes, mirror_landmarks, model_swap, prior_choice,
-                               symmetric_start, symmetric_swap)
+    from palnet.priors import choice_score, landmark_modes, model_swap, prior_choice, symmetric_start, symmetric_swap
     broad, narrow = load_model(broad_path), load_model(narrow_path)
     labels = list(broad.metadata["protocol"]["labels"])
     mesh = read_mesh(mesh_path)
@@ -76,10 +72,7 @@ def _calibration_row(args):
     start = symmetric_start(mean, prep.alignment.shape, prep.alignment.mirror_shape, landmark_modes(broad), swap)
     x, _ = predict_with_spread(prep.tree, broad, initial_approximation(prep.tree, start),
                                int(broad.metadata.get("refine_steps", 1)), scale, FIRST_ROUND_SAMPLES)
-    first, _, cov, _, _ = prior_choice(narrow)
-    d = choice_distance(x, first, cov)
-    if swap is not None:
-        d = 0.5 * (d + choice_distance(mirror_landmarks(x, swap), first, cov))
+    d = choice_score(x, prior_choice(narrow), swap)
     errors = []
     for m in (broad, narrow):
         p = predict(mesh, m)

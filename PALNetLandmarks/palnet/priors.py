@@ -325,20 +325,26 @@ def choice_distance(points: np.ndarray, prior: Tuple[np.ndarray, np.ndarray, np.
         return float("inf")
 
 
+def choice_score(points: np.ndarray, choice, swap: Optional[np.ndarray] = None) -> float:
+    """:func:`choice_distance` of the answer ``points`` (every landmark shown) from the narrow
+    prior of ``choice`` (as :func:`prior_choice` gives it); with ``swap``, the mean of the
+    answer's and its mirror image's, so that a face and its mirror image score alike."""
+    first, _, cov, _, _ = choice
+    d = choice_distance(points, first, cov)
+    if swap is not None:
+        d = 0.5 * (d + choice_distance(mirror_landmarks(points, swap), first, cov))
+    return d
+
+
 def choice_weight(points: np.ndarray, choice, swap: Optional[np.ndarray] = None,
                   missing: Optional[np.ndarray] = None) -> float:
     """The weight (0 to 1) of the narrow prior for the network's first answer ``points``: 1 for a
     face it explains as well as the faces it was learned on, falling to 0 past ``threshold``
-    (a logistic step of ``width``), the distance per coordinate of :func:`choice_distance`. With
-    ``swap``, the mean distance of the answer and its mirror image, so that a face and its mirror
-    image get the same weight."""
-    first, _, cov, threshold, width = choice
+    (a logistic step of ``width``) of :func:`choice_score`."""
+    _, _, _, threshold, width = choice
     if missing is not None and np.any(missing):
         return 0.0  # learned on scans that show every landmark: a partial scan keeps the broad prior
-    d = choice_distance(points, first, cov, missing)
-    if swap is not None:
-        flipped = None if missing is None else np.asarray(missing, bool)[swap]
-        d = 0.5 * (d + choice_distance(mirror_landmarks(points, swap), first, cov, flipped))
+    d = choice_score(points, choice, swap)
     if not np.isfinite(d):
         return 0.0
     return float(1.0 / (1.0 + np.exp(np.clip((d - threshold) / width, -50.0, 50.0))))

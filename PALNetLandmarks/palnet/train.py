@@ -591,6 +591,16 @@ def _held_out_answers(model: Model, val: List[TrainingScan], held_out: Optional[
     return network_answers(model, vt, starts, cfg) + (np.stack([s.truth for s in val]),), [(model, vt)], False
 
 
+def second_round_prior(model: Model, tr: List[TrainingScan], prior: dict, answers: np.ndarray, truths: np.ndarray,
+                       runs: list, cfg: dict, labels: List[str]):
+    """The second round on the held-out scans: the network once more from its first ``answers``
+    corrected by ``prior`` (an entry as fit_shape_prior gives it), and the prior fitted to that
+    round's error. Returns (answers, spreads, prior entry); ``runs`` as for second_round_answers."""
+    corrected = np.stack([apply_shape_prior(a, shape_prior(model, prior), mirror_pairs(labels)) for a in answers])
+    answers, spreads = second_round_answers(runs, corrected, cfg)
+    return answers, spreads, fit_shape_prior(tr, answers, truths)
+
+
 def _priors_and_confidence(model: Model, tr: List[TrainingScan], held_out: tuple, runs: list, cfg: dict,
                            labels: List[str], out_of_fold: bool, report: dict, log: Callable[[str], None]) -> None:
     """The model's shape prior, second round and confidence table, learned from the network's
@@ -608,10 +618,8 @@ def _priors_and_confidence(model: Model, tr: List[TrainingScan], held_out: tuple
             .format(which, prior["noise_rms_mm"], prior["n_train"], prior["shrinkage"]))
     final = shape_prior(model)
     if prior and cfg["second_round"]:
-        corrected = np.stack([apply_shape_prior(a, final, mirror_pairs(labels)) for a in answers])
-        answers, spreads = second_round_answers(runs, corrected, cfg)
+        answers, spreads, again = second_round_prior(model, tr, prior, answers, truths, runs, cfg, labels)
         report["validation_network_second"] = _errors(answers, truths)
-        again = fit_shape_prior(tr, answers, truths)
         model.metadata["second_round"] = {"refine_steps": int(cfg["second_round"]), "shape_prior": again}
         final = shape_prior(model, again)
         log("second round: network from the prior-corrected answers {:.3f} mm, its error {:.2f} mm RMS per "
