@@ -73,7 +73,7 @@ DOCS_URL = "https://github.com/palnet-slicer/SlicerPALNet/blob/main/docs/slicer.
 SNAP_CHOICES = list(_options.SNAP_METHODS)
 UNIT_CHOICES = list(_options.UNIT_CHOICES)
 FORMAT_CHOICES = list(_options.LANDMARK_FORMATS)
-DEFAULT_SNAP = "nearest"
+DEFAULT_SNAP = _options.DEFAULT_SNAP
 DEFAULT_UNITS = _options.AUTO_UNITS
 DEFAULT_FORMAT = "mrk.json"
 DEFAULT_EPOCHS = 100
@@ -1153,7 +1153,7 @@ class PALNetLandmarksLogic(ScriptedLoadableModuleLogic):
 
     # ------------------------------------------------------------ prediction
 
-    def process(self, modelNode, outputMarkupsNode=None, modelPath: Optional[str] = None, snap: str = "nearest",
+    def process(self, modelNode, outputMarkupsNode=None, modelPath: Optional[str] = None, snap: str = DEFAULT_SNAP,
                 units: str = "auto", lockPoints: bool = False):
         """Place the model's landmarks on ``modelNode``; returns the point list (vtkMRMLMarkupsFiducialNode).
 
@@ -1187,7 +1187,7 @@ class PALNetLandmarksLogic(ScriptedLoadableModuleLogic):
         return node
 
     def startPrediction(self, modelNode, outputMarkupsNode=None, modelPath: Optional[str] = None,
-                        snap: str = "nearest", units: str = "auto", lockPoints: bool = False,
+                        snap: str = DEFAULT_SNAP, units: str = "auto", lockPoints: bool = False,
                         progress: Optional[Callable] = None, finished: Optional[Callable] = None) -> PredictionRun:
         """Like :meth:`process`, in a child process: returns a PredictionRun at once.
 
@@ -1319,7 +1319,7 @@ class PALNetLandmarksLogic(ScriptedLoadableModuleLogic):
 
     def processDirectory(self, inputDir: str, outputDir: str, format: str = "mrk.json",
                          progress: Optional[Callable] = None, modelPath: Optional[str] = None,
-                         snap: str = "nearest", units: str = "auto", overwrite: bool = False):
+                         snap: str = DEFAULT_SNAP, units: str = "auto", overwrite: bool = False):
         """Landmarks for every scan in ``inputDir`` (recursively), one file each in ``outputDir``.
 
         Same guarantees as ``palnet predict``: a bad scan is reported in its row and
@@ -1348,7 +1348,7 @@ class PALNetLandmarksLogic(ScriptedLoadableModuleLogic):
         return rows
 
     def startBatch(self, inputDir: str, outputDir: str, format: str = "mrk.json", progress: Optional[Callable] = None,
-                   finished: Optional[Callable] = None, modelPath: Optional[str] = None, snap: str = "nearest",
+                   finished: Optional[Callable] = None, modelPath: Optional[str] = None, snap: str = DEFAULT_SNAP,
                    units: str = "auto", overwrite: bool = False) -> BatchRun:
         """Like :meth:`processDirectory`, in a child process: returns a BatchRun at once.
 

@@ -13,6 +13,7 @@ from palnet.engine import NetworkConfig, expected_weight_shapes
 from palnet.modelfile import Model
 from palnet.protocol import default_protocol
 from palnet.resources import face_template_path, sample_landmarks_path, sample_scan_path
+from palnet.snap import closest_points_on_surface
 from palnet.datatypes import Mesh
 
 
@@ -208,6 +209,10 @@ def tiny_model(sample):
 
 
 def _on_surface(mesh: Mesh, points: np.ndarray) -> np.ndarray:
+    return closest_points_on_surface(mesh, points)[2]
+
+
+def _to_vertex(mesh: Mesh, points: np.ndarray) -> np.ndarray:
     return cKDTree(mesh.vertices).query(points)[0]
 
 
@@ -216,7 +221,9 @@ def test_initial_approximation_baseline(sample, tiny_model):
     lms = initial_approximation_baseline(mesh, tiny_model)
     assert lms.labels == default_protocol().labels and lms.units == "mm"
     assert lms.points.shape == (50, 3) and np.isfinite(lms.points).all()
-    assert _on_surface(mesh, lms.points).max() < 1e-9  # on scan vertices
+    assert _on_surface(mesh, lms.points).max() < 1e-9  # on the surface, as predict snaps
+    on_vertices = initial_approximation_baseline(mesh, tiny_model, snap="nearest")
+    assert _to_vertex(mesh, on_vertices.points).max() < 1e-9
     err = np.linalg.norm(lms.points - truth.select(lms.labels).points, axis=1)
     assert err.mean() < 6.0, err.mean()
     # from a prediction's pose: the same landmarks without aligning the scan again

@@ -58,7 +58,7 @@ def test_clusters_do_not_depend_on_pose_or_order(dense):
 
 def test_a_dense_scan_is_answered_on_its_own_vertices_in_any_pose(model, dense):
     mesh, truth = dense
-    pred = predict(mesh, model)
+    pred = predict(mesh, model, snap="nearest")
     assert pred.status == "ok", pred.message
     err = np.linalg.norm(pred.landmarks.points - truth.points, axis=1)
     assert err.mean() < 2.6, err.mean()  # as on the sample itself (test_pipeline)
@@ -70,7 +70,7 @@ def test_a_dense_scan_is_answered_on_its_own_vertices_in_any_pose(model, dense):
 
 def test_surface_snapping_on_a_dense_scan_reaches_its_own_triangles(model, dense):
     mesh = dense[0]
-    pred = predict(mesh, model, snap="surface")
+    pred = predict(mesh, model)  # the default snap: the closest surface point
     assert closest_points_on_surface(mesh, pred.landmarks.points)[2].max() < 1e-9
 
 

@@ -179,7 +179,7 @@ def test_model_read_from_file_gets_landmarks_on_its_surface(plm, mrml_scene, fac
     np.testing.assert_allclose(ras * LPS_TO_RAS, scan_lps.vertices, atol=1e-3)
 
     logic = plm.PALNetLandmarksLogic()
-    node = logic.process(model_node, modelPath=model_path, snap="nearest")
+    node = logic.process(model_node, modelPath=model_path)  # the default snap, as the command line's
     labels, descriptions, world, locked = point_list(node)
     protocol = default_protocol()
     assert labels == protocol.labels
@@ -678,7 +678,8 @@ def test_parameter_node_fields(plm):
         for extra in getattr(annotation, "__metadata__", ()):
             if isinstance(extra, sys.modules["slicer.parameterNodeWrapper"].Choice):
                 assert getattr(params, name) in extra.choices, name
-    assert params.snap == "nearest" and params.units == "auto" and params.batchFormat == "mrk.json"
+    from palnet.options import DEFAULT_SNAP
+    assert params.snap == DEFAULT_SNAP == "surface" and params.units == "auto" and params.batchFormat == "mrk.json"
     assert all(plm.pathOrNone(getattr(params, name)) is None for name in plm.PATH_PARAMETERS)  # unset: Path(".")
     from palnet.landmark_io import LANDMARK_FORMATS
     from palnet.snap import SNAP_METHODS

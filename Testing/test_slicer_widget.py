@@ -225,13 +225,13 @@ def test_combo_boxes_list_what_palnet_options_lists(plm, panel):
 
     from palnet import options
     ui = panel.ui
-    boxes = [(ui.snapComboBox, options.SNAP_METHODS, "nearest"), (ui.unitsComboBox, options.UNIT_CHOICES, "auto"),
+    boxes = [(ui.snapComboBox, options.SNAP_METHODS, "surface"), (ui.unitsComboBox, options.UNIT_CHOICES, "auto"),
              (ui.batchFormatComboBox, options.LANDMARK_FORMATS, "mrk.json")]
     for box, items, default in boxes:
         assert [box.itemText(i) for i in range(box.count())] == list(items), box.objectName()
         assert box.currentText() == default, box.objectName()
     p = panel._parameterNode
-    assert (p.snap, p.units, p.batchFormat) == ("nearest", "auto", "mrk.json")
+    assert (p.snap, p.units, p.batchFormat) == ("surface", "auto", "mrk.json")
     root = ET.parse(MODULE_DIR / "Resources" / "UI" / "PALNetLandmarks.ui").getroot()
     in_ui = {w.get("name"): w for w in root.iter("widget") if w.get("class") in ("QComboBox", "ctkComboBox")}
     assert set(in_ui) == {box.objectName() for box, _, _ in boxes}, "a combo box that setup does not fill"

@@ -24,6 +24,7 @@ import threading
 import time
 from typing import List, Optional
 
+from palnet.options import DEFAULT_SNAP
 from palnet.progress import event_line, parse_event as parseEvent  # noqa: F401 (the module reads events with it)
 
 EXIT_ERROR, EXIT_CANCELLED = 2, 3
@@ -179,7 +180,7 @@ def parser() -> argparse.ArgumentParser:
     for name in ("predict", "batch"):
         s = sub.add_parser(name)
         s.add_argument("--model", required=True)
-        s.add_argument("--snap", default="nearest")
+        s.add_argument("--snap", default=DEFAULT_SNAP)
         s.add_argument("--units", default="auto")
         s.add_argument("--result", required=True)
         s.add_argument("--cancel")

@@ -1,7 +1,7 @@
 """Two baselines PAL-Net has to beat, both NumPy/SciPy only (no torch).
 
 (a) ``initial_approximation_baseline``: the model's mean landmarks after the
-    automatic alignment, each put on its nearest scan vertex. This is the
+    automatic alignment, each put on the scan's surface as predict puts its answer. This is the
     starting point the network refines, so the network must improve on it.
 (b) ``template_registration_baseline``: template registration the way SlicerMorph's
     ALPACA does it: a rigid alignment, then Coherent Point Drift (Myronenko & Song,
@@ -22,6 +22,7 @@ from scipy.spatial import cKDTree
 from .align import Alignment
 from .geometry import sample_surface
 from .modelfile import Model
+from .options import DEFAULT_SNAP, NO_SNAP
 from .pipeline import model_arrays, prepare_scan, template_modes, to_canonical_frame
 from .registration import (DEFAULT_SETTINGS, CPDResult, RegistrationSettings,  # noqa: F401  (re-exported)
                            affine_coherent_point_drift, coherent_point_drift, gaussian_kernel,  # noqa: F401
@@ -36,9 +37,9 @@ __all__ = ["DEFAULT_SETTINGS", "CPDResult", "RegistrationSettings", "affine_cohe
 
 
 def initial_approximation_baseline(mesh: Mesh, model: Model, units: str = "auto",
-                                   alignment: Optional[Alignment] = None) -> Landmarks:
-    """Baseline (a): the mean landmarks after automatic alignment, on their nearest scan vertices,
-    in the scan's frame and units. ``alignment`` (with ``units`` not "auto"): the pose a
+                                   alignment: Optional[Alignment] = None, snap: str = DEFAULT_SNAP) -> Landmarks:
+    """Baseline (a): the mean landmarks after automatic alignment, snapped to the scan (``snap`` as
+    in ``snap_to_surface``, or "none"), in the scan's frame and units. ``alignment`` (with ``units`` not "auto"): the pose a
     prediction of this scan already found (``Prediction.alignment`` and ``.units``), so that a
     benchmark does not align the scan twice; without it the scan is aligned as predict does."""
     template, mean, _, _ = model_arrays(model)
@@ -46,13 +47,15 @@ def initial_approximation_baseline(mesh: Mesh, model: Model, units: str = "auto"
         c = to_canonical_frame(mesh, template, units, template_modes(template))
         alignment, units = c.alignment, c.units
     pts = alignment.to_scan(mean) * unit_scale("mm", units)
-    return Landmarks(list(model.metadata["protocol"]["labels"]), snap_to_surface(mesh, pts, "nearest"), units=units)
+    if snap != NO_SNAP:
+        pts = snap_to_surface(mesh, pts, snap)
+    return Landmarks(list(model.metadata["protocol"]["labels"]), pts, units=units)
 
 
 def template_registration_baseline(mesh: Mesh, model: Model, units: str = "auto",
                                    mean_face: Optional[np.ndarray] = None, affine: Optional[bool] = None,
                                    settings: Optional[RegistrationSettings] = None,
-                                   snap: str = "nearest", seed: int = 0) -> Landmarks:
+                                   snap: str = DEFAULT_SNAP, seed: int = 0) -> Landmarks:
     """Baseline (b): rigid alignment, then CPD of a template and the mean landmarks onto the scan.
 
     The template is the model's face template (central face, no ears), or
@@ -67,7 +70,7 @@ def template_registration_baseline(mesh: Mesh, model: Model, units: str = "auto"
     prep = prepare_scan(mesh, template, mean, spacing, units, template_modes(template))  # as predict does
     moved = register_template(prep.samples, template, mean, mean_face, affine, settings, seed)
     pts = prep.alignment.to_scan(moved) * unit_scale("mm", prep.units)
-    if snap != "none":
+    if snap != NO_SNAP:
         pts = snap_to_surface(mesh, pts, snap)
     return Landmarks(list(model.metadata["protocol"]["labels"]), pts, units=prep.units)
 

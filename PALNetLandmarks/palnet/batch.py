@@ -25,6 +25,7 @@ from .folderlock import LOCK_NAME, release_lock, take_lock  # noqa: F401 (LOCK_N
 from .mesh_io import MESH_EXTENSIONS, NOT_LANDMARK_FILES, read_mesh, scan_id_for
 from .landmark_io import LANDMARK_FORMATS, atomic_write, write_landmarks
 from .modelfile import Model
+from .options import DEFAULT_SNAP
 from .pipeline import Prediction, predict
 from .status import ERROR, NOT_A_FACE, NOT_RUN, SKIPPED
 
@@ -163,7 +164,7 @@ def predict_one(mesh_path: Path, out_file: Path, model: Model, fmt: str, snap: s
     return pred
 
 
-def predict_files(inputs: Iterable[str], out_dir, model: Model, fmt: str = "mrk.json", snap: str = "nearest",
+def predict_files(inputs: Iterable[str], out_dir, model: Model, fmt: str = "mrk.json", snap: str = DEFAULT_SNAP,
                   units: str = "auto", overwrite: bool = False, png: Optional[str] = None,
                   progress: Optional[Callable] = None, jobs: int = 1, keep_rejected: bool = False,
                   isolate: bool = True, rejected_hint: str = KEEP_REJECTED_HINT) -> List[BatchItem]:

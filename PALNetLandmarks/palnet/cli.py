@@ -9,7 +9,7 @@ from typing import List, Optional
 
 from . import __version__
 from .errors import PalnetError
-from .options import AUTO_UNITS, LANDMARK_FORMATS, NO_SNAP, SNAP_METHODS, SYNTH_CROPS, UNIT_CHOICES, UNITS_PER_MM
+from .options import AUTO_UNITS, DEFAULT_SNAP, LANDMARK_FORMATS, NO_SNAP, SNAP_METHODS, SYNTH_CROPS, UNIT_CHOICES, UNITS_PER_MM
 from .progress import ProgressBar, event_line
 from .status import DONE, ERROR, LOW_FIT, NOT_A_FACE, PARTIAL, SKIPPED
 
@@ -298,8 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "palnet_summary.csv, to which each run adds its rows")
     pr.add_argument("--model", default=None, help="model file (default: the shipped model)")
     pr.add_argument("--format", default="mrk.json", choices=LANDMARK_FORMATS)
-    pr.add_argument("--snap", default="nearest", choices=SNAP_METHODS + (NO_SNAP,),
-                    help="put each landmark on the nearest vertex, the mean of the 12 nearest, or the closest surface point")
+    pr.add_argument("--snap", default=DEFAULT_SNAP, choices=SNAP_METHODS + (NO_SNAP,),
+                    help="put each landmark on the closest surface point (surface, the default), the nearest vertex, "
+                         "the mean of the 12 nearest vertices, or leave it off the surface (none)")
     pr.add_argument("--units", default=AUTO_UNITS, choices=UNIT_CHOICES)
     pr.add_argument("--png", default=None,
                     help="also render each scan with its landmarks to this PNG (PNG_<scan>.png for several scans)")

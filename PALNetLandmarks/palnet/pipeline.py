@@ -17,6 +17,7 @@ from .cleanup import FRAGMENT_GAP_MM, MIN_SPIKE_MM, find_fragments, find_spikes,
 from .geometry import cluster_decimate, edges_and_border, vertex_normals
 from .errors import PalnetError
 from .modelfile import Model
+from .options import DEFAULT_SNAP
 from .landmark_io import describe
 from .patches import extract_patches, initial_approximation, roi_samples
 from .priors import (FLIP, SYMMETRIC_MEAN_MM, apply_shape_prior, choice_weight, landmark_confidence, landmark_modes,
@@ -444,7 +445,7 @@ def network_answer(tree: cKDTree, model: Model, init: np.ndarray, steps: int, sc
     return answer, spread
 
 
-def predict(mesh: Mesh, model: Model, snap: str = "nearest", units: str = "auto",
+def predict(mesh: Mesh, model: Model, snap: str = DEFAULT_SNAP, units: str = "auto",
             refine_steps: Optional[int] = None, confidence_samples: int = CONFIDENCE_SAMPLES,
             progress: Optional[Progress] = None) -> Prediction:
     """Place the model's landmarks on ``mesh`` (any pose, units mm/cm/m or "auto").

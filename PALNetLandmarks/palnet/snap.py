@@ -44,26 +44,30 @@ def closest_point_on_triangles(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: n
     return out
 
 
-def closest_points_on_surface(mesh: Mesh, points: np.ndarray, candidates: int = 48
+def closest_points_on_surface(mesh: Mesh, points: np.ndarray, candidates: int = 48, tree: Optional[cKDTree] = None
                               ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Closest surface point of ``mesh`` to each point: (points, triangle index, distance).
 
     Candidate triangles are those incident to the nearest vertices; for the
     meshes palnet handles (triangles much smaller than a face) the true closest
-    triangle is always among them.
+    triangle is always among them. ``tree``: a search tree of ``mesh.vertices``, if one
+    is at hand.
     """
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    tree = tree if tree is not None else cKDTree(mesh.vertices)
     if mesh.n_triangles == 0:
-        idx = cKDTree(mesh.vertices).query(pts)[1]
+        idx = tree.query(pts)[1]
         q = mesh.vertices[idx]
         return q, np.full(len(pts), -1), np.linalg.norm(q - pts, axis=1)
     # Only triangles with a vertex within (nearest-vertex distance + longest edge) of a
-    # query can hold its closest point: a small tree of the queries filters a large mesh
-    # cheaply before the real search.
+    # query can hold its closest point: every vertex of the closest triangle is nearer than
+    # that, and the vertex tree finds those few vertices before the real search.
     v, t = mesh.vertices, mesh.triangles
     longest = max(np.linalg.norm(v[t[:, a]] - v[t[:, b]], axis=1).max() for a, b in ((0, 1), (1, 2), (2, 0)))
-    reach = cKDTree(v).query(pts)[0].max() + longest + 1e-9  # every vertex of the closest triangle is nearer
-    near_vertex = np.isfinite(cKDTree(pts).query(mesh.vertices, distance_upper_bound=reach)[0])
+    reach = tree.query(pts)[0] + longest + 1e-9
+    near_vertex = np.zeros(len(v), bool)
+    for idx in tree.query_ball_point(pts, reach):
+        near_vertex[idx] = True
     pool = np.flatnonzero(near_vertex[mesh.triangles].any(axis=1))
     if len(pool) == 0:
         pool = np.arange(mesh.n_triangles)
@@ -88,9 +92,9 @@ def snap_to_surface(mesh: Mesh, points: np.ndarray, method: str = "nearest", k: 
     point on the closest triangle.
     """
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-    if method == "surface":
-        return closest_points_on_surface(mesh, pts)[0]
     tree = tree if tree is not None else cKDTree(mesh.vertices)
+    if method == "surface":
+        return closest_points_on_surface(mesh, pts, tree=tree)[0]
     if method == "nearest":
         return mesh.vertices[tree.query(pts)[1]]
     if method == "mean-k":
