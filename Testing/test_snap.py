@@ -55,3 +55,12 @@ def test_on_a_coarse_mesh_the_surface_point_moves_a_point_less_than_the_nearest_
     assert np.linalg.norm(surf - on, axis=1).max() < 1e-9  # a point on the surface stays where it is
     assert np.isin(vert, mesh.vertices).all(axis=1).all()  # the nearest vertex is a vertex
     assert np.linalg.norm(vert - on, axis=1).mean() > 2.0  # and on 8 mm triangles lies mm away
+
+
+def test_a_point_cloud_snaps_onto_its_points():
+    """A scan without triangles (a point cloud) has no surface between its points: the closest
+    surface point is then the nearest point."""
+    sheet = _wavy_sheet(3.0)
+    cloud = Mesh(sheet.vertices, np.zeros((0, 3), np.int64))
+    pts = sheet.vertices[[5, 50, 300]] + [0.4, -0.3, 0.8]
+    np.testing.assert_array_equal(snap_to_surface(cloud, pts, "surface"), sheet.vertices[[5, 50, 300]])
