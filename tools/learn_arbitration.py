@@ -24,16 +24,13 @@ import numpy as np  # noqa: E402
 
 def canonical_answers(mesh, truth, model):
     """(network (L, 3), registration (L, 3), truth (L, 3), spread (L,), status), canonical mm."""
-    from palnet.patches import initial_approximation
-    from palnet.pipeline import (model_arrays, network_answer, prepare_scan, scan_status, symmetric_registration,
-                                 template_modes)
-    from palnet.priors import landmark_modes, model_swap, symmetric_start, symmetric_swap
+    from palnet.pipeline import (model_arrays, network_answer, network_start, prepare_scan, scan_status,
+                                 symmetric_registration, template_modes)
     template, mean, spacing, scale = model_arrays(model)
     prep = prepare_scan(mesh, template, mean, spacing, "auto", template_modes(template))
-    swap = symmetric_swap(mean, model_swap(model))
-    start = symmetric_start(mean, prep.alignment.shape, prep.alignment.mirror_shape, landmark_modes(model), swap)
+    swap, _, init = network_start(prep, model, mean)
     steps = int(model.metadata.get("refine_steps", 1))
-    net, spread = network_answer(prep.tree, model, initial_approximation(prep.tree, start), steps, scale)
+    net, spread = network_answer(prep.tree, model, init, steps, scale)
     reg = symmetric_registration(prep.samples, template, mean, swap)
     true = prep.alignment.to_canonical(truth.in_units("mm").points)
     return net, reg, true, spread, scan_status(prep.alignment, mesh.n_vertices)[0]

@@ -58,20 +58,18 @@ def _calibration_row(args):
     from palnet.landmark_io import check_labels, read_landmarks
     from palnet.mesh_io import read_mesh
     from palnet.modelfile import load_model
-    from palnet.patches import initial_approximation
-    from palnet.pipeline import FIRST_ROUND_SAMPLES, model_arrays, predict, predict_with_spread, prepare_scan, \
-        template_modes
-    from palnet.priors import choice_score, landmark_modes, model_swap, prior_choice, symmetric_start, symmetric_swap
+    from palnet.pipeline import FIRST_ROUND_SAMPLES, model_arrays, network_start, predict, predict_with_spread, \
+        prepare_scan, template_modes
+    from palnet.priors import choice_score, prior_choice
     broad, narrow = load_model(broad_path), load_model(narrow_path)
     labels = list(broad.metadata["protocol"]["labels"])
     mesh = read_mesh(mesh_path)
     truth = check_labels(read_landmarks(lm_path), labels, lm_path).in_units("mm").points
     template, mean, spacing, scale = model_arrays(broad)
     prep = prepare_scan(mesh, template, mean, spacing, "auto", template_modes(template))
-    swap = symmetric_swap(mean, model_swap(broad))
-    start = symmetric_start(mean, prep.alignment.shape, prep.alignment.mirror_shape, landmark_modes(broad), swap)
-    x, _ = predict_with_spread(prep.tree, broad, initial_approximation(prep.tree, start),
-                               int(broad.metadata.get("refine_steps", 1)), scale, FIRST_ROUND_SAMPLES)
+    swap, _, init = network_start(prep, broad, mean)
+    x, _ = predict_with_spread(prep.tree, broad, init, int(broad.metadata.get("refine_steps", 1)), scale,
+                               FIRST_ROUND_SAMPLES)
     d = choice_score(x, prior_choice(narrow), swap)
     errors = []
     for m in (broad, narrow):

@@ -319,6 +319,22 @@ def prepare_scan(mesh: Mesh, template: np.ndarray, mean_landmarks: np.ndarray, s
                         c.dense)
 
 
+class NetworkStart(NamedTuple):
+    """Where the network starts on a prepared scan (canonical mm)."""
+
+    swap: Optional[np.ndarray]  # the mirror pairs, when the model's mean landmarks are their own mirror image
+    start: np.ndarray  # the starting shape (L, 3), averaged with the mirror image's where ``swap`` allows
+    init: np.ndarray  # the start moved onto the scan's samples: the network's first input
+
+
+def network_start(prep: PreparedScan, model: Model, mean: np.ndarray) -> NetworkStart:
+    """The network's start on ``prep`` as :func:`predict` makes it (``mean``: the model's mean
+    landmarks, :func:`model_arrays`); the tools that learn from predict's answers start here too."""
+    swap = symmetric_swap(mean, model_swap(model))  # None: no averaging with the mirror image's start
+    start = symmetric_start(mean, prep.alignment.shape, prep.alignment.mirror_shape, landmark_modes(model), swap)
+    return NetworkStart(swap, start, initial_approximation(prep.tree, start))
+
+
 def run_network(tree: cKDTree, model: Model, starts: np.ndarray, steps: int, scale: float,
                 turns: Optional[np.ndarray] = None, candidates: int = SNAP_CANDIDATES) -> np.ndarray:
     """Landmarks (B, L, 3) from B sets of starting points (B, L, 3), each refined ``steps`` times.
@@ -459,9 +475,7 @@ def predict(mesh: Mesh, model: Model, snap: str = DEFAULT_SNAP, units: str = "au
     template, mean, spacing, scale = model_arrays(model)
     prep = prepare_scan(mesh, template, mean, spacing, units, template_modes(template), progress)
     t1 = time.perf_counter()
-    swap = symmetric_swap(mean, model_swap(model))  # None: no averaging with the mirror image's start
-    start = symmetric_start(mean, prep.alignment.shape, prep.alignment.mirror_shape, landmark_modes(model), swap)
-    init = initial_approximation(prep.tree, start)
+    swap, start, init = network_start(prep, model, mean)
     steps = refine_steps if refine_steps is not None else int(model.metadata.get("refine_steps", 1))
     report("network", 0.6)
     vertex_tree = cKDTree(prep.clean.vertices)  # one search tree for the missing landmarks and both snaps
