@@ -111,3 +111,27 @@ def test_the_accuracy_summary_names_the_scans_out_of_order_or_leaning_on_the_reg
     text = benchmark.method_text("palnet", entry)
     assert "Out of anatomical order: 1 scan(s); b (ls, sto)" in text
     assert "From the registration: 2 scan(s); b (ls, sto, li); c (os_L)" in text
+
+
+def test_snap_benchmark_decimates_and_averages_per_fraction_and_snap():
+    """tools/bench_snap.py: the coarse copy has about the asked share of the triangles; the table
+    averages each fraction's and snap's errors over the scans."""
+    import numpy as np
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import bench_snap
+    finally:
+        sys.path.pop(0)
+    from palnet.mesh_io import read_mesh
+    from palnet.resources import sample_scan_path
+    mesh = read_mesh(str(sample_scan_path()))
+    coarse = bench_snap.decimated(mesh, 0.1)
+    assert 0.07 * mesh.n_triangles < coarse.n_triangles < 0.13 * mesh.n_triangles
+    assert bench_snap.median_edge(coarse) > 2.0 * bench_snap.median_edge(mesh)
+    rows = [dict({"1/edge": 2.0, "0.5/edge": 4.0}, **{"{}/{}".format(f, s): k + (s == "nearest")
+                                                     for f in ("1", "0.5") for s in bench_snap.SNAPS})
+            for k in (1.0, 3.0)]
+    table = bench_snap.summarise(rows, [1.0, 0.5])
+    assert [t["median_edge_mm"] for t in table] == [2.0, 4.0]
+    assert table[0]["surface"] == 2.0 and table[0]["nearest"] == 3.0
+    assert np.isclose(table[1]["none"], 2.0)
