@@ -7,7 +7,7 @@ from scipy.spatial import cKDTree
 from .errors import PalnetError
 from .datatypes import Mesh
 
-from .options import SNAP_METHODS  # noqa: E402  (re-exported)
+from .options import DEFAULT_SNAP, SNAP_METHODS  # noqa: E402  (SNAP_METHODS re-exported)
 
 
 def closest_point_on_triangles(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -83,13 +83,13 @@ def closest_points_on_surface(mesh: Mesh, points: np.ndarray, candidates: int = 
     return q[rows, best], cand[rows, best], d[rows, best]
 
 
-def snap_to_surface(mesh: Mesh, points: np.ndarray, method: str = "nearest", k: int = 12,
+def snap_to_surface(mesh: Mesh, points: np.ndarray, method: str = DEFAULT_SNAP, k: int = 12,
                     tree: Optional[cKDTree] = None) -> np.ndarray:
     """Move predicted points onto the scan.
 
-    ``nearest``: the nearest scan vertex; ``mean-k``: the mean of the k nearest
-    vertices (the PAL-Net paper's "average", k = 12); ``surface``: the closest
-    point on the closest triangle.
+    ``surface`` (the default): the closest point on the closest triangle; ``nearest``:
+    the nearest scan vertex; ``mean-k``: the mean of the k nearest vertices (the PAL-Net
+    paper's "average", k = 12). ``tree``: a search tree of ``mesh.vertices``, if one is at hand.
     """
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     tree = tree if tree is not None else cKDTree(mesh.vertices)
