@@ -35,6 +35,9 @@ class Alignment:
     # The same, fitted to the scan's mirror image (x -> -x in the canonical frame; see _halfway_to_mirror),
     # or None: the template is not symmetric, so the two differ, and a face and its mirror image swap them.
     mirror_shape: Optional[np.ndarray] = None
+    # The pose (rotation, translation: template -> scan mm) the search ended in, before the polish:
+    # a later search of the same scan that ends there needs no polish of its own (see align_scan).
+    searched: Optional[tuple] = field(default=None, repr=False, compare=False)
 
     @property
     def matrix(self) -> np.ndarray:
@@ -521,13 +524,18 @@ TRIM = 0.7  # fraction of template points that must find the scan: parts of a fa
 
 def align_scan(vertices_mm: np.ndarray, template: np.ndarray, seed: int = 0,
                modes: Optional[np.ndarray] = None, triangles: Optional[np.ndarray] = None,
-               effort: SearchEffort = FAST) -> Alignment:
+               effort: SearchEffort = FAST, known: Optional[Alignment] = None) -> Alignment:
     """Find the rigid pose of a face scan (millimetres) in the template's canonical frame.
 
     ``modes`` (K, N, 3), shape modes at the template points, let the final fits bend
     the template to the scanned face (the pose stays rigid). With ``triangles`` the
     last fit reads points sampled evenly on the surface, not the vertices, so a coarse
     mesh is fitted as well as a dense one.
+
+    ``known``: an earlier alignment of the same scan (the same arguments, another ``effort``).
+    When this search ends where that one's did (SAME_BASIN_MM), the polish would end where that
+    one's ended, so ``known`` itself is returned: the wider search of a doubtful fit then costs
+    no second polish.
     """
     v = np.asarray(vertices_mm, dtype=np.float64)
     if len(v) < 10:
@@ -603,6 +611,10 @@ def align_scan(vertices_mm: np.ndarray, template: np.ndarray, seed: int = 0,
         r, t, rms, inl, coef = first
     else:
         r, t, rms, inl, coef = _search_on(first, tree, template, modes, order, rot[top], t[top], last_fit)
+    if known is not None and known.searched is not None and \
+            _pose_gap_mm(template, (r, t), known.searched) <= SAME_BASIN_MM:
+        return known
+    searched = (r.copy(), np.array(t, dtype=np.float64))
     # The winner is refined on all FINAL_FIT[0] points against the smooth surface (see _polish).
     sub = order[: min(FINAL_FIT[0], len(template))]
     r, t, coef = _polish(surface, template[sub], all_normals[sub], None if modes is None else modes[:, sub], r, t, coef,
@@ -616,7 +628,21 @@ def align_scan(vertices_mm: np.ndarray, template: np.ndarray, seed: int = 0,
     shaped = template if modes is None or not len(coef) else template + np.transpose(modes, (1, 2, 0)) @ coef
     return Alignment(rotation=r.T, translation=-r.T @ t, scale=1.0, rms_mm=rms, inlier_fraction=inl,
                      surface_agreement=surface_agreement(surface.data, template, shaped @ r.T + t, r),
-                     shape=np.asarray(coef, dtype=np.float64), mirror_shape=np.asarray(mirror_coef, dtype=np.float64))
+                     shape=np.asarray(coef, dtype=np.float64), mirror_shape=np.asarray(mirror_coef, dtype=np.float64),
+                     searched=searched)
+
+
+# Two searches whose poses move no template point further apart than this (mm) ended in the
+# same basin: polished, their poses agree (see _polish). Both searches run on 50 warped test
+# scans and 2 real ones: 49 of 52 ended within 0.32 mm of each other, and their polished poses
+# then lay at most 0.0022 mm apart (all but one within 1e-5 mm); the other three ended 0.85,
+# 2.8 and 6.8 mm apart (polished: 0, 0 and 0.71 mm apart) and get their own polish.
+SAME_BASIN_MM = 0.5
+
+
+def _pose_gap_mm(template: np.ndarray, a: tuple, b: tuple) -> float:
+    """How far apart (mm) two poses (rotation, translation: template -> scan) put the template's points, at most."""
+    return float(np.linalg.norm(template @ (a[0] - b[0]).T + (a[1] - b[1]), axis=1).max())
 
 
 def _search_on(first, tree: cKDTree, template: np.ndarray, modes: Optional[np.ndarray], order: np.ndarray,

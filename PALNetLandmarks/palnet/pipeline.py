@@ -291,7 +291,8 @@ def to_canonical_frame(mesh: Mesh, template: np.ndarray, units: str = "auto",
         alignment = align_scan(mm, template, modes=modes, triangles=clean.triangles)
         if scan_status(alignment, clean.n_vertices)[0] != OK:  # rare: search wider, keep the better fit
             report("alignment (wider search)", 0.3)
-            again = align_scan(mm, template, modes=modes, triangles=clean.triangles, effort=THOROUGH)
+            again = align_scan(mm, template, modes=modes, triangles=clean.triangles, effort=THOROUGH,
+                               known=alignment)
             if again.rms_mm < alignment.rms_mm:
                 alignment = again
     except PalnetError as exc:  # name the scan
