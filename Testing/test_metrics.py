@@ -141,11 +141,24 @@ def test_nan_truth_is_not_evaluated_and_all_missing_landmark_is_none():
     report = evaluate_arrays(pred, truth, ["l0", "l1", "l2", "l3"])
     assert report["missing"] == 2
     assert report["per_landmark"]["l0"]["n"] == 1 and report["per_landmark"]["l0"]["missing"] == 0
+    # ... but a prediction placed where the truth has none is counted apart, as "extra".
+    assert report["extra"] == 1 and report["per_landmark"]["l0"]["extra"] == 1
+    assert [row["extra"] for row in report["per_scan"]] == [0, 1]
     l3 = report["per_landmark"]["l3"]
     assert l3["mean"] is None and l3["max"] is None and l3["n"] == 0 and l3["missing"] == 2
     assert report["pointwise_mm"] == pytest.approx(np.mean([1.0, 2.25, 4.0]))
     json.dumps(report, allow_nan=False)
-    format_report(report)
+    text = format_report(report)
+    assert "1 placed where the truth has none" in text
+    assert [line.split()[-1] for line in text.splitlines() if line.startswith("l0 ")] == ["1"]
+
+
+def test_a_landmark_left_out_on_both_sides_is_neither_missing_nor_extra():
+    pred, truth, _ = constructed_case()
+    pred[0, 2] = truth[0, 2] = np.nan  # an ear both the scan and its truth lack
+    report = evaluate_arrays(pred, truth, ["l0", "l1", "l2", "l3"])
+    assert report["missing"] == 0 and report["extra"] == 0
+    assert "placed where" not in format_report(report)
 
 
 def test_everything_missing_gives_none_not_nan():

@@ -78,3 +78,20 @@ def test_a_picture_leaves_missing_landmarks_out(tmp_path, sample):
     out = render_landmarks(mesh, Landmarks(truth.labels, pts, units=truth.units), tmp_path / "m.png",
                            RenderOptions(size=(200, 200)))
     assert (tmp_path / "m.png").stat().st_size > 1000 and str(out).endswith("m.png")
+
+
+def test_a_face_only_capture_places_no_ear_point_on_the_cut(model, ict_path):
+    """Held-out seed 1006 cut 2-12 mm in front of the tragions (`palnet synth --crop front`): the
+    truth has no ear point, yet both tragions, subauralia and otobasia superiora used to be
+    placed on the cut, less than 2 mm past it. An ear whose top and back are gone has none of
+    its points on the scan's border."""
+    from palnet.synth import generate_scan, load_ict
+    mesh, truth, _ = generate_scan(1006, load_ict(ict_path), crop="front")
+    ears = {name + "_" + side for name in ("t", "sa", "sba", "pa", "obs") for side in "RL"}
+    absent = {lab for lab, p in zip(truth.labels, truth.points) if not np.isfinite(p).all()}
+    assert ears <= absent
+    pred = predict(mesh, model)
+    assert ears <= set(pred.missing), sorted(ears - set(pred.missing))
+    placed = {lab for lab, p in zip(pred.landmarks.labels, pred.landmarks.points) if np.isfinite(p).all()}
+    assert not placed & ears
+    assert pred.status == "partial"

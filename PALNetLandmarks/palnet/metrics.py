@@ -9,8 +9,10 @@
 
 Array functions take stacked points ``(S, L, 3)`` in millimetres. A NaN point is a
 landmark that is not there: missing in a prediction it is counted in ``missing``;
-missing in the truth it is not evaluated at all. Either way it is left out of every
-mean. Reports are plain dicts of floats, ints, strings and lists (NaN becomes None),
+missing in the truth it is not evaluated, but a prediction placed there anyway is
+counted in ``extra`` (a landmark on anatomy the scan lacks, such as the ears of a
+face-only capture, when the truth leaves out what the scan does not show). Either way
+it is left out of every mean. Reports are plain dicts of floats, ints, strings and lists (NaN becomes None),
 ready for ``json.dumps``.
 """
 import os
@@ -177,13 +179,16 @@ def evaluate_arrays(pred, truth, labels: Sequence[str], protocol=None,
         raise ValueError("{} scan ids for {} scans".format(len(scan_ids), n_scans))
 
     truth_present = np.isfinite(truth).all(axis=-1)  # (S, L): evaluated at all
-    missing = truth_present & ~np.isfinite(pred).all(axis=-1)  # (S, L): prediction absent
+    placed = np.isfinite(pred).all(axis=-1)
+    missing = truth_present & ~placed  # (S, L): prediction absent
+    extra = ~truth_present & placed  # (S, L): placed where the truth has no landmark
     errors = pointwise_errors(pred, truth)  # NaN where either side is absent
     dist = distancewise_errors(pred, truth)
 
     mean, std, median, maxi = _nan_stats(errors)
     n_present = np.isfinite(errors).sum(axis=0)
     n_missing = missing.sum(axis=0)
+    n_extra = extra.sum(axis=0)
 
     regions, region_order = _regions_for(labels, _resolve_protocol(protocol))
     region_index = np.array([region_order.index(r) for r in regions], dtype=np.int64)
@@ -199,13 +204,13 @@ def evaluate_arrays(pred, truth, labels: Sequence[str], protocol=None,
         per_landmark[lab] = {
             "mean": _num(mean[k]), "std": _num(std[k]),
             "median": _num(median[k]), "max": _num(maxi[k]),
-            "n": int(n_present[k]), "missing": int(n_missing[k]), "region": regions[k],
+            "n": int(n_present[k]), "missing": int(n_missing[k]), "extra": int(n_extra[k]), "region": regions[k],
         }
 
     scan_pointwise = _nanmean(errors, axis=1)
     per_scan = [
         {"scan": scan_ids[s], "pointwise_mm": _num(scan_pointwise[s]),
-         "distancewise_mm": _num(dist[s]), "missing": int(missing[s].sum())}
+         "distancewise_mm": _num(dist[s]), "missing": int(missing[s].sum()), "extra": int(extra[s].sum())}
         for s in range(n_scans)
     ]
 
@@ -214,6 +219,7 @@ def evaluate_arrays(pred, truth, labels: Sequence[str], protocol=None,
         "n_landmarks": int(n_landmarks),
         "n_predictions": int(np.isfinite(errors).sum()),
         "missing": int(missing.sum()),
+        "extra": int(extra.sum()),
         "units": "mm",
         "pointwise_mm": _num(_nanmean(mean)) if has_mean.any() else None,
         "distancewise_mm": _num(_nanmean(dist)) if np.isfinite(dist).any() else None,
@@ -509,6 +515,8 @@ def format_report(report: Dict[str, Any]) -> str:
     head = "PAL-Net evaluation: {} scan(s), {} landmark(s)".format(report["n_scans"], report["n_landmarks"])
     if report.get("missing"):
         head += ", {} missing prediction(s)".format(report["missing"])
+    if report.get("extra"):
+        head += ", {} placed where the truth has none".format(report["extra"])
     lines.append(head)
     if report.get("truth_dir") is not None:
         lines.append("  predictions: {}".format(report.get("pred_dir")))
@@ -545,12 +553,12 @@ def format_report(report: Dict[str, Any]) -> str:
         lines.append("{:<{w}}  {:>9d}  {}".format(region, n_in_region.get(region, 0), _fmt(value, 9), w=rw))
 
     lw = max([len("Landmark")] + [len(lab) for lab in per_landmark])
-    lines += ["", "{:<{w}}  {:>8}  {:>8}  {:>8}  {:>8}  {:>7}".format(
-        "Landmark", "Mean", "Std", "Median", "Max", "Missing", w=lw)]
+    lines += ["", "{:<{w}}  {:>8}  {:>8}  {:>8}  {:>8}  {:>7}  {:>5}".format(
+        "Landmark", "Mean", "Std", "Median", "Max", "Missing", "Extra", w=lw)]
     for lab, row in per_landmark.items():
-        lines.append("{:<{w}}  {}  {}  {}  {}  {:>7d}".format(
+        lines.append("{:<{w}}  {}  {}  {}  {}  {:>7d}  {:>5d}".format(
             lab, _fmt(row["mean"]), _fmt(row["std"]), _fmt(row["median"]), _fmt(row["max"]),
-            int(row.get("missing", 0)), w=lw))
+            int(row.get("missing", 0)), int(row.get("extra", 0)), w=lw))
     if report.get("measurements"):
         lines += format_measurement_errors(report["measurements"])
     return "\n".join(lines) + "\n"
