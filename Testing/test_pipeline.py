@@ -353,6 +353,17 @@ def test_png_is_rendered(tmp_path):
     assert png.stat().st_size > 10_000
 
 
+def test_samplings_on_the_command_line(tmp_path, capsys):
+    """--samplings N reaches the prediction; a value out of range is one clear line."""
+    out = tmp_path / "two"
+    assert main(["predict", str(sample_scan_path()), "-o", str(out), "-q", "--samplings", "2"]) == 0
+    assert len(list(out.glob("*.mrk.json"))) == 1
+    for bad in ("0", "9", "two"):
+        with pytest.raises(SystemExit):
+            main(["predict", str(sample_scan_path()), "-o", str(tmp_path / "x"), "-q", "--samplings", bad])
+        assert "--samplings" in capsys.readouterr().err
+
+
 def test_evaluate_cli_on_the_demo(tmp_path, capsys):
     main(["predict", str(sample_scan_path()), "-o", str(tmp_path), "-q"])
     capsys.readouterr()

@@ -168,6 +168,26 @@ def test_a_mirrored_scan_is_sampled_as_the_mirror_image(face):
     np.testing.assert_allclose(turned, a, atol=1e-9)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_isosceles_triangles_are_sampled_alike_in_the_mirror_image(seed):
+    """A grid's triangles (marching cubes, a CT's skin) are isosceles: shape cannot order their
+    base corners, and the mirror image lists them the other way round. Their samples (and the
+    lone corners of triangles too small for one, which stand in for them) still mirror."""
+    n = 40
+    x, y = np.meshgrid(np.arange(n, dtype=np.float64), np.arange(n, dtype=np.float64))
+    z = 0.05 * (x - 20.0) ** 2 + 0.03 * y ** 2
+    v = np.stack([x.ravel() - 19.5, y.ravel(), z.ravel()], axis=1)
+    i = (np.arange(n - 1)[:, None] * n + np.arange(n - 1)[None, :]).ravel()
+    tri = np.concatenate([np.stack([i, i + 1, i + n], 1), np.stack([i + 1, i + n + 1, i + n], 1)])
+    flip = np.array([-1.0, 1.0, 1.0])
+    for spacing in (1.5, 3.0):  # 3 mm: most triangles get no sample, their corners stand in
+        a = sample_surface(v, tri, spacing, seed)
+        b = sample_surface(v * flip, tri[:, ::-1], spacing, seed) * flip
+        assert len(a) == len(b)
+        from scipy.spatial import cKDTree
+        assert cKDTree(b).query(a)[0].max() < 1e-9
+
+
 def test_the_start_of_a_mirror_image_is_the_mirror_image_of_the_start(model):
     """symmetric_start: with the two fitted shapes swapped (what a scan's mirror image gets),
     the start is mirrored exactly; without a mirror shape it is the plain starting shape."""
@@ -236,3 +256,22 @@ def test_a_mirrored_scan_gets_the_mirrored_landmarks(model, face):
     back = b.landmarks.points[mirror_pairs(b.landmarks.labels)] * flip
     gap = np.linalg.norm(back - a.landmarks.points, axis=1)
     assert np.nanmean(gap) <= 0.05 and np.nanmax(gap) <= 0.2, (np.nanmean(gap), np.nanmax(gap))
+
+
+def test_several_samplings_average_the_network_and_keep_the_mirror_image(model, face):
+    """predict(samplings=2) averages the network's answers on two samplings of the surface: the
+    answer differs from one sampling's by a fraction of a mm, and a mirrored scan still gets the
+    mirrored landmarks (each sampling is the mirror image of the mirror image's)."""
+    from palnet.pipeline import predict
+    from palnet.priors import mirror_pairs
+    flip = np.array([-1.0, 1.0, 1.0])
+    one = predict(face, model, snap="none")
+    a = predict(face, model, snap="none", samplings=2)
+    moved = np.linalg.norm(a.landmarks.points - one.landmarks.points, axis=1)
+    assert 0.0 < np.nanmean(moved) < 1.0, np.nanmean(moved)
+    b = predict(Mesh(face.vertices * flip, face.triangles[:, ::-1].copy(), face.units), model, snap="none",
+                samplings=2)
+    back = b.landmarks.points[mirror_pairs(b.landmarks.labels)] * flip
+    gap = np.linalg.norm(back - a.landmarks.points, axis=1)
+    assert np.nanmean(gap) <= 0.05 and np.nanmax(gap) <= 0.2, (np.nanmean(gap), np.nanmax(gap))
+    assert np.all((a.landmarks.confidence >= 0) & (a.landmarks.confidence <= 1))

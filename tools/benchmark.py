@@ -54,7 +54,7 @@ except ImportError:  # a plain checkout without `pip install -e .`
     sys.path.insert(0, str(PACKAGE_DIR))
 
 from palnet.errors import PalnetError  # noqa: E402
-from palnet.options import DEFAULT_SNAP, NO_SNAP, SNAP_METHODS  # noqa: E402
+from palnet.options import DEFAULT_SAMPLINGS, DEFAULT_SNAP, NO_SNAP, SNAP_METHODS  # noqa: E402
 
 METHODS = ("palnet", "initial", "registration")
 TITLES = {"palnet": "PAL-Net", "initial": "(a) initial approximation (aligned mean landmarks)",
@@ -68,9 +68,11 @@ _WORKER = {}  # type: Dict[str, Any]
 # Accuracy
 # ---------------------------------------------------------------------------
 
-def _worker_init(model_path: str, baselines: bool, mean_face: Optional[np.ndarray], snap: str) -> None:
+def _worker_init(model_path: str, baselines: bool, mean_face: Optional[np.ndarray], snap: str,
+                 samplings: int = 1) -> None:
     from palnet.modelfile import load_model
-    _WORKER.update(model=load_model(model_path), baselines=baselines, mean_face=mean_face, snap=snap)
+    _WORKER.update(model=load_model(model_path), baselines=baselines, mean_face=mean_face, snap=snap,
+                   samplings=samplings)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -96,7 +98,7 @@ def evaluate_scan(task) -> Dict[str, Any]:
             out["errors"][m] = _error_text(exc)
         return out
     try:
-        pred = predict(mesh, model, snap=_WORKER["snap"])
+        pred = predict(mesh, model, snap=_WORKER["snap"], samplings=_WORKER.get("samplings", 1))
         out["points"]["palnet"] = pred.landmarks.in_units("mm").points
         out["points"]["initial"] = initial_approximation_baseline(mesh, model, pred.units, pred.alignment,
                                                                   _WORKER["snap"]).in_units("mm").points
@@ -249,7 +251,7 @@ def run_accuracy(args) -> int:
     tasks = [(sid, str(m), str(lm)) for sid, m, lm in pairs]
     jobs = max(1, min(args.jobs, len(tasks)))
     t0 = time.perf_counter()
-    init_args = (str(model_path), args.baselines, mean_face, args.snap)
+    init_args = (str(model_path), args.baselines, mean_face, args.snap, args.samplings)
     results = []
     if jobs == 1:
         _worker_init(*init_args)
@@ -283,7 +285,7 @@ def run_accuracy(args) -> int:
     print(comparison_line(comp))
     if args.out:
         report = {"data": str(args.data), "model": str(model_path), "n_scans": len(tasks), "jobs": jobs,
-                  "wall_seconds": wall, "snap": args.snap,
+                  "wall_seconds": wall, "snap": args.snap, "samplings": args.samplings,
                   "registration_template": None if not args.baselines else
                   ("ict_mean_face" if mean_face is not None else "model_template"),
                   "methods": summary, "comparison": comp, "comparison_line": comparison_line(comp)}
@@ -424,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--snap", default=DEFAULT_SNAP, choices=SNAP_METHODS + (NO_SNAP,),
                     help="--data: how PAL-Net's and the baselines' points are put on the scan (default {})".format(
                         DEFAULT_SNAP))
+    ap.add_argument("--samplings", type=int, default=DEFAULT_SAMPLINGS,
+                    help="--data: PAL-Net's surface samplings per scan, averaged (default {})".format(DEFAULT_SAMPLINGS))
     ap.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     ap.add_argument("--repeats", type=int, default=3, help="fresh processes timed in --speed mode (default 3)")
     return ap

@@ -25,7 +25,7 @@ from .folderlock import LOCK_NAME, release_lock, take_lock  # noqa: F401 (LOCK_N
 from .mesh_io import MESH_EXTENSIONS, NOT_LANDMARK_FILES, read_mesh, scan_id_for
 from .landmark_io import LANDMARK_FORMATS, atomic_write, write_landmarks
 from .modelfile import Model
-from .options import DEFAULT_SNAP
+from .options import DEFAULT_SAMPLINGS, DEFAULT_SNAP
 from .pipeline import Prediction, predict
 from .status import ERROR, NOT_A_FACE, NOT_RUN, SKIPPED
 
@@ -145,11 +145,12 @@ def _key(path: Path) -> str:
 
 
 def predict_one(mesh_path: Path, out_file: Path, model: Model, fmt: str, snap: str, units: str,
-                png: Optional[Path] = None, keep_rejected: bool = True) -> Prediction:
+                png: Optional[Path] = None, keep_rejected: bool = True,
+                samplings: int = DEFAULT_SAMPLINGS) -> Prediction:
     """Read, predict and write one scan (and its picture); a scan that is not a face is
-    written only with ``keep_rejected``."""
+    written only with ``keep_rejected``. ``samplings``: see :func:`palnet.pipeline.predict`."""
     mesh = read_mesh(mesh_path)
-    pred = predict(mesh, model, snap=snap, units=units)
+    pred = predict(mesh, model, snap=snap, units=units, samplings=samplings)
     if pred.status == NOT_A_FACE and not keep_rejected:
         return pred
     Path(out_file).parent.mkdir(parents=True, exist_ok=True)
@@ -167,7 +168,8 @@ def predict_one(mesh_path: Path, out_file: Path, model: Model, fmt: str, snap: s
 def predict_files(inputs: Iterable[str], out_dir, model: Model, fmt: str = "mrk.json", snap: str = DEFAULT_SNAP,
                   units: str = "auto", overwrite: bool = False, png: Optional[str] = None,
                   progress: Optional[Callable] = None, jobs: int = 1, keep_rejected: bool = False,
-                  isolate: bool = True, rejected_hint: str = KEEP_REJECTED_HINT) -> List[BatchItem]:
+                  isolate: bool = True, rejected_hint: str = KEEP_REJECTED_HINT,
+                  samplings: int = DEFAULT_SAMPLINGS) -> List[BatchItem]:
     """Predict every scan; returns one row per scan and adds them to the summary CSV in ``out_dir``.
 
     ``jobs`` scans are predicted at once, each in a worker process (``isolate``, the default,
@@ -192,7 +194,8 @@ def predict_files(inputs: Iterable[str], out_dir, model: Model, fmt: str = "mrk.
         picture = None
         if png:
             picture = Path(png) if len(meshes) == 1 else _picture_path(Path(png), out_file, out_dir, fmt)
-        tasks.append((mesh_path, out_file, fmt, snap, units, overwrite, picture, keep_rejected, rejected_hint))
+        tasks.append((mesh_path, out_file, fmt, snap, units, overwrite, picture, keep_rejected, rejected_hint,
+                      samplings))
     jobs = max(1, min(int(jobs or 1), len(tasks)))
     run = datetime.now().isoformat(sep=" ", timespec="milliseconds")
     done: Dict[int, BatchItem] = {}  # task index -> row
@@ -241,7 +244,7 @@ def _output_folder(out_dir) -> Path:
 
 def _predict_item(model: Model, mesh_path: Path, out_file: Path, fmt: str, snap: str, units: str,
                   overwrite: bool, picture: Optional[Path], keep_rejected: bool = False,
-                  rejected_hint: str = KEEP_REJECTED_HINT) -> BatchItem:
+                  rejected_hint: str = KEEP_REJECTED_HINT, samplings: int = DEFAULT_SAMPLINGS) -> BatchItem:
     """One scan of a batch; every failure becomes the row's status and message."""
     row = BatchItem(scan=scan_id_for(mesh_path), input=str(mesh_path), output=str(out_file))
     t0 = time.perf_counter()
@@ -253,7 +256,8 @@ def _predict_item(model: Model, mesh_path: Path, out_file: Path, fmt: str, snap:
             notes.append("picture {} exists, kept (use --overwrite to replace it)".format(picture))
             picture = None
         try:
-            pred = predict_one(mesh_path, out_file, model, fmt, snap, units, picture, keep_rejected=keep_rejected)
+            pred = predict_one(mesh_path, out_file, model, fmt, snap, units, picture, keep_rejected=keep_rejected,
+                               samplings=samplings)
             row.status, row.fit_rms_mm, row.units = pred.status, pred.fit_rms_mm, pred.units
             row.template_coverage = pred.alignment.inlier_fraction
             if pred.landmarks.confidence is not None:

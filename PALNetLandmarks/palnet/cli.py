@@ -9,9 +9,21 @@ from typing import List, Optional
 
 from . import __version__
 from .errors import PalnetError
-from .options import AUTO_UNITS, DEFAULT_SNAP, LANDMARK_FORMATS, NO_SNAP, SNAP_METHODS, SYNTH_CROPS, UNIT_CHOICES, UNITS_PER_MM
+from .options import (AUTO_UNITS, DEFAULT_SAMPLINGS, DEFAULT_SNAP, LANDMARK_FORMATS, MAX_SAMPLINGS, NO_SNAP, SNAP_METHODS,
+                      SYNTH_CROPS, UNIT_CHOICES, UNITS_PER_MM)
 from .progress import ProgressBar, event_line
 from .status import DONE, ERROR, LOW_FIT, NOT_A_FACE, PARTIAL, SKIPPED
+
+
+def _samplings(text):
+    """--samplings: a whole number from 1 to MAX_SAMPLINGS."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_SAMPLINGS:
+        raise argparse.ArgumentTypeError("{!r} is not a whole number from 1 to {}".format(text, MAX_SAMPLINGS))
+    return n
 
 
 def _variety(text):
@@ -155,7 +167,7 @@ def _cmd_predict(args) -> int:
         model = _load_model_arg(args.model)
         rows = predict_files(args.inputs, args.output, model, args.format, args.snap, args.units,
                              args.overwrite, args.png, ProgressBar("predict") if not args.quiet else None, args.jobs,
-                             keep_rejected=args.keep_rejected)
+                             keep_rejected=args.keep_rejected, samplings=args.samplings)
     except _Stopped as stop:
         if not args.quiet and sys.stderr.isatty():
             sys.stderr.write("\n")  # below the progress bar's unfinished line
@@ -302,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="put each landmark on the closest surface point (surface, the default), the nearest vertex, "
                          "the mean of the 12 nearest vertices, or leave it off the surface (none)")
     pr.add_argument("--units", default=AUTO_UNITS, choices=UNIT_CHOICES)
+    pr.add_argument("--samplings", type=_samplings, default=DEFAULT_SAMPLINGS, metavar="N",
+                    help="sample each scan's surface N times and average the network's answers: more accurate, "
+                         "the network's time N times over (default %(default)s; see the README)")
     pr.add_argument("--png", default=None,
                     help="also render each scan with its landmarks to this PNG (PNG_<scan>.png for several scans)")
     pr.add_argument("--overwrite", action="store_true", help="replace existing landmark files and pictures")

@@ -13,3 +13,7 @@ UNITS_PER_MM = {"mm": 1.0, "cm": 0.1, "m": 0.001}  # the length units of mesh an
 AUTO_UNITS = "auto"
 UNIT_CHOICES = (AUTO_UNITS,) + tuple(UNITS_PER_MM)
 SYNTH_CROPS = ("random", "face", "front", "head", "shoulders")  # palnet synth --crop (see synth._fixed_crop_mask)
+# How many times predict samples a scan's surface and averages the network's answers
+# (pipeline.predict's ``samplings``; what more of them gain and cost: README, "Accuracy and speed").
+DEFAULT_SAMPLINGS = 1
+MAX_SAMPLINGS = 8
