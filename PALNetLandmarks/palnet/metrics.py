@@ -12,8 +12,8 @@ landmark that is not there: missing in a prediction it is counted in ``missing``
 missing in the truth it is not evaluated, but a prediction placed there anyway is
 counted in ``extra`` (a landmark on anatomy the scan lacks, such as the ears of a
 face-only capture, when the truth leaves out what the scan does not show). Either way
-it is left out of every mean. Reports are plain dicts of floats, ints, strings and lists (NaN becomes None),
-ready for ``json.dumps``.
+it is left out of every mean. Reports are plain dicts of floats, ints, strings and
+lists (NaN becomes None), ready for ``json.dumps``.
 """
 import os
 import warnings

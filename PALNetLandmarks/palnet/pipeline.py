@@ -64,13 +64,13 @@ MISSING_BORDER_MM = 1.0
 MISSING_PAST_EDGE_MM = 6.0
 MISSING_PAST_EDGE_THIN_MM = 10.0
 # An ear point this far past the edge is missing once the ear's top or back is. And once both
-# are, its points whose nearest surface is the border are missing too: on 100 face-only captures
-# (seeds 1000-1099, cut 2-12 mm in front of the tragions, where the truth has no ear point) 49
-# tragions, subauralia and otobasia were placed on the cut, less than 2 mm past it; the border
-# rule takes 36 of them, and one subaurale the cut had left. On 100 warped faces of the training families
-# it takes 3 of 10 such placements and no landmark the truth has. (With the top or the back
-# alone it took 42 and 5, but on the 200 whole test heads it added a superaurale to a
-# postaurale falsely missing.)
+# are, its points whose nearest surface is the border are missing too: on 100 face-only
+# captures (seeds 1000-1099, cut 2-12 mm in front of the tragions, where the truth has no ear
+# point) 49 tragions, subauralia and otobasia were placed on the cut, less than 2 mm past it;
+# the border rule takes 36 of them, and one subaurale the cut had left. On 100 warped faces of
+# the training families it takes 3 of 10 such placements and no landmark the truth has. (With
+# the top or the back alone it took 42 and 5, but on the 200 whole test heads it added a
+# superaurale to a postaurale falsely missing.)
 EAR_PAST_EDGE_MM = 2.0
 EAR_NAMES = ("t", "sa", "sba", "pa", "obs")  # one ear's points (with _R or _L), see missing_landmarks
 EAR_ANCHORS = ("sa", "pa")  # the top and the back of the ear: far past the cut when the ear is gone
