@@ -37,7 +37,7 @@ def sample_surface(vertices: np.ndarray, triangles: np.ndarray, spacing: float,
     if len(triangles) == 0:
         return thin_points(vertices, spacing, seed)
     ids = np.arange(len(triangles)) if triangle_ids is None else np.asarray(triangle_ids)
-    triangles = corners_in_shape_order(vertices, triangles)
+    triangles, opposite = _shape_order(vertices, triangles)
     corners = np.take(vertices, triangles, axis=0)
     a, b, c = corners[:, 0], corners[:, 1], corners[:, 2]
     u, w = b - a, c - a  # the cross product written out: np.cross's own overhead was a fifth of this call
@@ -54,7 +54,7 @@ def sample_surface(vertices: np.ndarray, triangles: np.ndarray, spacing: float,
     r2 = _hash_uniform(ids[tri], nth + 1, seed + 2)
     s = np.sqrt(r1)
     w = np.stack([1 - s, s * (1 - r2), s * r2], axis=1)
-    tied = _tied_corners(a, b, c)
+    tied = _tied_corners(opposite)
     _share_tied_weights(w, tri, *tied)
     pts = w[:, :1] * a[tri] + w[:, 1:2] * b[tri] + w[:, 2:] * c[tri]
     # Tiny triangles may all round to zero points: a small fragment would vanish. Their
@@ -82,12 +82,13 @@ def sample_surface(vertices: np.ndarray, triangles: np.ndarray, spacing: float,
 TIED_EDGES = 1e-9  # opposite edges this close in squared length (relative) count as equally long
 
 
-def _tied_corners(a: np.ndarray, b: np.ndarray, c: np.ndarray):
-    """Per triangle (corners a, b, c in :func:`corners_in_shape_order`): whether a and b, and
-    whether b and c, face equally long edges (TIED_EDGES), so that shape cannot order them. The
-    tolerance makes a triangle tied in the scan and in its mirror image alike, although the
-    aligned mirror image is the mirror image only to the last digits."""
-    la, lb, lc = ((q * q).sum(axis=1) for q in (b - c, c - a, a - b))  # the edge opposite each corner
+def _tied_corners(opposite: np.ndarray):
+    """Per triangle (``opposite``: the squared lengths of the edges opposite its corners a, b, c
+    in shape order, :func:`_shape_order`): whether a and b, and whether b and c, face equally long
+    edges (TIED_EDGES), so that shape cannot order them. The tolerance makes a triangle tied in
+    the scan and in its mirror image alike, although the aligned mirror image is the mirror
+    image only to the last digits."""
+    la, lb, lc = opposite.T
     return (np.abs(la - lb) <= TIED_EDGES * np.maximum(la, lb)), (np.abs(lb - lc) <= TIED_EDGES * np.maximum(lb, lc))
 
 
@@ -121,6 +122,12 @@ def corners_in_shape_order(vertices: np.ndarray, triangles: np.ndarray) -> np.nd
     the order or winding its file lists the corners in: the mirror image of a scan (whose
     triangles are listed in reverse to keep them facing out) gets the mirror image of its samples,
     and so the mirror image of its landmarks."""
+    return _shape_order(vertices, triangles)[0]
+
+
+def _shape_order(vertices: np.ndarray, triangles: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(:func:`corners_in_shape_order`, the squared lengths of the edges opposite the corners
+    in that order, (T, 3))."""
     t = np.asarray(triangles)
     p = np.take(np.asarray(vertices, dtype=np.float64), t, axis=0)  # (T, 3, 3); far faster than vertices[t]
     e0, e1, e2 = p[:, 1] - p[:, 2], p[:, 2] - p[:, 0], p[:, 0] - p[:, 1]  # opposite each corner
@@ -129,9 +136,11 @@ def corners_in_shape_order(vertices: np.ndarray, triangles: np.ndarray) -> np.nd
     p0 = (o1 > o0).astype(np.intp) + (o2 > o0)
     p1 = (o0 >= o1).astype(np.intp) + (o2 > o1)
     out = np.empty(t.size, dtype=t.dtype)
+    opposite = np.empty(t.size)
     first = np.arange(0, t.size, 3)
     out[first + p0], out[first + p1], out[first + 3 - p0 - p1] = t[:, 0], t[:, 1], t[:, 2]
-    return out.reshape(t.shape)
+    opposite[first + p0], opposite[first + p1], opposite[first + 3 - p0 - p1] = o0, o1, o2
+    return out.reshape(t.shape), opposite.reshape(t.shape)
 
 
 THIN_NEIGHBOURS = 16  # neighbours compared when thinning; more within ``spacing`` is a far denser cloud
