@@ -288,6 +288,8 @@ class PathFieldConnector(GuiConnector):
 #
 
 STAGE_TEXT = {"loading": "loading the model", "cleanup": "cleaning the scan", "alignment": "aligning the face",
+              "alignment (wider search)": "aligning the face (a wider search)",
+              "alignment (other sizes)": "aligning the face (at other sizes)",
               "sampling": "sampling the surface", "network": "running the network",
               "registration": "registering the face template",
               "snapping": "putting the points on the surface", "done": "finishing", "measuring": "measuring"}
