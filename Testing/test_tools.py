@@ -135,3 +135,20 @@ def test_snap_benchmark_decimates_and_averages_per_fraction_and_snap():
     assert [t["median_edge_mm"] for t in table] == [2.0, 4.0]
     assert table[0]["surface"] == 2.0 and table[0]["nearest"] == 3.0
     assert np.isclose(table[1]["none"], 2.0)
+
+
+def test_a_three_js_model_is_read_with_its_quads_split(tmp_path):
+    """tools/real_scans.py reads the Lee Perry-Smith head from a three.js JSON model (format 2):
+    each face a bit mask (1 quad, 2 material, 4 face uv, 8 vertex uvs, 16 face normal, 32 vertex
+    normals, 64 face colour, 128 vertex colours), its corners, then what the mask announces."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import real_scans
+    model = {"vertices": [0, 0, 0, 1, 0, 0, 1, 1, 0, 0, 1, 0, 2, 2, 0], "uvs": [[0, 0, 1, 1]],
+             "faces": [1, 0, 1, 2, 3,
+                       2 | 8 | 32, 1, 2, 4, 0, 0, 1, 0, 5, 6, 7,
+                       1 | 16 | 64, 0, 1, 4, 3, 9, 9]}
+    path = tmp_path / "head.js"
+    path.write_text("var model = {};\n\npostMessage( model );\n".format(json.dumps(model)), encoding="utf-8")
+    vertices, triangles = real_scans.three_js_model(path, mm_per_unit=50.0)
+    assert vertices.shape == (5, 3) and vertices.max() == 100.0
+    assert triangles.tolist() == [[0, 1, 2], [0, 2, 3], [1, 2, 4], [0, 1, 4], [0, 4, 3]]

@@ -412,9 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--data", help="folder of annotated scans (DIR/<id>/scan.ply + landmarks.mrk.json)")
     what.add_argument("--speed", metavar="SCAN", help="time `palnet predict SCAN` on one core")
     what.add_argument("--consistency", nargs="+", metavar="SCAN",
-                      help="label-free checks (mirror, decimate, subdivide, crop) on these scans or folders")
+                      help="label-free checks (mirror, decimate, subdivide, crop, smaller, larger) on these scans "
+                           "or folders")
     ap.add_argument("--png", default=None, help="--consistency: a picture of each scan's answer in this folder")
-    ap.add_argument("--checks", default="mirror,decimate,subdivide,crop",
+    ap.add_argument("--checks", default="mirror,decimate,subdivide,crop,smaller,larger",
                     help="--consistency: which checks, comma-separated (default all)")
     ap.add_argument("--model", default=None, help="model file (default: the shipped model)")
     ap.add_argument("--n", type=int, default=None, help="only the first N scans (sorted by id)")

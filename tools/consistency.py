@@ -1,7 +1,7 @@
 """Label-free checks of a model on any scan: does the answer stay put when nothing about the face changes?
 
 Real scans rarely come with landmarks, but a method that understands faces answers the same
-face the same way however it is presented. Three checks, each in mm, over the landmarks that
+face the same way however it is presented. Each check gives mm over the landmarks that
 both answers place (a landmark reported missing in either is left out and counted):
 
 - **mirror**: the scan mirrored (x -> -x), predicted, mirrored back, ``_R``/``_L`` swapped,
@@ -10,7 +10,10 @@ both answers place (a landmark reported missing in either is left out and counte
   triangle into four), against the answer on the scan as it is;
 - **crop**: the scan cut to the face (in front of the ears, above the chin's underside, below
   the hairline, planes placed from the scan's own answer; a scan without tragions, a face-only
-  capture already, is cut 10 mm behind its deepest landmark) against the answer on the whole scan.
+  capture already, is cut 10 mm behind its deepest landmark) against the answer on the whole scan;
+- **smaller**, **larger**: the scan scaled by 0.8 and 1.25 (a smaller or larger face, or a scan
+  whose numbers are not in the units they seem to be), the answer scaled back, against the
+  answer on the scan as it is.
 
 ``python tools/benchmark.py --consistency SCAN_OR_FOLDER... [--model M] [--png DIR]`` runs them.
 """
@@ -19,7 +22,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-CHECKS = ("mirror", "decimate", "subdivide", "crop")
+CHECKS = ("mirror", "decimate", "subdivide", "crop", "smaller", "larger")
+SIZE_FACTORS = {"smaller": 0.8, "larger": 1.25}
 FACE_ONLY_MARGIN_MM = 10.0  # crop of a scan without tragions: this far behind its deepest landmark
 DECIMATED_FRACTION = 0.3
 
@@ -39,6 +43,11 @@ def _distance(a: np.ndarray, b: np.ndarray) -> Dict[str, float]:
 def mirrored(mesh):
     from palnet.datatypes import Mesh
     return Mesh(mesh.vertices * np.array([-1.0, 1.0, 1.0]), mesh.triangles[:, ::-1].copy(), mesh.units, mesh.source)
+
+
+def resized(mesh, factor: float):
+    from palnet.datatypes import Mesh
+    return Mesh(mesh.vertices * factor, mesh.triangles, mesh.units, mesh.source)
 
 
 def decimated(mesh, fraction: float = DECIMATED_FRACTION):
@@ -105,6 +114,9 @@ def check_scan(mesh, model, checks=CHECKS, png_dir: Optional[Path] = None, name:
                 variant = face_crop(mesh, base)
                 p = predict(variant, model)
                 pts = _to_mm(p)
+            elif check in SIZE_FACTORS:
+                p = predict(resized(mesh, SIZE_FACTORS[check]), model)
+                pts = _to_mm(p) / SIZE_FACTORS[check]
             else:
                 raise ValueError(check)
         except Exception as exc:  # one failing variant is reported, the others still run

@@ -11,6 +11,12 @@ Writes into DIR (nothing is kept in this repository):
   ``headsq`` CT of a real head from the same collection, 64 x 64 pixels of 3.2 mm in 93 slices
   1.5 mm apart: a real face of another modality, with the staircase of thick slices and a tube
   in front of the mouth.
+- ``lee_perry_smith.ply``: "Infinite, 3D Head Scan" by Lee Perry-Smith (CC BY 3.0, based on a
+  work at www.triplegangers.com), a head and shoulders with closed eyes, retopologised to 8838
+  vertices, as the three.js examples kept it in 2011 (a JSON model in the alteredq/three.js
+  repository). Its coordinates have no unit; it is written scaled by LPS_MM_PER_UNIT, which
+  gives it an adult face's widths (about 140 mm between the zygions and 51 mm across the mouth
+  as the shipped model places them).
 
 Then ``python tools/benchmark.py --consistency DIR --png DIR/png`` checks the model on them.
 """
@@ -20,6 +26,9 @@ import urllib.request
 from pathlib import Path
 
 BASE = "https://raw.githubusercontent.com/pyvista/vtk-data/master/Data/"
+LPS_URL = ("https://raw.githubusercontent.com/alteredq/three.js/5fa19e8460457bcde21516479fba379221d64303/"
+           "examples/obj/leeperrysmith/LeePerrySmith.js")
+LPS_MM_PER_UNIT = 50.0
 HEADSQ_SLICES = 93
 HEADSQ_SIZE = (64, 64)
 HEADSQ_SPACING = (3.2, 3.2, 1.5)  # mm
@@ -57,6 +66,29 @@ def skin_surface(prefix: str, slices: int, size=HEADSQ_SIZE, spacing=HEADSQ_SPAC
     return largest.GetOutput()
 
 
+def three_js_model(path: Path, mm_per_unit: float = LPS_MM_PER_UNIT):
+    """Vertices (mm) and triangles of a three.js JSON model (format 2: ``var model = {...}``;
+    each face a type bit mask, then 3 or 4 vertex indices, then what the mask announces)."""
+    import json
+    import numpy as np
+    text = path.read_text(encoding="utf-8")
+    model = json.loads(text[text.index("{"):text.rindex("}") + 1])
+    vertices = np.asarray(model["vertices"], dtype=np.float64).reshape(-1, 3) * mm_per_unit
+    faces, layers = model["faces"], len(model.get("uvs", [])) or 1
+    triangles, i = [], 0
+    while i < len(faces):
+        kind = faces[i]
+        n = 4 if kind & 1 else 3
+        corners = faces[i + 1:i + 1 + n]
+        i += 1 + n
+        i += (kind & 2 > 0) + (kind & 4 > 0) * layers + (kind & 8 > 0) * n * layers
+        i += (kind & 16 > 0) + (kind & 32 > 0) * n + (kind & 64 > 0) + (kind & 128 > 0) * n
+        triangles.append(corners[:3])
+        if n == 4:
+            triangles.append([corners[0], corners[2], corners[3]])
+    return vertices, np.asarray(triangles, dtype=np.int64)
+
+
 def main(argv=None) -> int:
     from vtkmodules.vtkIOPLY import vtkPLYWriter
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -64,6 +96,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     out = Path(args.out)
     (out / "headsq").mkdir(parents=True, exist_ok=True)
+    (out / "lee_perry_smith").mkdir(exist_ok=True)
     download(BASE + "fran_cut.vtk", out / "fran_cut.vtk")
     for i in range(1, HEADSQ_SLICES + 1):
         download(BASE + "headsq/quarter.{}".format(i), out / "headsq" / "quarter.{}".format(i))
@@ -76,6 +109,11 @@ def main(argv=None) -> int:
         print("could not write {}".format(out / "headsq_skin.ply"), file=sys.stderr)
         return 1
     print("wrote {} and {} ({} vertices)".format(out / "fran_cut.vtk", out / "headsq_skin.ply", poly.GetNumberOfPoints()))
+    from palnet.datatypes import Mesh
+    from palnet.mesh_io import write_mesh
+    vertices, triangles = three_js_model(download(LPS_URL, out / "lee_perry_smith" / "LeePerrySmith.js"))
+    write_mesh(Mesh(vertices, triangles, "mm"), out / "lee_perry_smith.ply")
+    print("wrote {} ({} vertices)".format(out / "lee_perry_smith.ply", len(vertices)))
     return 0
 
 
