@@ -71,3 +71,14 @@ def test_a_face_off_the_template_s_size_is_read_nearer_it(model, head, factor):
     back = (pred.landmarks.points - centre) / factor + centre
     gap = np.nanmean(np.linalg.norm(back - ref.landmarks.points, axis=1))
     assert gap < 1.2
+
+
+def test_a_surface_that_is_no_face_in_the_units_its_size_suggests_says_so(model, sample):
+    """A head whose coordinates have no unit (a mesh made for rendering: 1 = 18 mm here) reads as
+    a small face in cm: not a face, and the message points at the units."""
+    mesh = sample[0]
+    pred = predict(Mesh(mesh.vertices / 18.0, mesh.triangles, "mm"), model)
+    assert pred.status == "not a face" and pred.units == "cm"
+    assert "its units were taken for cm from its size: if they are others, give them" in pred.message
+    assert "units were taken" not in predict(Mesh(mesh.vertices / 18.0, mesh.triangles, "mm"), model,
+                                             units="cm").message

@@ -590,6 +590,8 @@ def predict(mesh: Mesh, model: Model, snap: str = DEFAULT_SNAP, units: str = "au
         message = "; ".join(m for m in (message, note) if m)
     if prep.alignment.scale != 1.0:
         message = "; ".join(m for m in (message, sized_note(prep.alignment.scale)) if m)
+    if status == NOT_A_FACE and units == "auto":  # a face far smaller or larger in the units its size suggests
+        message += "; its units were taken for {} from its size: if they are others, give them".format(prep.units)
     replaced = [lab for lab, t in zip(labels, taken) if t]
     order = (describe_out_of_order(found, replaced) if replaced else "", describe_out_of_order(still))
     message = "; ".join(m for m in (message, moved) + order if m)
