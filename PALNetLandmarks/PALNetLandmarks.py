@@ -75,6 +75,7 @@ UNIT_CHOICES = list(_options.UNIT_CHOICES)
 FORMAT_CHOICES = list(_options.LANDMARK_FORMATS)
 DEFAULT_SNAP = _options.DEFAULT_SNAP
 DEFAULT_UNITS = _options.AUTO_UNITS
+DEFAULT_SAMPLINGS, MAX_SAMPLINGS = _options.DEFAULT_SAMPLINGS, _options.MAX_SAMPLINGS
 DEFAULT_FORMAT = "mrk.json"
 DEFAULT_EPOCHS = 100
 SAMPLE_CATEGORY = "PAL-Net"
@@ -218,6 +219,7 @@ class PALNetLandmarksParameterNode:
     snap - how predicted points are put on the surface (nearest vertex, mean of nearest vertices, closest surface point).
     units - length unit of the scan's coordinates; auto detects mm, cm or m from the scan's size.
     lockPoints - lock the placed control points against accidental dragging.
+    samplings - how many times the surface is sampled, the network's answers averaged (more: a little more accurate).
     batchInputFolder, batchOutputFolder, batchFormat, batchOverwrite - the Batch section.
     trainingDataFolder, trainingEpochs, trainingAugmentCopies, trainingOutputModel - the Training section.
     Paths are pathlib.Path; an unset path reads as Path(".") (see pathOrNone).
@@ -229,6 +231,7 @@ class PALNetLandmarksParameterNode:
     snap: Annotated[str, Choice(SNAP_CHOICES)] = DEFAULT_SNAP
     units: Annotated[str, Choice(UNIT_CHOICES)] = DEFAULT_UNITS
     lockPoints: bool = False
+    samplings: Annotated[int, WithinRange(1, MAX_SAMPLINGS)] = DEFAULT_SAMPLINGS
     batchInputFolder: pathlib.Path
     batchOutputFolder: pathlib.Path
     batchFormat: Annotated[str, Choice(FORMAT_CHOICES)] = DEFAULT_FORMAT
@@ -367,6 +370,8 @@ class PALNetLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             box.clear()
             box.addItems(items)
             box.setCurrentIndex(box.findText(default))
+        self.ui.samplingsSpinBox.setRange(1, MAX_SAMPLINGS)
+        self.ui.samplingsSpinBox.setValue(DEFAULT_SAMPLINGS)
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
@@ -480,7 +485,8 @@ class PALNetLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Failed to place landmarks.")):
             try:
                 self.logic.startPrediction(p.inputModel, p.outputPointList, pathOrNone(p.modelFile), p.snap, p.units,
-                                           p.lockPoints, progress=self.onApplyProgress, finished=self.onApplyFinished)
+                                           p.lockPoints, progress=self.onApplyProgress, finished=self.onApplyFinished,
+                                           samplings=p.samplings)
             except Exception:
                 self.ui.statusLabel.setText(_("Failed: see the error message."))
                 raise
@@ -615,7 +621,7 @@ class PALNetLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.startBatch(pathOrNone(p.batchInputFolder), pathOrNone(p.batchOutputFolder), p.batchFormat,
                                   progress=self.onBatchProgress, finished=self.onBatchFinished,
                                   modelPath=pathOrNone(p.modelFile), snap=p.snap, units=p.units,
-                                  overwrite=p.batchOverwrite)
+                                  overwrite=p.batchOverwrite, samplings=p.samplings)
             self.ui.batchSummaryLabel.setText(_("Starting..."))
             for field in (self.ui.batchInputFolderPathLineEdit, self.ui.batchOutputFolderPathLineEdit):
                 field.addCurrentPathToHistory()
@@ -1156,7 +1162,7 @@ class PALNetLandmarksLogic(ScriptedLoadableModuleLogic):
     # ------------------------------------------------------------ prediction
 
     def process(self, modelNode, outputMarkupsNode=None, modelPath: Optional[str] = None, snap: str = DEFAULT_SNAP,
-                units: str = "auto", lockPoints: bool = False):
+                units: str = "auto", lockPoints: bool = False, samplings: int = DEFAULT_SAMPLINGS):
         """Place the model's landmarks on ``modelNode``; returns the point list (vtkMRMLMarkupsFiducialNode).
 
         The surface is read in world RAS (parent transforms applied); the points are
@@ -1166,11 +1172,12 @@ class PALNetLandmarksLogic(ScriptedLoadableModuleLogic):
         """
         from palnet.pipeline import predict
         self._checkPredictionInputs(modelNode, outputMarkupsNode, snap, units)
+        self._checkSamplings(samplings)
         start = time.perf_counter()
         model = self.loadModel(modelPath)
         protocol = mrml.protocolForModel(model.metadata)
         mesh = mrml.meshFromModelNode(modelNode)
-        prediction = predict(mesh, model, snap=snap, units=units)
+        prediction = predict(mesh, model, snap=snap, units=units, samplings=samplings)
 
         scene = modelNode.GetScene() if modelNode.GetScene() is not None else slicer.mrmlScene
         node = outputMarkupsNode
@@ -1190,7 +1197,8 @@ class PALNetLandmarksLogic(ScriptedLoadableModuleLogic):
 
     def startPrediction(self, modelNode, outputMarkupsNode=None, modelPath: Optional[str] = None,
                         snap: str = DEFAULT_SNAP, units: str = "auto", lockPoints: bool = False,
-                        progress: Optional[Callable] = None, finished: Optional[Callable] = None) -> PredictionRun:
+                        progress: Optional[Callable] = None, finished: Optional[Callable] = None,
+                        samplings: int = DEFAULT_SAMPLINGS) -> PredictionRun:
         """Like :meth:`process`, in a child process: returns a PredictionRun at once.
 
         The surface is exported in world RAS (parent transforms and unsaved edits
@@ -1202,6 +1210,7 @@ class PALNetLandmarksLogic(ScriptedLoadableModuleLogic):
         """
         self._claimRun()
         self._checkPredictionInputs(modelNode, outputMarkupsNode, snap, units)
+        self._checkSamplings(samplings)
         problem = self.modelFileProblem(modelPath)
         if problem:
             raise PalnetError(problem)
@@ -1212,13 +1221,19 @@ class PALNetLandmarksLogic(ScriptedLoadableModuleLogic):
             mrml.writeWorldSurface(modelNode, surface)
             command = runner.command(background.pythonExecutable(), MODULE_DIR, [
                 "predict", "--mesh", surface, "--name", modelNode.GetName(), "--model", self.resolveModelPath(modelPath),
-                "--snap", snap, "--units", units])
+                "--snap", snap, "--units", units, "--samplings", str(samplings)])
             run = PredictionRun(self, command, workDir, modelNode, outputMarkupsNode, modelPath, lockPoints,
                                 progress, finished, start)
         except Exception:
             shutil.rmtree(workDir, ignore_errors=True)
             raise
         return self._startRun(run)
+
+    @staticmethod
+    def _checkSamplings(samplings) -> None:
+        if isinstance(samplings, bool) or not isinstance(samplings, int) or not 1 <= samplings <= MAX_SAMPLINGS:
+            raise ValueError(_("Samplings must be a whole number from 1 to {}, not {!r}").format(MAX_SAMPLINGS,
+                                                                                                 samplings))
 
     @staticmethod
     def _checkPredictionInputs(modelNode, outputMarkupsNode, snap: str, units: str) -> None:
@@ -1321,7 +1336,8 @@ class PALNetLandmarksLogic(ScriptedLoadableModuleLogic):
 
     def processDirectory(self, inputDir: str, outputDir: str, format: str = "mrk.json",
                          progress: Optional[Callable] = None, modelPath: Optional[str] = None,
-                         snap: str = DEFAULT_SNAP, units: str = "auto", overwrite: bool = False):
+                         snap: str = DEFAULT_SNAP, units: str = "auto", overwrite: bool = False,
+                         samplings: int = DEFAULT_SAMPLINGS):
         """Landmarks for every scan in ``inputDir`` (recursively), one file each in ``outputDir``.
 
         Same guarantees as ``palnet predict``: a bad scan is reported in its row and
@@ -1332,6 +1348,7 @@ class PALNetLandmarksLogic(ScriptedLoadableModuleLogic):
         units, seconds, message).
         """
         from palnet.batch import predict_files
+        self._checkSamplings(samplings)
         if not inputDir or not os.path.isdir(str(inputDir)):
             raise PalnetError("input folder not found", inputDir or "(none)")
         if not outputDir:
@@ -1340,7 +1357,7 @@ class PALNetLandmarksLogic(ScriptedLoadableModuleLogic):
         # Workers are forked from Slicer; on Windows they would be spawned from sys.executable,
         # which inside Slicer may be the application itself.
         rows = predict_files([str(inputDir)], str(outputDir), model, fmt=format, snap=snap, units=units,
-                             overwrite=overwrite, progress=progress, isolate=os.name != "nt",
+                             overwrite=overwrite, progress=progress, isolate=os.name != "nt", samplings=samplings,
                              rejected_hint=_("to place its landmarks anyway, load the scan and press Apply"))
         self.lastBatchRows = rows
         failed = [r for r in rows if r.status == "error"]
@@ -1351,7 +1368,7 @@ class PALNetLandmarksLogic(ScriptedLoadableModuleLogic):
 
     def startBatch(self, inputDir: str, outputDir: str, format: str = "mrk.json", progress: Optional[Callable] = None,
                    finished: Optional[Callable] = None, modelPath: Optional[str] = None, snap: str = DEFAULT_SNAP,
-                   units: str = "auto", overwrite: bool = False) -> BatchRun:
+                   units: str = "auto", overwrite: bool = False, samplings: int = DEFAULT_SAMPLINGS) -> BatchRun:
         """Like :meth:`processDirectory`, in a child process: returns a BatchRun at once.
 
         ``progress(done, total, scan, error)`` after each scan, ``finished(run)`` at the end
@@ -1359,6 +1376,7 @@ class PALNetLandmarksLogic(ScriptedLoadableModuleLogic):
         the summary CSV still lists every scan.
         """
         self._claimRun()
+        self._checkSamplings(samplings)
         if not inputDir or not os.path.isdir(str(inputDir)):
             raise PalnetError("input folder not found", inputDir or "(none)")
         if not outputDir:
@@ -1371,7 +1389,7 @@ class PALNetLandmarksLogic(ScriptedLoadableModuleLogic):
         workDir = tempfile.mkdtemp(prefix="PALNet-batch-")
         args = ["batch", "--input", os.path.abspath(str(inputDir)), "--output", os.path.abspath(str(outputDir)),
                 "--format", format, "--model", self.resolveModelPath(modelPath), "--snap", snap, "--units", units,
-                "--rejected-hint", _("to place its landmarks anyway, load the scan and press Apply")]
+                "--samplings", str(samplings), "--rejected-hint", _("to place its landmarks anyway, load the scan and press Apply")]
         if overwrite:
             args.append("--overwrite")
         try:

@@ -362,6 +362,9 @@ def test_bad_input_is_one_clear_error(plm, mrml_scene, face, model_path, tmp_pat
     node = model_node_from_mesh(mrml_scene, face)
     with pytest.raises(ValueError, match="snap"):
         logic.process(node, modelPath=model_path, snap="closest")
+    for bad in (0, 9, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="Samplings must be a whole number from 1 to 8"):
+            logic.process(node, modelPath=model_path, samplings=bad)
     with pytest.raises(PalnetError, match="model file not found"):
         logic.process(node, modelPath=str(tmp_path / "nope.npz"))
     curve = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsCurveNode")
@@ -669,7 +672,7 @@ def parameter_fields(plm):
 
 def test_parameter_node_fields(plm):
     fields = parameter_fields(plm)
-    assert list(fields) == ["inputModel", "outputPointList", "modelFile", "snap", "units", "lockPoints",
+    assert list(fields) == ["inputModel", "outputPointList", "modelFile", "snap", "units", "lockPoints", "samplings",
                             "batchInputFolder", "batchOutputFolder", "batchFormat", "batchOverwrite",
                             "trainingDataFolder", "trainingEpochs", "trainingAugmentCopies", "trainingOutputModel"]
     assert [name for name, a in fields.items() if a is Path] == list(plm.PATH_PARAMETERS)
@@ -680,6 +683,7 @@ def test_parameter_node_fields(plm):
                 assert getattr(params, name) in extra.choices, name
     from palnet.options import DEFAULT_SNAP
     assert params.snap == DEFAULT_SNAP == "surface" and params.units == "auto" and params.batchFormat == "mrk.json"
+    assert params.samplings == 1
     assert all(plm.pathOrNone(getattr(params, name)) is None for name in plm.PATH_PARAMETERS)  # unset: Path(".")
     from palnet.landmark_io import LANDMARK_FORMATS
     from palnet.snap import SNAP_METHODS

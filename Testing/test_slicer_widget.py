@@ -189,13 +189,15 @@ def test_parameters_round_trip_through_widgets_and_the_scene(plm, panel, mrml_sc
     ui.snapComboBox.setCurrentIndex(ui.snapComboBox.findText("surface"))
     ui.unitsComboBox.setCurrentIndex(ui.unitsComboBox.findText("cm"))
     ui.lockPointsCheckBox.setChecked(True)
+    assert (ui.samplingsSpinBox.minimum(), ui.samplingsSpinBox.maximum(), ui.samplingsSpinBox.value()) == (1, 8, 1)
+    ui.samplingsSpinBox.setValue(2)
     ui.batchFormatComboBox.setCurrentIndex(ui.batchFormatComboBox.findText("fcsv"))
     ui.batchOverwriteCheckBox.setChecked(True)
     ui.trainingEpochsSpinBox.setValue(7)
     ui.trainingAugmentSpinBox.setValue(3)
     ui.batchInputFolderPathLineEdit.setCurrentPath(str(tmp_path))
     ui.trainingOutputModelPathLineEdit.setCurrentPath(str(tmp_path / "m.npz"))
-    assert p.inputModel is node and p.snap == "surface" and p.units == "cm" and p.lockPoints
+    assert p.inputModel is node and p.snap == "surface" and p.units == "cm" and p.lockPoints and p.samplings == 2
     assert p.batchFormat == "fcsv" and p.batchOverwrite and p.trainingEpochs == 7 and p.trainingAugmentCopies == 3
     assert p.batchInputFolder == tmp_path and isinstance(p.batchInputFolder, Path)
     assert p.trainingOutputModel == tmp_path / "m.npz"
@@ -380,7 +382,7 @@ def test_apply_gives_the_in_process_answer_into_a_chosen_list(panel, mrml_scene,
     transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(pose_matrix((5, 30, -10), (4, 5, 6))))
     node.SetAndObserveTransformNodeID(transform.GetID())  # the surface as displayed, not as stored
     p = panel._parameterNode
-    p.outputPointList, p.snap, p.lockPoints = mine, "surface", True
+    p.outputPointList, p.snap, p.lockPoints, p.samplings = mine, "surface", True, 2
     panel.onApplyButton()
     spin(lambda: idle(panel), 120)
     assert panel.logic._activeRun.node is mine and fiducial_nodes(mrml_scene) == [mine]
@@ -390,7 +392,7 @@ def test_apply_gives_the_in_process_answer_into_a_chosen_list(panel, mrml_scene,
     assert panel.logic.lastMeasurementsTable is table
     if table is not None:
         assert mrml_scene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 1
-    reference = panel.logic.process(node, modelPath=str(tiny_model_path), snap="surface")
+    reference = panel.logic.process(node, modelPath=str(tiny_model_path), snap="surface", samplings=2)
     assert np.abs(point_list(mine)[2] - point_list(reference)[2]).max() < 1e-6
     assert all(point_list(mine)[3])
     assert mine.GetDisplayNode().GetGlyphSize() == pytest.approx(reference.GetDisplayNode().GetGlyphSize())
@@ -512,10 +514,12 @@ def test_batch_runs_in_the_background(panel, face, tiny_model_path, tmp_path, di
     ui, p = panel.ui, panel._parameterNode
     write_scans(tmp_path / "scans", face, 2, broken=True)
     p.batchInputFolder, p.batchOutputFolder, p.modelFile = tmp_path / "scans", tmp_path / "out", tiny_model_path
-    p.batchFormat = "fcsv"
+    p.batchFormat, p.samplings = "fcsv", 2
     assert ui.batchRunButton.isEnabled()
     ui.batchRunButton.click()
     run = panel.logic.activeRun
+    at = run.process.command.index("--samplings")
+    assert run.process.command[at + 1] == "2"
     assert run.kind == "batch" and ui.batchCancelButton.isEnabled() and not ui.applyButton.isEnabled()
     assert "A batch is running" in ui.applyButton.toolTip()
     panel.onBatchRun()

@@ -24,7 +24,7 @@ import threading
 import time
 from typing import List, Optional
 
-from palnet.options import DEFAULT_SNAP
+from palnet.options import DEFAULT_SAMPLINGS, DEFAULT_SNAP
 from palnet.progress import event_line, parse_event as parseEvent  # noqa: F401 (the module reads events with it)
 
 EXIT_ERROR, EXIT_CANCELLED = 2, 3
@@ -83,7 +83,7 @@ def predictCommand(args) -> int:
         emit("stage", stage=stage, fraction=float(fraction))
 
     start = time.perf_counter()
-    prediction = predict(mesh, model, snap=args.snap, units=args.units, progress=progress)
+    prediction = predict(mesh, model, snap=args.snap, units=args.units, progress=progress, samplings=args.samplings)
     landmarks = prediction.landmarks
     extent = mesh.vertices.max(axis=0) - mesh.vertices.min(axis=0)
     result = {
@@ -134,6 +134,7 @@ def batchCommand(args) -> int:
         emit("scan", done=done, total=total, scan=scan, error=error)
 
     rows = predict_files([args.input], args.output, model, fmt=args.format, snap=args.snap, units=args.units,
+                         samplings=args.samplings,
                          overwrite=args.overwrite, progress=progress, isolate=True, rejected_hint=args.rejected_hint)
     _writeJson(args.result, [row.__dict__ for row in rows])
     # The batch's measurements table beside the summary (palnet predict --measure does the same).
@@ -182,6 +183,7 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--model", required=True)
         s.add_argument("--snap", default=DEFAULT_SNAP)
         s.add_argument("--units", default="auto")
+        s.add_argument("--samplings", type=int, default=DEFAULT_SAMPLINGS)
         s.add_argument("--result", required=True)
         s.add_argument("--cancel")
     pr = sub.choices["predict"]
