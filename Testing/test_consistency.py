@@ -25,7 +25,7 @@ def test_mirror_and_crop_consistency_of_the_sample(model, sample):
 
 def test_size_consistency_of_the_sample(model, sample):
     """The sample scaled by 0.8 and by 1.25, its answer scaled back, stays within 1.2 mm of the
-    sample's answer on average (0.71 and 0.79 mm measured), every landmark compared."""
+    sample's answer on average (0.71 and 0.77 mm measured), every landmark compared."""
     r = consistency.check_scan(sample[0], model, checks=("smaller", "larger"))
     for check in ("smaller", "larger"):
         assert r[check]["status"] == "ok"

@@ -82,3 +82,18 @@ def test_a_surface_that_is_no_face_in_the_units_its_size_suggests_says_so(model,
     assert "its units were taken for cm from its size: if they are others, give them" in pred.message
     assert "units were taken" not in predict(Mesh(mesh.vertices / 18.0, mesh.triangles, "mm"), model,
                                              units="cm").message
+
+
+def test_a_face_read_at_another_size_still_moves_with_the_scan(model, head):
+    """The size estimate reads the pose-independent surface samples (on the search's 4 mm grid
+    subsample, whose cells depend on the pose, it would change a little from pose to pose, and
+    with it the size a face outside SIZE_RANGE is read at)."""
+    from scipy.spatial.transform import Rotation
+
+    from conftest import moves_with_the_scan
+    small, _ = _scaled(head[0], 0.8)
+    rot, shift = Rotation.from_euler("xyz", [35, -60, 150], degrees=True).as_matrix(), np.array([40.0, -7.0, 90.0])
+    ref, pred = moves_with_the_scan(model, small, Mesh(small.vertices @ rot.T + shift, small.triangles, small.units),
+                                    rot, shift, 0.05)
+    assert ref.alignment.scale != 1.0
+    assert pred.alignment.scale == pytest.approx(ref.alignment.scale, abs=1e-9)

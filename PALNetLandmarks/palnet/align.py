@@ -632,7 +632,7 @@ def align_scan(vertices_mm: np.ndarray, template: np.ndarray, seed: int = 0,
     dist = surface.query(fitted)[0]
     rms, inl = float(robust_score(dist[None])[0]), float((dist < 5.0).mean())
     shaped = template if modes is None or not len(coef) else template + np.transpose(modes, (1, 2, 0)) @ coef
-    return Alignment(rotation=r.T, translation=-r.T @ t, scale=1.0, size=_face_size(tree, template, order, r, t),
+    return Alignment(rotation=r.T, translation=-r.T @ t, scale=1.0, size=_face_size(surface, template, order, r, t),
                      rms_mm=rms, inlier_fraction=inl,
                      surface_agreement=surface_agreement(surface.data, template, shaped @ r.T + t, r),
                      shape=np.asarray(coef, dtype=np.float64), mirror_shape=np.asarray(mirror_coef, dtype=np.float64),
@@ -698,9 +698,11 @@ SIZE_FIT_KEEP = 0.9  # the fraction of them that count: trimmed harder, the esti
 def _face_size(tree: cKDTree, template: np.ndarray, order: np.ndarray, r: np.ndarray, t: np.ndarray) -> float:
     """The scanned face's size relative to the template, from its pose (``r``, ``t``: template ->
     scan): trimmed closest-point fits of the template (without its shape modes, which take on
-    part of a face's size) that may also scale it, within 0.8-1.25. Seven synthetic faces scaled
-    by 0.85 and 1.15 read 0.849-0.871 and 1.122-1.149 times their own size; 80 of the head
-    model's own faces (test seeds) read 0.82-1.12, 80 % of them 0.92-1.07."""
+    part of a face's size) that may also scale it, within 0.8-1.25, on the surface samples of the
+    last fit (``tree``), which do not depend on the pose: neither does the estimate, nor whether a
+    face is read at another size. Seven synthetic faces scaled by 0.85 and 1.15 read 0.851-0.872
+    and 1.134-1.148 times their own size; 80 of the head model's own faces (test seeds) read
+    0.82-1.12, 80 % of them 0.92-1.07."""
     sub = order[:min(SIZE_FIT_POINTS, len(template))]
     s = _icp(tree, template[sub], r[None], np.ones(1), np.asarray(t, dtype=np.float64)[None], iters=SIZE_FIT_ITERS,
              keep=SIZE_FIT_KEEP, with_scale=True)[1]

@@ -326,14 +326,17 @@ SIZE_RANGE = (0.88, 1.12)
 SIZE_TRIES = (1.25, 0.8)
 # ... tried only when the poor fit's surface agreement is low too: 0.59-0.80 on seven faces far
 # from the template's size that were fitted upside down or on the back of the head, 0.89-0.94 on
-# the real scans fitted in place, which then do not pay for two more searches (about 2 s).
+# the real scans fitted in place, which then do not pay for two more searches (about 2 s); and
+# only when the fit is near a face at all (RMS within NOT_A_FACE_RMS_MM: 4.0-5.1 mm on those
+# seven), not for a sphere, whose every search takes 5-15 s and ends at the 8 mm cap.
 SIZE_TRY_AGREEMENT = 0.85
 
 
 def _sized_alignment(mm: np.ndarray, template: np.ndarray, modes, clean: Mesh, alignment: Alignment,
                      report: Progress) -> Alignment:
     status = scan_status(alignment, clean.n_vertices)[0]
-    if status != OK and not alignment.surface_agreement >= SIZE_TRY_AGREEMENT:
+    if status != OK and not alignment.surface_agreement >= SIZE_TRY_AGREEMENT and \
+            alignment.rms_mm <= NOT_A_FACE_RMS_MM:
         for k in SIZE_TRIES:
             report("alignment (other sizes)", 0.4)
             other = align_scan(mm * k, template, modes=modes, triangles=clean.triangles)
