@@ -48,14 +48,10 @@ class Alignment:
         m[:3, 3] = self.translation
         return m
 
-    def to_canonical(self, points: np.ndarray) -> np.ndarray:
-        if self.scale == 1.0:
-            return np.asarray(points) @ self.rotation.T + self.translation
+    def to_canonical(self, points: np.ndarray) -> np.ndarray:  # dividing by a scale of 1 is exact
         return np.asarray(points) @ (self.rotation.T / self.scale) + self.translation
 
     def to_scan(self, points: np.ndarray) -> np.ndarray:
-        if self.scale == 1.0:
-            return (np.asarray(points) - self.translation) @ self.rotation
         return (np.asarray(points) - self.translation) @ self.rotation * self.scale
 
 

@@ -112,7 +112,9 @@ class Prediction:
     alignment: Alignment
     seconds: float
     timings: dict = field(default_factory=dict)
-    spread_mm: Optional[np.ndarray] = None  # per landmark: how far perturbed runs land from the answer
+    # per landmark: how far perturbed runs land from the answer (canonical mm, like fit_rms_mm: for a face
+    # read at another size, 1 / alignment.scale times the scan's mm)
+    spread_mm: Optional[np.ndarray] = None
     message: str = ""  # why the status is not "ok"
     spikes_removed: int = 0  # scanner spikes left out of alignment, patches and snapping
     fragments_removed: int = 0  # vertices of loose fragments left out likewise
