@@ -71,6 +71,8 @@ def test_a_face_off_the_template_s_size_is_read_nearer_it(model, head, factor):
     back = (pred.landmarks.points - centre) / factor + centre
     gap = np.nanmean(np.linalg.norm(back - ref.landmarks.points, axis=1))
     assert gap < 1.2
+    # the fit is told in the scan's mm (the summary's fit_rms_mm, the message), not the template's
+    assert pred.fit_rms_mm == pytest.approx(pred.alignment.rms_mm * pred.alignment.scale)
 
 
 def test_a_surface_that_is_no_face_in_the_units_its_size_suggests_says_so(model, sample):

@@ -112,8 +112,8 @@ class Prediction:
     alignment: Alignment
     seconds: float
     timings: dict = field(default_factory=dict)
-    # per landmark: how far perturbed runs land from the answer (canonical mm, like fit_rms_mm: for a face
-    # read at another size, 1 / alignment.scale times the scan's mm)
+    # per landmark: how far perturbed runs land from the answer (canonical mm: for a face read at another
+    # size, 1 / alignment.scale times the scan's mm; the confidence is calibrated on them)
     spread_mm: Optional[np.ndarray] = None
     message: str = ""  # why the status is not "ok"
     spikes_removed: int = 0  # scanner spikes left out of alignment, patches and snapping
@@ -126,7 +126,8 @@ class Prediction:
 
     @property
     def fit_rms_mm(self) -> float:
-        return self.alignment.rms_mm
+        """The face template's fit (RMS), in the scan's mm (the status judges it at the template's size)."""
+        return self.alignment.rms_mm * self.alignment.scale
 
 
 @dataclass
@@ -147,7 +148,9 @@ class PreparedScan:
 def scan_status(alignment: Alignment, n_vertices: int) -> Tuple[str, str]:
     """("ok" | "low fit" | "not a face", the reason when not ok) from how well the face template fits."""
     rms, inl, agree = alignment.rms_mm, alignment.inlier_fraction, alignment.surface_agreement
-    fit = "template fit {:.1f} mm RMS, {:.0f}% of the face template on the surface".format(rms, 100 * inl)
+    # judged at the template's size (canonical mm), told in the scan's mm
+    fit = "template fit {:.1f} mm RMS, {:.0f}% of the face template on the surface".format(rms * alignment.scale,
+                                                                                          100 * inl)
     if agree < NOT_A_FACE_AGREEMENT:  # NaN (not measured) compares False
         fit += ", {:.0f}% of the points over it on it".format(100 * agree)
     if rms > NOT_A_FACE_RMS_MM or inl < NOT_A_FACE_INLIERS or agree < NOT_A_FACE_AGREEMENT:
