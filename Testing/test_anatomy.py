@@ -1,5 +1,6 @@
 """Anatomical order: an answer with the upper lip's point below the stomion is reported, whatever
-the network's spread says, and the template registration stands in for it when that restores the order."""
+the network's spread says, and the fewest landmarks that restore the order are placed where the
+rest of the face puts them (or where the template registration does)."""
 import numpy as np
 import pytest
 
@@ -64,18 +65,62 @@ def test_the_message_names_the_worst_pairs_and_counts_the_rest():
     assert "more" not in describe_out_of_order(found[:3]) and describe_out_of_order([]) == ""
 
 
-def test_the_registration_stands_in_for_the_landmarks_out_of_order_and_those_they_then_break(labels, mean):
-    ls, sto, sl = (labels.index(n) for n in ("ls", "sto", "sl"))
+def test_the_fewest_stand_ins_that_restore_the_order_are_taken(labels, mean):
+    """The network put the upper lip's point on the lower lip: that point is wrong, not the
+    stomion or the lower lip's point below it, which keep the network's answer."""
+    ls, li = labels.index("ls"), labels.index("li")
     answer = mean.copy()
-    answer[ls, 1] = mean[sto, 1] - 4.0  # the upper lip's point below the stomion...
-    answer[sto, 1] = mean[sl, 1] - 3.0  # ...and the stomion below the sublabiale
+    answer[ls] = mean[li]
     repaired, taken = restore_order(labels, answer, mean)
     assert out_of_order(labels, repaired) == []
-    assert taken[ls] and taken[sto] and not taken[labels.index("prn")]
+    assert [labels[k] for k in np.flatnonzero(taken)] == ["ls"]
     np.testing.assert_array_equal(repaired[~taken], answer[~taken])
-    np.testing.assert_array_equal(repaired[taken], mean[taken])
+    np.testing.assert_array_equal(repaired[ls], mean[ls])
     unchanged, none = restore_order(labels, mean, answer)  # nothing out of order: nothing taken
     assert not none.any() and np.array_equal(unchanged, mean)
+
+
+def test_of_as_many_stand_ins_the_one_the_face_disagrees_with_most_is_taken(labels, mean):
+    """The upper eyelid's point below the lower one: a stand-in for either would restore the
+    order here, and the one whose answer lies farthest from its stand-in (the misplaced one) is taken."""
+    ps, pi = labels.index("ps_R"), labels.index("pi_R")
+    answer = mean.copy()
+    answer[ps] = mean[pi] - np.array([0.0, 2.5, 0.0])
+    other = mean.copy()
+    other[pi] -= np.array([0.0, 1.0, 0.0])  # its lower lid 1 mm lower: enough to restore the order too
+    repaired, taken = restore_order(labels, answer, other)
+    assert [labels[k] for k in np.flatnonzero(taken)] == ["ps_R"]
+    assert out_of_order(labels, repaired) == []
+
+
+def test_stand_ins_that_break_the_order_again_bring_in_the_next_landmark():
+    """Taken for the pair out of order, a stand-in can break the order with a third landmark:
+    that one is then taken too, and of all so taken the fewest that restore the order are kept."""
+    labels = ["ls", "sto", "li"]
+    answer = np.array([[0.0, -5.0, 0.0], [0.0, 0.0, 0.0], [0.0, -3.0, 0.0]])  # ls 5 mm below sto
+    other = np.array([[0.0, -4.0, 0.0], [0.0, -6.0, 0.0], [0.0, -10.0, 0.0]])
+    repaired, taken = restore_order(labels, answer, other)
+    assert taken.tolist() == [False, True, True]  # no single stand-in restores it; sto and li do
+    assert out_of_order(labels, repaired) == []
+    masks = []
+
+    def placing(mask):  # a stand-in that depends on which landmarks it places (the shape prior)
+        masks.append(mask.copy())
+        return np.where(mask[:, None], other, np.nan)
+
+    repaired, taken = restore_order(labels, answer, placing)
+    assert taken.tolist() == [False, True, True] and masks[-1].tolist() == [False, True, True]
+    np.testing.assert_array_equal(repaired, [answer[0], other[1], other[2]])
+
+
+def test_an_answer_upside_down_is_not_patched_up_by_a_few_stand_ins(labels, mean):
+    """The prior places a few landmarks from the others; a face misread as a whole breaks the order
+    everywhere, and the caller's limit (pipeline.MOST_FILLED) leaves it to the registration."""
+    flipped = mean * np.array([1.0, -1.0, 1.0])
+    repaired, taken = restore_order(labels, flipped, mean)
+    assert taken.sum() > pipeline.MOST_FILLED and out_of_order(labels, repaired) == []
+    kept, none = restore_order(labels, flipped, mean, most=pipeline.MOST_FILLED)
+    assert not none.any() and np.array_equal(kept, flipped)
 
 
 def test_no_stand_in_that_breaks_the_order_too_or_lacks_the_landmark(labels, mean):
@@ -116,7 +161,10 @@ def test_the_registration_is_the_same_for_a_face_and_its_mirror_image(model, sam
 
 
 def test_predict_stands_in_for_landmarks_out_of_order_with_a_low_confidence(model, sample, labels, monkeypatch):
+    """The upper lip's point below the stomion: placed where the rest of the face puts it (the
+    shape prior), the stomion kept; a model without a prior takes the registration's answer."""
     real = pipeline.network_answer
+    reference = pipeline.predict(sample[0], model)
     ls, sto = labels.index("ls"), labels.index("sto")
 
     def swapped(*args, **kwargs):
@@ -129,15 +177,25 @@ def test_predict_stands_in_for_landmarks_out_of_order_with_a_low_confidence(mode
     pred = pipeline.predict(sample[0], model)
     assert "ls" in pred.out_of_order and "sto" in pred.out_of_order
     assert "the network's answer out of anatomical order (ls" in pred.message
-    assert "registration used for ls" in pred.message
+    assert "ls placed where the other landmarks put it" in pred.message
     sources = dict(zip(labels, pred.sources))
-    assert sources["ls"] == sources["sto"] == "registration" and sources["prn"] == "network"
+    assert sources["ls"] == "others" and sources["sto"] == sources["prn"] == "network"
     conf = dict(zip(labels, pred.landmarks.confidence))
     assert conf["ls"] <= pipeline.OUT_OF_ORDER_CONFIDENCE and conf["sto"] <= pipeline.OUT_OF_ORDER_CONFIDENCE
-    assert "from registration, the network's answer out of anatomical order" in pred.landmarks.descriptions[ls]
+    assert "from the other landmarks, the network's answer out of anatomical order" in pred.landmarks.descriptions[ls]
     assert "anatomical order" not in pred.landmarks.descriptions[labels.index("prn")]
     truth = dict(zip(labels, sample[1].points))
-    assert np.linalg.norm(dict(zip(labels, pred.landmarks.points))["ls"] - truth["ls"]) < 6.0  # back on the upper lip
+    points = dict(zip(labels, pred.landmarks.points))
+    assert np.linalg.norm(points["ls"] - truth["ls"]) < 3.0  # back on the upper lip
+    np.testing.assert_allclose(points["sto"], dict(zip(labels, reference.landmarks.points))["sto"], atol=1e-6)
+
+    # A model without a shape prior: the registration stands in.
+    monkeypatch.setattr(pipeline, "order_fill", lambda model, missing: None)
+    pred = pipeline.predict(sample[0], model)
+    assert "registration used for ls" in pred.message
+    assert dict(zip(labels, pred.sources))["ls"] == "registration"
+    assert "from registration, the network's answer out of anatomical order" in pred.landmarks.descriptions[ls]
+    assert np.linalg.norm(dict(zip(labels, pred.landmarks.points))["ls"] - truth["ls"]) < 6.0
 
     # A registration that breaks the order too changes nothing: the pairs are reported, the network's answer stays.
     monkeypatch.setattr(pipeline, "symmetric_registration", lambda samples, template, mean, swap: mean * np.nan)
@@ -152,8 +210,9 @@ def test_predict_stands_in_for_landmarks_out_of_order_with_a_low_confidence(mode
 
 def test_an_answer_that_snapping_puts_out_of_order_is_repaired_too(model, sample, labels, monkeypatch):
     """On a coarse scan (fran_cut: 4.4 mm between vertices) snapping can move a point several mm:
-    the order is checked again on what the user sees, and the registration's answer, snapped
-    alike, stands in where that restores it."""
+    the order is checked again on what the user sees, and where the rest of the face puts the
+    landmark (or, without a shape prior, the registration's answer), snapped alike, stands in
+    where that restores it."""
     li = labels.index("li")
     plain = pipeline.predict(sample[0], model)
     assert plain.units == "mm" and plain.out_of_order == ()
@@ -171,15 +230,22 @@ def test_an_answer_that_snapping_puts_out_of_order_is_repaired_too(model, sample
 
     monkeypatch.setattr(pipeline, "snap_to_surface", dropping)
     pred = pipeline.predict(sample[0], model)
-    assert len(calls) == 2  # the answer, then the registration's
+    assert calls == [len(labels), 1]  # the answer, then the stand-in where the others put li
     sources = dict(zip(labels, pred.sources))
-    assert sources["li"] == "registration" and sources["prn"] == "network"
-    assert "li" in pred.out_of_order and "registration used for" in pred.message
+    assert sources["li"] == "others" and sources["prn"] == sources["sl"] == "network"
+    assert "li" in pred.out_of_order and "li placed where the other landmarks put it" in pred.message
     assert pipeline.out_of_order(labels, pred.alignment.to_canonical(pred.landmarks.points)) == []
     conf = dict(zip(labels, pred.landmarks.confidence))
     assert conf["li"] <= pipeline.OUT_OF_ORDER_CONFIDENCE
+    assert np.linalg.norm(pred.landmarks.points[li] - plain.landmarks.points[li]) < 3.0
 
-    calls.clear()  # a registration that fails: nothing replaced, the pair reported
+    calls.clear()  # a model without a shape prior: the registration's answer, snapped alike
+    monkeypatch.setattr(pipeline, "order_fill", lambda model, missing: None)
+    pred = pipeline.predict(sample[0], model)
+    assert len(calls) == 2 and dict(zip(labels, pred.sources))["li"] == "registration"
+    assert "registration used for" in pred.message
+
+    calls.clear()  # and a registration that fails: nothing replaced, the pair reported
     monkeypatch.setattr(pipeline, "symmetric_registration", lambda samples, template, mean, swap: mean * np.nan)
     kept = pipeline.predict(sample[0], model)
     assert dict(zip(labels, kept.sources))["li"] == "network"

@@ -1,5 +1,5 @@
 """The benchmark tools: the speed mode (`palnet predict` timed in a fresh process on one core), the
-accuracy summary, robustness pairs and holes beside landmarks."""
+accuracy summary, robustness pairs, holes beside landmarks and repairs of answers out of order."""
 import json
 import subprocess
 import sys
@@ -99,18 +99,20 @@ def test_the_accuracy_summary_names_the_scans_out_of_order_or_leaning_on_the_reg
     labels = list(protocol.labels)
     truth = np.zeros((len(labels), 3))
 
-    def row(scan, out_of_order, from_registration):
+    def row(scan, out_of_order, from_registration, from_others=()):
         return {"scan": scan, "truth": truth, "points": {"palnet": truth + 1.0}, "seconds": {"palnet": 1.0},
                 "status": {"palnet": "ok"}, "errors": {}, "out_of_order": out_of_order,
-                "from_registration": from_registration}
+                "from_registration": from_registration, "from_others": list(from_others)}
 
-    rows = [row("a", [], []), row("b", ["ls", "sto"], ["ls", "sto", "li"]), row("c", [], ["os_L"])]
+    rows = [row("a", [], []), row("b", ["ls", "sto"], ["ls", "sto", "li"]), row("c", [], ["os_L"]),
+            row("d", ["li", "sl"], [], ["li"])]
     entry = benchmark.summarise(rows, ["palnet"], labels, protocol)["palnet"]
-    assert entry["out_of_order"] == [{"scan": "b", "landmarks": ["ls", "sto"]}]
+    assert entry["out_of_order"] == [{"scan": "b", "landmarks": ["ls", "sto"]}, {"scan": "d", "landmarks": ["li", "sl"]}]
     assert [f["scan"] for f in entry["from_registration"]] == ["b", "c"]
     text = benchmark.method_text("palnet", entry)
-    assert "Out of anatomical order: 1 scan(s); b (ls, sto)" in text
+    assert "Out of anatomical order: 2 scan(s); b (ls, sto); d (li, sl)" in text
     assert "From the registration: 2 scan(s); b (ls, sto, li); c (os_L)" in text
+    assert "Placed from the other landmarks: 1 scan(s); d (li)" in text
 
 
 def test_snap_benchmark_decimates_and_averages_per_fraction_and_snap():
@@ -152,3 +154,36 @@ def test_a_three_js_model_is_read_with_its_quads_split(tmp_path):
     vertices, triangles = real_scans.three_js_model(path, mm_per_unit=50.0)
     assert vertices.shape == (5, 3) and vertices.max() == 100.0
     assert triangles.tolist() == [[0, 1, 2], [0, 2, 3], [1, 2, 4], [0, 1, 4], [0, 4, 3]]
+
+
+def test_order_benchmark_makes_each_mistake_and_compares_the_repairs(model):
+    """tools/bench_order.py: each mistake but the lips moved down together (on some faces only)
+    breaks the anatomical order of an answer in order; the earlier rule (the registration for
+    every landmark involved) and today's repairs all restore it."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import bench_order
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    import numpy as np
+    from palnet import pipeline
+    from palnet.anatomy import out_of_order
+    labels = list(model.metadata["protocol"]["labels"])
+    mean = pipeline.model_arrays(model)[1]
+    missing = np.zeros(len(labels), dtype=bool)
+    fill = pipeline.order_fill(model, missing)
+    assert out_of_order(labels, mean) == []
+    for name in bench_order.MISTAKES:
+        wrong = bench_order.make_mistake(name, labels, mean)
+        assert bool(out_of_order(labels, wrong)) == (name != "lips_down"), name
+        fixed = bench_order.repairs(labels, wrong, mean, missing, fill)
+        assert set(fixed) == set(bench_order.REPAIRS)
+        assert np.array_equal(fixed["none"], wrong)
+        for repair in bench_order.REPAIRS[1:]:
+            assert out_of_order(labels, fixed[repair]) == [], (name, repair)
+    rows = [{"scan": "a", "broke": False, "no mistake": {k: 1.0 for k in bench_order.REPAIRS},
+             "ls_on_li": {k: 2.0 for k in bench_order.REPAIRS}},
+            {"scan": "b", "broke": True, "as predicted": {k: 3.0 for k in bench_order.REPAIRS}}]
+    table = bench_order.summarise(rows)
+    assert table["as predicted"]["n"] == 1 and table["ls_on_li"]["prior, fewest"] == 2.0
+    assert "sto_on_li" not in table

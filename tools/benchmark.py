@@ -106,7 +106,8 @@ def evaluate_scan(task) -> Dict[str, Any]:
         out["seconds"]["initial"] = pred.timings.get("prepare", pred.seconds)
         out["status"]["palnet"] = out["status"]["initial"] = pred.status
         out["out_of_order"] = list(pred.out_of_order)
-        out["from_registration"] = [lab for lab, src in zip(labels, pred.sources) if src != "network"]
+        out["from_registration"] = [lab for lab, src in zip(labels, pred.sources) if src in ("registration", "both")]
+        out["from_others"] = [lab for lab, src in zip(labels, pred.sources) if src == "others"]
         status = pred.status
     except Exception as exc:
         out["errors"]["palnet"] = out["errors"]["initial"] = _error_text(exc)
@@ -137,8 +138,8 @@ def summarise(results: List[Dict[str, Any]], methods: List[str], labels: List[st
                                         for r in done if r["status"].get(m) != "ok"],
                  "median_seconds": float(np.median([r["seconds"][m] for r in done])) if done else None,
                  "report": None}
-        if m == "palnet":  # the scans whose answer broke the anatomical order, or leant on the registration
-            for key in ("out_of_order", "from_registration"):
+        if m == "palnet":  # the scans whose answer broke the anatomical order, or leant on a stand-in
+            for key in ("out_of_order", "from_registration", "from_others"):
                 entry[key] = [{"scan": r["scan"], "landmarks": r[key]} for r in done if r.get(key)]
         if done:
             pred = np.stack([r["points"][m] for r in done])
@@ -204,7 +205,8 @@ def method_text(m: str, entry: Dict[str, Any]) -> str:
     fails = entry["alignment_failures"]
     lines.append("Alignment failures (status != ok): {}{}".format(
         len(fails), "" if not fails else ": " + ", ".join("{} ({})".format(f["scan"], f["status"]) for f in fails)))
-    for key, text in (("out_of_order", "Out of anatomical order"), ("from_registration", "From the registration")):
+    for key, text in (("out_of_order", "Out of anatomical order"), ("from_registration", "From the registration"),
+                      ("from_others", "Placed from the other landmarks")):
         if key in entry:
             lines.append("{}: {} scan(s){}".format(text, len(entry[key]), "".join(
                 "; {} ({})".format(f["scan"], ", ".join(f["landmarks"])) for f in entry[key])))

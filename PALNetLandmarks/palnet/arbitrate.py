@@ -27,6 +27,10 @@ from .errors import PalnetError
 from .status import OK
 
 NETWORK, REGISTRATION, BOTH = "network", "registration", "both"
+# A landmark of an answer out of anatomical order placed where the shape prior puts it from the
+# others (palnet.anatomy.restore_order), and how its description says so.
+OTHERS = "others"
+SOURCE_TEXT = {REGISTRATION: "registration", BOTH: "both", OTHERS: "the other landmarks"}
 ONSETS_MM = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)  # the grid the rule is learned on
 WEIGHTS = (0.25, 0.5, 0.75, 1.0)
 # A landmark keeps the network unless the rule lowers its validation error by this much (mm):

@@ -264,7 +264,7 @@ def _predict_item(model: Model, mesh_path: Path, out_file: Path, fmt: str, snap:
                 row.mean_confidence = float(np.mean(pred.landmarks.confidence))
             row.spikes_removed, row.fragment_vertices_removed = pred.spikes_removed, pred.fragments_removed
             row.missing_landmarks = len(pred.missing)
-            row.from_registration = sum(source != "network" for source in pred.sources)
+            row.from_registration = sum(source in ("registration", "both") for source in pred.sources)
             if pred.message:
                 notes.insert(0, pred.message)
             if pred.status == NOT_A_FACE and not keep_rejected:

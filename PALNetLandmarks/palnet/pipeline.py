@@ -11,7 +11,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from .anatomy import describe_out_of_order, out_of_order, out_of_order_labels, restore_order
-from .arbitrate import NETWORK, REGISTRATION, combine, describe_sources, rule_from, triggered
+from .arbitrate import NETWORK, OTHERS, REGISTRATION, SOURCE_TEXT, combine, describe_sources, rule_from, triggered
 from .align import THOROUGH, Alignment, align_scan, detect_units
 from .cleanup import FRAGMENT_GAP_MM, MIN_SPIKE_MM, find_fragments, find_spikes, remove_vertices
 from .geometry import cluster_decimate, edges_and_border, vertex_normals
@@ -119,7 +119,9 @@ class Prediction:
     spikes_removed: int = 0  # scanner spikes left out of alignment, patches and snapping
     fragments_removed: int = 0  # vertices of loose fragments left out likewise
     missing: Tuple[str, ...] = ()  # landmarks where the scan has no surface (NaN points, confidence 0)
-    sources: Tuple[str, ...] = ()  # per landmark: "network", "registration" or "both" (see palnet.arbitrate)
+    # per landmark: "network", "registration" or "both" (see palnet.arbitrate), or "others" (placed where the
+    # shape prior puts it from the other landmarks: the network's answer broke the anatomical order)
+    sources: Tuple[str, ...] = ()
     # landmarks whose network answer broke the anatomical order (the registration may stand in for them: see
     # sources) or that still break it once snapped (see palnet.anatomy)
     out_of_order: Tuple[str, ...] = ()
@@ -576,18 +578,20 @@ def predict(mesh: Mesh, model: Model, snap: str = DEFAULT_SNAP, units: str = "au
     centres, sources = arbitrate_with_registration(prep, model, centres, spread, status, template, mean, report,
                                                    registration)
     moved = describe_sources(labels, sources)
-    centres, taken, found = keep_anatomical_order(labels, centres, missing, registration)
+    fill = order_fill(model, missing)
+    centres, stand_ins, found = keep_anatomical_order(labels, centres, missing, registration, fill)
     t2 = time.perf_counter()
     report("snapping", 0.9)
 
-    pts, taken, found, still = snap_in_order(prep, labels, centres, missing, snap, vertex_tree, registration,
-                                             taken, found)
-    sources = [REGISTRATION if t else src for t, src in zip(taken, sources)]
+    pts, stand_ins, found, still = snap_in_order(prep, labels, centres, missing, snap, vertex_tree, registration,
+                                                 stand_ins, found, fill)
+    taken = np.array([bool(x) for x in stand_ins], dtype=bool)
+    sources = [x or src for x, src in zip(stand_ins, sources)]
     broke, after = out_of_order_labels(found), out_of_order_labels(still)
     disordered = list(dict.fromkeys(broke + after))
     conf = landmark_confidence(spread, model)
     conf = np.where(missing, 0.0, conf)
-    doubtful = np.isin(labels, disordered) | taken  # broke the order, or the registration stands in
+    doubtful = np.isin(labels, disordered) | taken  # broke the order, or a stand-in
     conf = np.where(doubtful, np.minimum(conf, OUT_OF_ORDER_CONFIDENCE), conf)
     gone = tuple(lab for lab, m in zip(labels, missing) if m)
     if gone:
@@ -600,11 +604,13 @@ def predict(mesh: Mesh, model: Model, snap: str = DEFAULT_SNAP, units: str = "au
         message = "; ".join(m for m in (message, sized_note(prep.alignment.scale)) if m)
     if status == NOT_A_FACE and units == "auto":  # a face far smaller or larger in the units its size suggests
         message += "; its units were taken for {} from its size: if they are others, give them".format(prep.units)
-    replaced = [lab for lab, t in zip(labels, taken) if t]
-    order = (describe_out_of_order(found, replaced) if replaced else "", describe_out_of_order(still))
+    replaced = [lab for lab, x in zip(labels, stand_ins) if x == REGISTRATION]
+    from_others = [lab for lab, x in zip(labels, stand_ins) if x == OTHERS]
+    order = (describe_out_of_order(found, replaced, from_others=from_others) if taken.any() else "",
+             describe_out_of_order(still))
     message = "; ".join(m for m in (message, moved) + order if m)
     names = _landmark_names(model)
-    descriptions = [describe(names.get(lab, lab) + ("" if src == NETWORK else "; from " + src) +
+    descriptions = [describe(names.get(lab, lab) + ("" if src == NETWORK else "; from " + SOURCE_TEXT[src]) +
                              (", the network's answer out of anatomical order" if t and lab in broke else "") +
                              ("; out of anatomical order" if lab in after else ""), c)
                     for lab, c, src, t in zip(labels, conf, sources, taken)]
@@ -616,13 +622,13 @@ def predict(mesh: Mesh, model: Model, snap: str = DEFAULT_SNAP, units: str = "au
 
 
 def snap_in_order(prep: PreparedScan, labels: Sequence[str], centres: np.ndarray, missing: np.ndarray, snap: str,
-                  vertex_tree: cKDTree, registration: Callable[[], np.ndarray], taken: np.ndarray, found: list):
+                  vertex_tree: cKDTree, registration: Callable[[], np.ndarray], stand_ins: Sequence[str],
+                  found, fill: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None):
     """The answer ``centres`` (canonical mm) in the scan's frame and units, snapped (NaN where
     missing), still in anatomical order: on a coarse scan snapping moves a point by a few mm,
-    so the snapped answer is checked again, and the registration's answer, snapped alike,
-    stands in where that restores the order (as :func:`keep_anatomical_order` does before
-    snapping). Returns (points, the mask of landmarks the registration gives, ``taken`` and
-    these; the pairs broken before or by snapping, ``found`` and these; the pairs still broken)."""
+    so the snapped answer is checked again and repaired as :func:`keep_anatomical_order` does,
+    the stand-ins snapped alike. Returns (points, each landmark's stand-in (``stand_ins`` and
+    these), the pairs broken before or by snapping (``found`` and these), the pairs still broken)."""
     to_file = unit_scale("mm", prep.units)
 
     def snapped(canonical: np.ndarray) -> np.ndarray:
@@ -638,34 +644,76 @@ def snap_in_order(prep: PreparedScan, labels: Sequence[str], centres: np.ndarray
 
     pts = snapped(centres)
     still = out_of_order(labels, canonical(pts))
+    stand_ins = list(stand_ins)
     if still and snap != "none":
-        reg = snapped(registration())
-        _, more = restore_order(labels, canonical(pts), canonical(reg))
+        now = canonical(pts)
+        more, by, trial = np.zeros(len(labels), dtype=bool), "", pts
+        if fill is not None:  # the prior's places, kept when they are in order once snapped
+            repaired, taken = restore_order(labels, now, lambda mask: fill(now, mask), most=MOST_FILLED)
+            if taken.any():
+                trial = np.where(taken[:, None], snapped(np.where(taken[:, None], repaired, np.nan)), pts)
+                if not out_of_order(labels, canonical(trial)):
+                    more, by = taken, OTHERS
+        if not more.any():  # the registration's answer, snapped alike
+            reg = snapped(registration())
+            _, more = restore_order(labels, now, canonical(reg))
+            by, trial = REGISTRATION, np.where(more[:, None], reg, pts)
         if more.any():
-            pts = np.where(more[:, None], reg, pts)
-            taken = taken | more
-            found = sorted(list(found) + [o for o in still if o not in found], key=lambda o: -o.by_mm)
+            pts = trial
+            stand_ins = [by if m else x for m, x in zip(more, stand_ins)]
+            seen = {(o.upper, o.lower) for o in found}  # a pair broken before snapping is named once
+            found = sorted(list(found) + [o for o in still if (o.upper, o.lower) not in seen], key=lambda o: -o.by_mm)
             still = out_of_order(labels, canonical(pts))
-    return pts, taken, found, still
+    return pts, stand_ins, found, still
+
+
+# The shape prior places a few landmarks from the others; an answer out of order in more places
+# than this (a face misread as a whole) is left to the registration.
+MOST_FILLED = 6
+
+
+def order_fill(model: Model, missing: np.ndarray) -> Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]]:
+    """``fill(points, mask)``: where the model's shape prior (the second round's, which shaped the
+    answer) puts the landmarks of ``mask`` given the others of ``points`` (canonical mm; the
+    scan's ``missing`` landmarks left out too); None for a model without a prior."""
+    rounds = second_round(model)
+    prior = rounds[1] if rounds else shape_prior(model)
+    if prior is None:
+        return None
+    swap = model_swap(model)
+
+    def fill(points: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return apply_shape_prior(np.where(missing[:, None], 0.0, points), prior, swap, np.asarray(mask) | missing)
+
+    return fill
 
 
 def keep_anatomical_order(labels: Sequence[str], centres: np.ndarray, missing: np.ndarray,
-                          registration: Callable[[], np.ndarray]):
-    """(answer, mask of the landmarks the registration now gives, the pairs the answer broke).
+                          registration: Callable[[], np.ndarray],
+                          fill: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None):
+    """(answer, each landmark's stand-in: "" or its source, the pairs the answer broke).
 
     Where the answer (canonical mm) breaks the anatomical order (:mod:`palnet.anatomy`; on real
-    scans the network once put the upper lip's point on the lower lip), the template
-    registration's answer stands in for the landmarks involved, and for those that then break
-    it, when that restores the order (:func:`palnet.anatomy.restore_order`); otherwise the answer
-    stays and the pairs are reported. The registration runs only then. Missing landmarks take
-    no part."""
-    taken = np.zeros(len(labels), dtype=bool)
+    scans the network once put the upper lip's point on the lower lip), the fewest of the
+    landmarks involved that restore it are placed where the rest of the face puts them (``fill``,
+    :func:`order_fill`: the shape prior; source ``"others"``), those farthest from there first;
+    when that cannot restore it, or the model has no prior, the template registration's answer
+    stands in likewise (source ``"registration"``; it runs only then). Otherwise the answer stays
+    and the pairs are reported (:func:`palnet.anatomy.restore_order`). Missing landmarks take no
+    part."""
+    stand_ins = [""] * len(labels)
     shown = np.where(missing[:, None], np.nan, centres)
     found = out_of_order(labels, shown)
     if found:
-        repaired, taken = restore_order(labels, shown, registration())
+        taken, by = np.zeros(len(labels), dtype=bool), OTHERS
+        if fill is not None:
+            repaired, taken = restore_order(labels, shown, lambda mask: fill(centres, mask), most=MOST_FILLED)
+        if not taken.any():
+            repaired, taken = restore_order(labels, shown, registration())
+            by = REGISTRATION
         centres = np.where(taken[:, None], repaired, centres)
-    return centres, taken, found
+        stand_ins = [by if t else "" for t in taken]
+    return centres, stand_ins, found
 
 
 def symmetric_registration(samples: np.ndarray, template: np.ndarray, mean: np.ndarray,
