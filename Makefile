@@ -1,7 +1,10 @@
 # The README's two commands: `make demo` (the main job) and `make test` (the whole suite).
 # Both create or reuse the virtual environment .venv with palnet installed in editable mode.
 # Each install step prints one line saying what it does; pip runs quietly (-q) and speaks only
-# when something goes wrong.
+# when something goes wrong. setuptools' note on every editable install ("Editable installation.
+# ... Please be careful with folders in your working directory ...", a warning that is only
+# information) is filtered out.
+QUIET_EDITABLE := PYTHONWARNINGS="ignore:Editable installation"
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -19,7 +22,7 @@ $(BIN)/python:
 # Inference needs only numpy, scipy and vtk.
 $(VENV)/.demo-deps: pyproject.toml | $(BIN)/python
 	@echo "[setup] installing palnet (editable) with numpy, scipy and vtk"
-	@$(BIN)/python -m pip install -q -e .
+	@$(QUIET_EDITABLE) $(BIN)/python -m pip install -q -e .
 	@touch $@
 
 # Training and test extras in the same environment; slicer-core pins vtk, so it is
@@ -28,7 +31,7 @@ $(VENV)/.demo-deps: pyproject.toml | $(BIN)/python
 CONSTRAINTS := Testing/constraints.txt
 $(VENV)/.test-deps: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	@echo "[setup] installing palnet (editable) with the training and test extras and $(TORCH); this takes a few minutes"
-	@$(BIN)/python -m pip install -q -e ".[train,test]" "$(TORCH)" -c $(CONSTRAINTS)
+	@$(QUIET_EDITABLE) $(BIN)/python -m pip install -q -e ".[train,test]" "$(TORCH)" -c $(CONSTRAINTS)
 	@touch $@ $(VENV)/.demo-deps
 
 SAMPLE := PALNetLandmarks/Resources/Samples
