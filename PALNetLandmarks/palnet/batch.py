@@ -20,6 +20,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Set
 
 import numpy as np
 
+from .arbitrate import BOTH, REGISTRATION
 from .errors import PalnetError
 from .folderlock import LOCK_NAME, release_lock, take_lock  # noqa: F401 (LOCK_NAME: callers know it from here)
 from .mesh_io import MESH_EXTENSIONS, NOT_LANDMARK_FILES, read_mesh, scan_id_for
@@ -264,7 +265,7 @@ def _predict_item(model: Model, mesh_path: Path, out_file: Path, fmt: str, snap:
                 row.mean_confidence = float(np.mean(pred.landmarks.confidence))
             row.spikes_removed, row.fragment_vertices_removed = pred.spikes_removed, pred.fragments_removed
             row.missing_landmarks = len(pred.missing)
-            row.from_registration = sum(source in ("registration", "both") for source in pred.sources)
+            row.from_registration = sum(source in (REGISTRATION, BOTH) for source in pred.sources)
             if pred.message:
                 notes.insert(0, pred.message)
             if pred.status == NOT_A_FACE and not keep_rejected:

@@ -131,8 +131,8 @@ class Prediction:
     # per landmark: "network", "registration" or "both" (see palnet.arbitrate), or "others" (placed where the
     # shape prior puts it from the other landmarks: the network's answer broke the anatomical order)
     sources: Tuple[str, ...] = ()
-    # landmarks whose network answer broke the anatomical order (the registration may stand in for them: see
-    # sources) or that still break it once snapped (see palnet.anatomy)
+    # landmarks whose network answer broke the anatomical order (a stand-in may now give them: see sources)
+    # or that still break it once snapped (see palnet.anatomy)
     out_of_order: Tuple[str, ...] = ()
 
     @property
