@@ -202,6 +202,9 @@ def _finish(labels: List[str], points: List[Sequence[float]], descriptions: List
     gone = np.zeros(len(pts), bool) if missing is None else np.asarray(missing, bool)
     if gone.all():
         raise PalnetError("contains no landmarks with a position (all {} are missing)".format(len(pts)), path)
+    unnamed = [i for i, lab in enumerate(labels) if not str(lab).strip()]
+    if unnamed:
+        raise PalnetError("{}: a landmark without a label".format(where[unnamed[0]]), path)
     bad = np.flatnonzero(~np.isfinite(pts).all(axis=1) & ~gone)
     if bad.size:
         i = int(bad[0])
@@ -334,8 +337,11 @@ def _read_fcsv(text: str, path: PathLike) -> Landmarks:
         at = "line {}".format(lineno)
         row = next(csv.reader([line]))
         col = dict(zip(columns, row))
-        if not all(k in col for k in ("x", "y", "z")):
-            raise PalnetError("{}: expected {} comma-separated values, found {}".format(
+        undeclared = [k for k in ("x", "y", "z") if k not in columns]
+        if undeclared:
+            raise PalnetError("{}: the columns line names no {} column".format(at, "/".join(undeclared)), path)
+        if not all(k in col for k in ("x", "y", "z")) or ("label" in columns and "label" not in col):
+            raise PalnetError("{}: expected {} comma-separated values, found {} (is the line cut short?)".format(
                 at, len(columns), len(row)), path)
         points.append([_number(col[k], k, at, path) for k in ("x", "y", "z")])
         labels.append(col.get("label", ""))
