@@ -187,3 +187,86 @@ def test_order_benchmark_makes_each_mistake_and_compares_the_repairs(model):
     table = bench_order.summarise(rows)
     assert table["as predicted"]["n"] == 1 and table["ls_on_li"]["prior, fewest"] == 2.0
     assert "sto_on_li" not in table
+
+
+def test_ibug_points_of_a_menpo_file_become_our_landmarks(tmp_path):
+    """tools/real_scans.py: the iBUG 300-W points that mark one of our landmarks, by group and
+    place in the group (menpo's .ljson order), stomion between the two inner-lip midpoints; a file
+    of another shape is one PalnetError naming it."""
+    import numpy as np
+    import pytest
+    from palnet.errors import PalnetError
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import real_scans
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    groups = [("chin", 17), ("leye", 6), ("reye", 6), ("leyebrow", 5), ("nose", 9), ("reyebrow", 5), ("mouth", 20)]
+    labels, start = [], 0
+    for name, n in groups:
+        labels.append({"label": name, "mask": list(range(start, start + n))})
+        start += n
+    points = [[float(i), 0.0, 1.0] for i in range(start)]
+    path = tmp_path / "face.ljson"
+    path.write_text(json.dumps({"groups": {"LJSON": {"labels": labels, "landmarks": {"points": points}}}}))
+    lms = real_scans.ljson_landmarks(path)
+    got = dict(zip(lms.labels, lms.points[:, 0]))
+    assert lms.units == "mm" and len(lms.labels) == 13
+    assert (got["ex_R"], got["en_R"], got["en_L"], got["ex_L"]) == (17, 20, 23, 26)
+    assert (got["prn"], got["sn"], got["ch_R"], got["ls"], got["ch_L"], got["li"]) == (37, 40, 48, 51, 54, 57)
+    assert got["sto"] == 64.0 and np.all(lms.points[:, 2] == 1.0)
+    path.write_text(json.dumps({"groups": {"LJSON": {"labels": labels[:2], "landmarks": {"points": points}}}}))
+    with pytest.raises(PalnetError, match="face.ljson"):
+        real_scans.ljson_landmarks(path)
+
+
+def test_a_truth_file_with_some_landmarks_is_judged_on_those(tmp_path):
+    """tools/benchmark.py: a scan annotated with a few of the protocol's landmarks is scored on
+    those; the ones its file does not name are neither errors nor placed where the truth has
+    none, while one the file marks missing still is. A file naming none of them is an error."""
+    import numpy as np
+    import pytest
+    from palnet.datatypes import Landmarks
+    from palnet.errors import PalnetError
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import benchmark
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    labels = ["a", "b", "c", "d"]
+    nan = float("nan")
+    truth = Landmarks(["b", "a", "d"], np.array([[0.0, 0, 0], [1, 0, 0], [nan, nan, nan]]), units="cm")
+    points, named = benchmark.annotated_truth(truth, labels, "t.mrk.json")
+    assert named.tolist() == [True, True, False, True]
+    assert points[0].tolist() == [10.0, 0, 0] and points[1].tolist() == [0, 0, 0] and np.isnan(points[2:]).all()
+    with pytest.raises(PalnetError, match="t.mrk.json"):
+        benchmark.annotated_truth(Landmarks(["x"], np.zeros((1, 3))), labels, "t.mrk.json")
+    pred = np.array([[12.0, 0, 0], [0, 1, 0], [5, 5, 5], [7, 7, 7]])
+    results = [{"scan": "s", "truth": points, "annotated": named, "points": {"palnet": pred},
+                "seconds": {"palnet": 1.0}, "status": {"palnet": "ok"}, "errors": {}}]
+    report = benchmark.summarise(results, ["palnet"], labels, None)["palnet"]["report"]
+    assert report["pointwise_mm"] == pytest.approx(1.5)
+    assert set(report["per_landmark"]) == {"a", "b", "d"}
+    assert report["per_landmark"]["d"]["extra"] == 1 and report["extra"] == 1
+
+
+def test_a_scan_annotated_with_some_landmarks_is_benchmarked_and_drawn(tmp_path):
+    """tools/benchmark.py --data on a scan whose truth names five landmarks: the report judges
+    those five, and --png draws the answer beside the truth."""
+    import shutil
+    from palnet.landmark_io import read_landmarks, write_landmarks
+    from palnet.resources import sample_landmarks_path, sample_scan_path
+    scan = tmp_path / "data" / "face"
+    scan.mkdir(parents=True)
+    shutil.copy(str(sample_scan_path()), str(scan / "scan.ply"))
+    some = ["prn", "sn", "ls", "en_R", "ch_L"]
+    write_landmarks(read_landmarks(sample_landmarks_path()).select(some), scan / "landmarks.mrk.json")
+    out = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "benchmark.py"), "--data", str(tmp_path / "data"),
+                           "--jobs", "1", "--png", str(tmp_path / "png"), "--out", str(out)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())["methods"]["palnet"]["report"]
+    assert sorted(report["per_landmark"]) == sorted(some) and report["extra"] == 0
+    assert report["pointwise_mm"] < 3.0
+    assert (tmp_path / "png" / "face.png").stat().st_size > 10000

@@ -1,6 +1,6 @@
 """Benchmark PAL-Net against its baselines on annotated scans, or time one prediction.
 
-    python tools/benchmark.py --data DIR [--model M] [--n N] [--out report.json] [--baselines] [--jobs 2]
+    python tools/benchmark.py --data DIR [--model M] [--n N] [--out report.json] [--baselines] [--jobs 2] [--png DIR]
     python tools/benchmark.py --speed SCAN [--model M] [--repeats 3]
     python tools/benchmark.py --consistency SCAN_OR_FOLDER... [--model M] [--png DIR] [--out report.json]
 
@@ -17,6 +17,9 @@ and scored with ``palnet.metrics``: point-wise and distance-wise error, SDR,
 per-region and per-landmark tables, median seconds per scan, and the scans
 whose alignment status is not "ok". A scan that raises is listed and the run
 goes on. Work is spread over ``--jobs`` processes with one BLAS thread each.
+A landmark file may name only some of the model's landmarks (a real scan annotated
+in another scheme, a clinic's short list): the others are not judged. ``--png DIR``
+draws each scan's annotated landmarks, PAL-Net's answer beside the truth.
 
 Speed mode: ``palnet predict SCAN`` in a fresh Python process limited to one
 core (``taskset -c 0`` where available, one BLAS/OpenMP thread); reports the
@@ -43,7 +46,7 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, Dict, List, Optional  # noqa: E402
+from typing import Any, Dict, List, Optional, Tuple  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -69,21 +72,65 @@ _WORKER = {}  # type: Dict[str, Any]
 # ---------------------------------------------------------------------------
 
 def _worker_init(model_path: str, baselines: bool, mean_face: Optional[np.ndarray], snap: str,
-                 samplings: int = 1) -> None:
+                 samplings: int = 1, png: Optional[str] = None) -> None:
     from palnet.modelfile import load_model
     _WORKER.update(model=load_model(model_path), baselines=baselines, mean_face=mean_face, snap=snap,
-                   samplings=samplings)
+                   samplings=samplings, png=png)
+
+
+TRUTH_COLOUR, ANSWER_COLOUR = (0.1, 0.75, 0.1), (0.85, 0.1, 0.1)
+
+
+def truth_picture(mesh, pred, truth: np.ndarray, named: np.ndarray, labels: List[str], path: Path) -> None:
+    """Front and side close-ups of the landmarks the truth file names: PAL-Net's answer in red and
+    labelled, the truth in green (both in mm, the scan's frame), the face upright."""
+    from palnet.datatypes import unit_scale
+    from palnet.render import RenderOptions, render_landmarks
+    ours = pred.landmarks.in_units("mm").points
+    keep = named & np.isfinite(ours).all(axis=1) & np.isfinite(truth).all(axis=1)
+    if not keep.any():
+        return
+    scale = unit_scale(pred.units, "mm")  # the mesh's numbers are in the units the prediction read it in
+    shown = [lab for lab, k in zip(labels, keep) if k]
+    points = np.vstack([ours[keep], truth[keep]])
+    rot = pred.alignment.rotation  # canonical axes (y up, z front) seen in the scan's frame
+    path.parent.mkdir(parents=True, exist_ok=True)
+    render_landmarks((mesh.vertices * scale, mesh.triangles), points, path,
+                     RenderOptions(views=("front", "side"), up=rot[1], front=rot[2], focus=points, margin=0.2,
+                                   colors=[ANSWER_COLOUR] * len(shown) + [TRUTH_COLOUR] * len(shown),
+                                   labels=[True] * len(shown) + [False] * len(shown),
+                                   label_names=shown + [""] * len(shown),
+                                   title="{} ({}): PAL-Net red, truth green".format(path.stem, pred.status)))
 
 
 def _error_text(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, PalnetError) else "{}: {}".format(type(exc).__name__, exc)
 
 
+def annotated_truth(truth, labels: List[str], path) -> Tuple[np.ndarray, np.ndarray]:
+    """The true points in mm in the order of ``labels`` and which of them the file names.
+
+    A real scan is often annotated with some of the protocol's landmarks only (another
+    scheme's points that match a few of ours, a clinic's short list): the labels the file
+    does not name are not evaluated at all, neither as errors nor as landmarks placed where
+    the truth has none. A label the file names without a position (``positionStatus``
+    "missing") is the truth saying the scan does not show it, and is judged as such."""
+    mm = truth.in_units("mm")
+    index = {lab: i for i, lab in enumerate(mm.labels)}
+    named = np.array([lab in index for lab in labels])
+    if not named.any():
+        raise PalnetError("names none of the model's {} landmarks (e.g. {})".format(
+            len(labels), ", ".join(labels[:3])), path)
+    points = np.full((len(labels), 3), np.nan)
+    points[named] = mm.points[[index[lab] for lab, n in zip(labels, named) if n]]
+    return points, named
+
+
 def evaluate_scan(task) -> Dict[str, Any]:
     """Predict one scan with every method; nothing raised here escapes (each failure is recorded)."""
     from palnet.baselines import initial_approximation_baseline, template_registration_baseline
     from palnet.mesh_io import read_mesh
-    from palnet.landmark_io import check_labels, read_landmarks
+    from palnet.landmark_io import read_landmarks
     from palnet.pipeline import predict
     scan_id, mesh_path, landmark_path = task
     model = _WORKER["model"]
@@ -91,8 +138,7 @@ def evaluate_scan(task) -> Dict[str, Any]:
     out = {"scan": scan_id, "truth": None, "points": {}, "seconds": {}, "status": {}, "errors": {}}
     try:
         mesh = read_mesh(mesh_path)
-        truth = check_labels(read_landmarks(landmark_path), labels, landmark_path, allow_extra=True)
-        out["truth"] = truth.in_units("mm").points
+        out["truth"], out["annotated"] = annotated_truth(read_landmarks(landmark_path), labels, landmark_path)
     except Exception as exc:  # an unreadable pair is counted for every method
         for m in METHODS:
             out["errors"][m] = _error_text(exc)
@@ -112,6 +158,11 @@ def evaluate_scan(task) -> Dict[str, Any]:
     except Exception as exc:
         out["errors"]["palnet"] = out["errors"]["initial"] = _error_text(exc)
         status = None
+    if _WORKER.get("png") and status is not None:
+        try:
+            truth_picture(mesh, pred, out["truth"], out["annotated"], labels, Path(_WORKER["png"]) / (scan_id + ".png"))
+        except Exception as exc:  # a picture that cannot be drawn costs only the picture
+            print("{}: no picture ({})".format(scan_id, _error_text(exc)), file=sys.stderr)
     if _WORKER["baselines"]:
         try:
             t0 = time.perf_counter()
@@ -144,8 +195,11 @@ def summarise(results: List[Dict[str, Any]], methods: List[str], labels: List[st
         if done:
             pred = np.stack([r["points"][m] for r in done])
             truth = np.stack([r["truth"] for r in done])
-            entry["report"] = evaluate_arrays(pred, truth, labels, protocol=protocol,
-                                              scan_ids=[r["scan"] for r in done])
+            named = np.stack([r.get("annotated", np.ones(len(labels), dtype=bool)) for r in done])
+            pred[~named] = np.nan  # a landmark the truth file does not name is not judged
+            cols = np.flatnonzero(named.any(axis=0))  # the labels some truth file names
+            entry["report"] = evaluate_arrays(pred[:, cols], truth[:, cols], [labels[k] for k in cols],
+                                              protocol=protocol, scan_ids=[r["scan"] for r in done])
         summary[m] = entry
     return summary
 
@@ -253,7 +307,7 @@ def run_accuracy(args) -> int:
     tasks = [(sid, str(m), str(lm)) for sid, m, lm in pairs]
     jobs = max(1, min(args.jobs, len(tasks)))
     t0 = time.perf_counter()
-    init_args = (str(model_path), args.baselines, mean_face, args.snap, args.samplings)
+    init_args = (str(model_path), args.baselines, mean_face, args.snap, args.samplings, args.png)
     results = []
     if jobs == 1:
         _worker_init(*init_args)
@@ -416,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--consistency", nargs="+", metavar="SCAN",
                       help="label-free checks (mirror, decimate, subdivide, crop, smaller, larger) on these scans "
                            "or folders")
-    ap.add_argument("--png", default=None, help="--consistency: a picture of each scan's answer in this folder")
+    ap.add_argument("--png", default=None, help="a picture of each scan's answer in this folder (--data: close-ups "
+                    "of the annotated landmarks, PAL-Net red and the truth green)")
     ap.add_argument("--checks", default="mirror,decimate,subdivide,crop,smaller,larger",
                     help="--consistency: which checks, comma-separated (default all)")
     ap.add_argument("--model", default=None, help="model file (default: the shipped model)")

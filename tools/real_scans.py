@@ -17,8 +17,15 @@ Writes into DIR (nothing is kept in this repository):
   repository). Its coordinates have no unit; it is written scaled by LPS_MM_PER_UNIT, which
   gives it an adult face's widths (about 140 mm between the zygions and 51 mm across the mouth
   as the shipped model places them).
+- ``labelled/james/scan.obj`` and ``labelled/james/landmarks.mrk.json``: a real face scan with
+  landmarks placed by people, ``james.obj`` of the menpo3d project's example data (BSD 3-clause,
+  Imperial College London and others): a head captured by stereo photogrammetry, 6393 vertices
+  with a median edge of 4.4 mm, in mm. Its 68 landmarks follow the iBUG 300-W scheme;
+  the 13 of them that mark a landmark of ours (IBUG_TO_PALNET) are written with our names.
 
-Then ``python tools/benchmark.py --consistency DIR --png DIR/png`` checks the model on them.
+Then ``python tools/benchmark.py --consistency DIR --png DIR/png`` checks the model on them, and
+``python tools/benchmark.py --data DIR/labelled --baselines`` measures it on the annotated one (the
+landmarks the file does not name are not judged).
 """
 import argparse
 import sys
@@ -29,6 +36,19 @@ BASE = "https://raw.githubusercontent.com/pyvista/vtk-data/master/Data/"
 LPS_URL = ("https://raw.githubusercontent.com/alteredq/three.js/5fa19e8460457bcde21516479fba379221d64303/"
            "examples/obj/leeperrysmith/LeePerrySmith.js")
 LPS_MM_PER_UNIT = 50.0
+MENPO3D = "https://raw.githubusercontent.com/menpo/menpo3d/9a19872484f2b529b2c22b6e46d3243f9d895904/menpo3d/data/"
+# Our landmarks that an iBUG 300-W point marks, as (group, index in the group) of menpo's .ljson
+# (groups chin, leye, reye, leyebrow, nose, reyebrow, mouth; "leye" is the eye on the image's left,
+# the subject's right). The eye and mouth corners, the nose tip, the bottom of the columella, the
+# peaks of the Cupid's bow (crista philtri at the vermilion), the vermilion midpoints; stomion is
+# the midpoint of the two inner-lip midpoints. The jaw contour, the brows and the nasal bridge
+# are another scheme's points and match none of ours.
+IBUG_TO_PALNET = {
+    "ex_R": (("leye", 0),), "en_R": (("leye", 3),), "en_L": (("reye", 0),), "ex_L": (("reye", 3),),
+    "prn": (("nose", 3),), "sn": (("nose", 6),),
+    "ch_R": (("mouth", 0),), "cph_R": (("mouth", 2),), "ls": (("mouth", 3),), "cph_L": (("mouth", 4),),
+    "ch_L": (("mouth", 6),), "li": (("mouth", 9),), "sto": (("mouth", 14), ("mouth", 18)),
+}
 HEADSQ_SLICES = 93
 HEADSQ_SIZE = (64, 64)
 HEADSQ_SPACING = (3.2, 3.2, 1.5)  # mm
@@ -89,6 +109,23 @@ def three_js_model(path: Path, mm_per_unit: float = LPS_MM_PER_UNIT):
     return vertices, np.asarray(triangles, dtype=np.int64)
 
 
+def ljson_landmarks(path: Path):
+    """Our landmarks from a menpo .ljson file of iBUG 300-W points (IBUG_TO_PALNET)."""
+    import json
+    import numpy as np
+    from palnet.datatypes import Landmarks
+    from palnet.errors import PalnetError
+    try:
+        group = json.loads(path.read_text(encoding="utf-8"))["groups"]["LJSON"]
+        points = np.asarray(group["landmarks"]["points"], dtype=np.float64)
+        masks = {g["label"]: list(g["mask"]) for g in group["labels"]}
+        labels = list(IBUG_TO_PALNET)
+        out = np.array([points[[masks[g][i] for g, i in IBUG_TO_PALNET[lab]]].mean(axis=0) for lab in labels])
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise PalnetError("not a menpo landmark file with the iBUG 300-W groups ({})".format(exc), path)
+    return Landmarks(labels, out, units="mm")
+
+
 def main(argv=None) -> int:
     from vtkmodules.vtkIOPLY import vtkPLYWriter
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -114,6 +151,13 @@ def main(argv=None) -> int:
     vertices, triangles = three_js_model(download(LPS_URL, out / "lee_perry_smith" / "LeePerrySmith.js"))
     write_mesh(Mesh(vertices, triangles, "mm"), out / "lee_perry_smith.ply")
     print("wrote {} ({} vertices)".format(out / "lee_perry_smith.ply", len(vertices)))
+    from palnet.landmark_io import write_landmarks
+    james = out / "labelled" / "james"
+    james.mkdir(parents=True, exist_ok=True)
+    download(MENPO3D + "james.obj", james / "scan.obj")
+    truth = ljson_landmarks(download(MENPO3D + "james.ljson", james / "james.ljson"))
+    write_landmarks(truth, james / "landmarks.mrk.json")
+    print("wrote {} and its {} annotated landmarks".format(james / "scan.obj", len(truth.labels)))
     return 0
 
 
