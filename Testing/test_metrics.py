@@ -293,6 +293,19 @@ def test_dirs_pairing_units_and_missing(tmp_path, fake_io):
     assert "only_truth" in text and "only_pred" in text
 
 
+def test_dirs_judge_each_scan_on_the_labels_its_truth_names(tmp_path, fake_io):
+    """Two real scans annotated with different short lists: a label only the other scan's
+    truth names is not counted as placed where this one's truth has none."""
+    _write(tmp_path / "t" / "a.lm.json", ["n", "l", "r"], TRI)
+    _write(tmp_path / "t" / "b.lm.json", ["n", "l"], TRI[:2])  # r not annotated on b
+    for sid in ("a", "b"):
+        _write(tmp_path / "p" / (sid + ".lm.json"), ["n", "l", "r"], TRI + [0.5, 0, 0])
+    report = evaluate_dirs(tmp_path / "p", tmp_path / "t")
+    assert report["extra"] == 0 and report["missing"] == 0
+    assert report["per_landmark"]["r"]["n"] == 1 and report["per_landmark"]["n"]["n"] == 2
+    assert report["pointwise_mm"] == pytest.approx(0.5)
+
+
 def test_dirs_labels_follow_protocol_order(tmp_path, fake_io):
     _write(tmp_path / "t" / "a.lm.json", ["mine", "prn", "sn"], TRI)
     _write(tmp_path / "p" / "a.lm.json", ["mine", "prn", "sn"], TRI)

@@ -320,8 +320,8 @@ def evaluate_dirs(pred_dir, truth_dir, protocol=None,
     folder, as ``palnet predict`` names its outputs), then, where the two folders are laid
     out differently, by scan id (file name without the landmark extension, or the folder
     name for generic names) when each side has that id only once; landmarks are paired by
-    label. Only labels found in the truth are evaluated, and a prediction lacking one counts
-    as missing. Each file is read in the units it states and both sides are converted to mm.
+    label. Each scan is judged on the labels its truth file names (a short list of
+    annotations is judged on that list), and a prediction lacking one counts as missing. Each file is read in the units it states and both sides are converted to mm.
     Scans on one side only are listed in ``unmatched_truth`` / ``unmatched_pred``; files that
     could belong to more than one scan, left out rather than guessed, in ``ambiguous``; scans
     whose predicted landmarks are far larger or smaller than the true ones (a file whose
@@ -377,7 +377,10 @@ def evaluate_dirs(pred_dir, truth_dir, protocol=None,
     pred_pts = np.full(shape, np.nan)
     for s, (t, p) in enumerate(zip(truths, preds)):  # a loop over files, not landmarks
         truth_pts[s, [column[lab] for lab in t.labels]] = t.points
-        wanted = [k for k, lab in enumerate(p.labels) if lab in column]
+        # Only the labels this scan's truth names are judged: one another scan's truth names and
+        # this one does not was not annotated here (a file marks what the scan lacks as missing).
+        named = set(t.labels)
+        wanted = [k for k, lab in enumerate(p.labels) if lab in named]
         pred_pts[s, [column[p.labels[k]] for k in wanted]] = p.points[wanted]
 
     report = evaluate_arrays(pred_pts, truth_pts, labels, protocol=protocol,
