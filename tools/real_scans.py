@@ -126,15 +126,14 @@ def ljson_landmarks(path: Path):
     return Landmarks(labels, out, units="mm")
 
 
-def main(argv=None) -> int:
-    from vtkmodules.vtkIOPLY import vtkPLYWriter
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("out", help="folder for the scans")
-    args = ap.parse_args(argv)
-    out = Path(args.out)
-    (out / "headsq").mkdir(parents=True, exist_ok=True)
-    (out / "lee_perry_smith").mkdir(exist_ok=True)
+def fran_cut(out: Path) -> str:
     download(BASE + "fran_cut.vtk", out / "fran_cut.vtk")
+    return "wrote {}".format(out / "fran_cut.vtk")
+
+
+def headsq(out: Path) -> str:
+    from vtkmodules.vtkIOPLY import vtkPLYWriter
+    (out / "headsq").mkdir(parents=True, exist_ok=True)
     for i in range(1, HEADSQ_SLICES + 1):
         download(BASE + "headsq/quarter.{}".format(i), out / "headsq" / "quarter.{}".format(i))
     poly = skin_surface(str(out / "headsq" / "quarter"), HEADSQ_SLICES)
@@ -143,22 +142,48 @@ def main(argv=None) -> int:
     writer.SetFileName(str(out / "headsq_skin.ply"))
     writer.SetFileTypeToBinary()
     if not writer.Write():
-        print("could not write {}".format(out / "headsq_skin.ply"), file=sys.stderr)
-        return 1
-    print("wrote {} and {} ({} vertices)".format(out / "fran_cut.vtk", out / "headsq_skin.ply", poly.GetNumberOfPoints()))
+        raise OSError("VTK could not write {}".format(out / "headsq_skin.ply"))
+    return "wrote {} ({} vertices)".format(out / "headsq_skin.ply", poly.GetNumberOfPoints())
+
+
+def lee_perry_smith(out: Path) -> str:
     from palnet.datatypes import Mesh
     from palnet.mesh_io import write_mesh
+    (out / "lee_perry_smith").mkdir(parents=True, exist_ok=True)
     vertices, triangles = three_js_model(download(LPS_URL, out / "lee_perry_smith" / "LeePerrySmith.js"))
     write_mesh(Mesh(vertices, triangles, "mm"), out / "lee_perry_smith.ply")
-    print("wrote {} ({} vertices)".format(out / "lee_perry_smith.ply", len(vertices)))
+    return "wrote {} ({} vertices)".format(out / "lee_perry_smith.ply", len(vertices))
+
+
+def james(out: Path) -> str:
     from palnet.landmark_io import write_landmarks
-    james = out / "labelled" / "james"
-    james.mkdir(parents=True, exist_ok=True)
-    download(MENPO3D + "james.obj", james / "scan.obj")
-    truth = ljson_landmarks(download(MENPO3D + "james.ljson", james / "james.ljson"))
-    write_landmarks(truth, james / "landmarks.mrk.json")
-    print("wrote {} and its {} annotated landmarks".format(james / "scan.obj", len(truth.labels)))
-    return 0
+    folder = out / "labelled" / "james"
+    folder.mkdir(parents=True, exist_ok=True)
+    download(MENPO3D + "james.obj", folder / "scan.obj")
+    truth = ljson_landmarks(download(MENPO3D + "james.ljson", folder / "james.ljson"))
+    write_landmarks(truth, folder / "landmarks.mrk.json")
+    return "wrote {} and its {} annotated landmarks".format(folder / "scan.obj", len(truth.labels))
+
+
+SCANS = {"fran_cut": fran_cut, "headsq": headsq, "lee_perry_smith": lee_perry_smith, "james": james}
+
+
+def main(argv=None) -> int:
+    """Fetch and make every scan; one that cannot be fetched (no network, a moved file) is named
+    in one line and the others are still made. Exit status 1 when one is missing."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", help="folder for the scans")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for name, make in SCANS.items():
+        try:
+            print(make(out))
+        except Exception as exc:  # urllib's errors, a damaged download, VTK: the next scan still comes
+            failed += 1
+            print("{}: not made ({}: {})".format(name, type(exc).__name__, exc), file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
