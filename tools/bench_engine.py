@@ -2,7 +2,7 @@
 
     python tools/bench_engine.py [--landmarks 50] [--repeats 30]
 
-Prints a Markdown table (the README quotes it). Weights are random: timings do not
+Prints a Markdown table. Weights are random: timings do not
 depend on their values. Thread counts are pinned to 1 before NumPy loads, so the
 numbers are per core; set OMP_NUM_THREADS yourself to override.
 """
