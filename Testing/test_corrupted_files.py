@@ -4,62 +4,24 @@ index them) or ends in one PalnetError line naming the file; never a crash, a ha
 or VTK's own messages. The damage is drawn from fixed seeds, so a failure names a file that can
 be made again (the case name holds the format, the kind of damage and the seed).
 
-Meshes are read in child processes with their memory limited, as in test_hostile_meshes.py.
+Meshes are read in child processes with their memory limited (child_reads.py).
 """
 import json
 import math
-import os
 import random
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-import palnet
 from palnet.datatypes import Landmarks, Mesh
 from palnet.errors import PalnetError
 from palnet.landmark_io import read_landmarks, write_landmarks
 from palnet.mesh_io import write_mesh
 
+from child_reads import read_in_children
+
 DAMAGE = ("flip", "cut", "zero", "insert", "header")
 SEEDS_PER_FORMAT = 10
-CHILD_SECONDS = 120.0
-CHILD_MEMORY = 4 << 30
-
-CHILD = r"""
-import json, os, sys, tempfile
-try:
-    import resource
-    resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]), int(sys.argv[1])))
-except (ImportError, ValueError, OSError):
-    pass
-import numpy as np
-from palnet.errors import PalnetError
-from palnet.mesh_io import read_mesh
-jobs = json.load(sys.stdin)
-err = tempfile.TemporaryFile()
-saved = os.dup(2)
-for case, path in jobs:
-    print("START", case, flush=True)
-    err.seek(0)
-    err.truncate()
-    os.dup2(err.fileno(), 2)
-    try:
-        mesh = read_mesh(path)
-        v, t = np.asarray(mesh.vertices), np.asarray(mesh.triangles)
-        result = {"status": "ok", "finite": bool(np.isfinite(v).all()),
-                  "indices": bool(t.size == 0 or (t.min() >= 0 and t.max() < len(v)))}
-    except PalnetError as e:
-        result = {"status": "error", "message": str(e)}
-    except BaseException as e:
-        result = {"status": "exception", "message": "{}: {}".format(type(e).__name__, e)}
-    sys.stderr.flush()
-    os.dup2(saved, 2)
-    err.seek(0)
-    result["stderr"] = err.read().decode("utf-8", "replace")
-    print("RESULT", json.dumps([case, result]), flush=True)
-"""
 
 
 def _mesh() -> Mesh:
@@ -117,31 +79,7 @@ def mesh_outcomes(tmp_path_factory):
         path = folder / (case + suffix)
         path.write_bytes(damaged(originals[fmt], how, random.Random(seed * 7919 + len(fmt))))
         jobs.append([case, str(path)])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [os.path.dirname(os.path.dirname(os.path.abspath(palnet.__file__)))] +
-        ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
-    outcomes, paths = {}, dict(jobs)
-    while jobs:  # a child that crashes or hangs costs only its case; the next child goes on after it
-        try:
-            done = subprocess.run([sys.executable, "-c", CHILD, str(CHILD_MEMORY)], input=json.dumps(jobs).encode(),
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=CHILD_SECONDS, env=env)
-            out, code = done.stdout, done.returncode
-        except subprocess.TimeoutExpired as e:
-            out, code = e.stdout or b"", "hang"
-        started = None
-        for line in out.decode("utf-8", "replace").splitlines():
-            if line.startswith("START "):
-                started = line[6:]
-            elif line.startswith("RESULT "):
-                case, result = json.loads(line[7:])
-                outcomes[case] = dict(result, path=paths[case])
-                started = None
-        if started is None:
-            break
-        outcomes[started] = {"status": "hang" if code == "hang" else "crash", "returncode": code,
-                             "path": paths[started]}
-        jobs = jobs[[case for case, _ in jobs].index(started) + 1:]
-    return outcomes
+    return read_in_children(jobs)
 
 
 @pytest.mark.parametrize("case", [c[0] for c in MESH_CASES])

@@ -5,56 +5,21 @@ process (a segmentation fault or an abort), hung it or made it allocate gigabyte
 files are read in a child process, with its memory limited: a crash, a hang or an exception
 other than PalnetError fails the case it happened in, not the whole test run.
 """
-import json
 import os
 import re
 import struct
-import subprocess
-import sys
 import zlib
 
 import numpy as np
 import pytest
 
-import palnet
 from palnet.errors import PalnetError
 from palnet.mesh_io import read_mesh, write_mesh
 from palnet.datatypes import Mesh
 
-OK = None  # the file reads
-CHILD_SECONDS = 120.0
-CHILD_MEMORY = 4 << 30  # bytes of address space: an attempt to allocate gigabytes fails fast
+from child_reads import read_in_children
 
-CHILD = r"""
-import json, os, sys, tempfile
-try:
-    import resource
-    resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]), int(sys.argv[1])))
-except (ImportError, ValueError, OSError):
-    pass
-from palnet.errors import PalnetError
-from palnet.mesh_io import read_mesh
-jobs = json.load(sys.stdin)
-err = tempfile.TemporaryFile()
-saved = os.dup(2)
-for case, path in jobs:
-    print("START", case, flush=True)
-    err.seek(0)
-    err.truncate()
-    os.dup2(err.fileno(), 2)
-    try:
-        mesh = read_mesh(path)
-        result = {"status": "ok", "vertices": mesh.n_vertices, "triangles": mesh.n_triangles}
-    except PalnetError as e:
-        result = {"status": "error", "message": str(e)}
-    except BaseException as e:
-        result = {"status": "exception", "message": "{}: {}".format(type(e).__name__, e)}
-    sys.stderr.flush()
-    os.dup2(saved, 2)
-    err.seek(0)
-    result["stderr"] = err.read().decode("utf-8", "replace")
-    print("RESULT", json.dumps([case, result]), flush=True)
-"""
+OK = None  # the file reads
 
 
 def _grid(n: int = 8) -> Mesh:
@@ -437,35 +402,6 @@ def _textured_ply(index=2, ascii=False, texcoord="0.5"):
 CASES = cases()
 
 
-def _run(jobs, env):
-    """Read each (case, path) in child processes: {case: outcome}; a child that crashes or hangs
-    costs only the case it was reading, and the next child goes on from the case after it."""
-    outcomes = {}
-    while jobs:
-        try:
-            done = subprocess.run([sys.executable, "-c", CHILD, str(CHILD_MEMORY)], input=json.dumps(jobs).encode(),
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=CHILD_SECONDS, env=env)
-            out, err, code = done.stdout, done.stderr, done.returncode
-        except subprocess.TimeoutExpired as e:
-            out, err, code = e.stdout or b"", e.stderr or b"", "hang"
-        started = None
-        for line in out.decode("utf-8", "replace").splitlines():
-            if line.startswith("START "):
-                started = line[6:]
-            elif line.startswith("RESULT "):
-                case, result = json.loads(line[7:])
-                outcomes[case] = result
-                started = None
-        if started is None:
-            if code != 0:
-                raise RuntimeError("the reading process failed ({}): {}".format(
-                    code, err.decode("utf-8", "replace")[-2000:]))
-            break
-        outcomes[started] = {"status": "hang" if code == "hang" else "crash", "returncode": code}
-        jobs = jobs[[case for case, _ in jobs].index(started) + 1:]
-    return outcomes
-
-
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
     folder = tmp_path_factory.mktemp("hostile")
@@ -482,11 +418,7 @@ def outcomes(tmp_path_factory):
         else:
             path.write_bytes(content)
         jobs.append([case, str(path)])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [os.path.dirname(os.path.dirname(os.path.abspath(palnet.__file__)))] +
-        ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
-    paths = dict(jobs)
-    return {case: dict(result, path=paths[case]) for case, result in _run(jobs, env).items()}
+    return read_in_children(jobs)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

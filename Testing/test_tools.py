@@ -189,6 +189,19 @@ def test_order_benchmark_makes_each_mistake_and_compares_the_repairs(model):
     assert "sto_on_li" not in table
 
 
+MENPO_GROUPS = (("chin", 17), ("leye", 6), ("reye", 6), ("leyebrow", 5), ("nose", 9), ("reyebrow", 5), ("mouth", 20))
+
+
+def menpo_ljson(groups=MENPO_GROUPS, z: float = 1.0) -> str:
+    """A menpo .ljson text of iBUG 300-W points in menpo's group order, point i at (i, 0, z)."""
+    labels, start = [], 0
+    for name, n in groups:
+        labels.append({"label": name, "mask": list(range(start, start + n))})
+        start += n
+    points = [[float(i), 0.0, z] for i in range(sum(n for _, n in MENPO_GROUPS))]
+    return json.dumps({"groups": {"LJSON": {"labels": labels, "landmarks": {"points": points}}}})
+
+
 def test_ibug_points_of_a_menpo_file_become_our_landmarks(tmp_path):
     """tools/real_scans.py: the iBUG 300-W points that mark one of our landmarks, by group and
     place in the group (menpo's .ljson order), stomion between the two inner-lip midpoints; a file
@@ -201,21 +214,15 @@ def test_ibug_points_of_a_menpo_file_become_our_landmarks(tmp_path):
         import real_scans
     finally:
         sys.path.remove(str(ROOT / "tools"))
-    groups = [("chin", 17), ("leye", 6), ("reye", 6), ("leyebrow", 5), ("nose", 9), ("reyebrow", 5), ("mouth", 20)]
-    labels, start = [], 0
-    for name, n in groups:
-        labels.append({"label": name, "mask": list(range(start, start + n))})
-        start += n
-    points = [[float(i), 0.0, 1.0] for i in range(start)]
     path = tmp_path / "face.ljson"
-    path.write_text(json.dumps({"groups": {"LJSON": {"labels": labels, "landmarks": {"points": points}}}}))
+    path.write_text(menpo_ljson())
     lms = real_scans.ljson_landmarks(path)
     got = dict(zip(lms.labels, lms.points[:, 0]))
     assert lms.units == "mm" and len(lms.labels) == 13
     assert (got["ex_R"], got["en_R"], got["en_L"], got["ex_L"]) == (17, 20, 23, 26)
     assert (got["prn"], got["sn"], got["ch_R"], got["ls"], got["ch_L"], got["li"]) == (37, 40, 48, 51, 54, 57)
     assert got["sto"] == 64.0 and np.all(lms.points[:, 2] == 1.0)
-    path.write_text(json.dumps({"groups": {"LJSON": {"labels": labels[:2], "landmarks": {"points": points}}}}))
+    path.write_text(menpo_ljson(MENPO_GROUPS[:2]))
     with pytest.raises(PalnetError, match="face.ljson"):
         real_scans.ljson_landmarks(path)
 
@@ -282,13 +289,7 @@ def test_real_scans_go_on_when_one_cannot_be_fetched(tmp_path, monkeypatch, caps
         sys.path.remove(str(ROOT / "tools"))
     from palnet.resources import sample_scan_path
 
-    groups = [("chin", 17), ("leye", 6), ("reye", 6), ("leyebrow", 5), ("nose", 9), ("reyebrow", 5), ("mouth", 20)]
-    labels, start = [], 0
-    for name, n in groups:
-        labels.append({"label": name, "mask": list(range(start, start + n))})
-        start += n
-    ljson = json.dumps({"groups": {"LJSON": {"labels": labels,
-                                             "landmarks": {"points": [[float(i), 0.0, 0.0] for i in range(start)]}}}})
+    ljson = menpo_ljson(z=0.0)
 
     def fake_download(url, path):
         if url.startswith(real_scans.MENPO3D):
