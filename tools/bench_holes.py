@@ -105,6 +105,16 @@ def summarise(rows):
     return {"beside_a_hole": stats(near), "others": stats(other)}
 
 
+def annotated_folders(data, n: int) -> list:
+    """The first ``n`` folders DIR/<id> (sorted by id) holding scan.ply + landmarks.mrk.json, as
+    ``palnet synth`` writes them; none is an error naming DIR (SystemExit)."""
+    folders = sorted(str(d) for d in Path(data).iterdir()
+                     if (d / "scan.ply").is_file() and (d / "landmarks.mrk.json").is_file())[:n]
+    if not folders:
+        raise SystemExit("{}: no annotated scans (DIR/<id>/scan.ply + landmarks.mrk.json)".format(data))
+    return folders
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="folder of annotated scans (DIR/<id>/scan.ply + landmarks.mrk.json)")
@@ -117,10 +127,7 @@ def main():
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default=None, help="also write every scan's errors and confidences as JSON")
     args = p.parse_args()
-    folders = sorted(str(d) for d in Path(args.data).iterdir()
-                     if (d / "scan.ply").is_file() and (d / "landmarks.mrk.json").is_file())[: args.n]
-    if not folders:
-        raise SystemExit("{}: no annotated scans (DIR/<id>/scan.ply + landmarks.mrk.json)".format(args.data))
+    folders = annotated_folders(args.data, args.n)
     tasks = [(k, f, args.per_scan, args.radius, args.gap) for k, f in enumerate(folders)]
     with ProcessPoolExecutor(max(1, args.jobs), initializer=_init, initargs=(args.model,)) as pool:
         rows = list(pool.map(_one, tasks))

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_holes import annotated_folders
+
 _W: dict = {}
 MISTAKES = ("ls_on_li", "sto_on_li", "li_on_sl", "ps_below_pi", "pi_above_ps", "sba_above_t", "cph_below_sto",
             "lips_down")
@@ -153,10 +155,7 @@ def main():
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default=None, help="also write every scan's figures as JSON")
     args = p.parse_args()
-    folders = sorted(str(d) for d in Path(args.data).iterdir()
-                     if (d / "scan.ply").is_file() and (d / "landmarks.mrk.json").is_file())[: args.n]
-    if not folders:
-        raise SystemExit("{}: no annotated scans (DIR/<id>/scan.ply + landmarks.mrk.json)".format(args.data))
+    folders = annotated_folders(args.data, args.n)
     with ProcessPoolExecutor(max(1, args.jobs), initializer=_init, initargs=(args.model,)) as pool:
         rows = list(pool.map(_one, folders))
     table = summarise(rows)
