@@ -11,6 +11,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from .anatomy import describe_out_of_order, out_of_order, out_of_order_labels, restore_order
+from .auricle import AURICLE_RADIUS_MM, EAR_NAMES, describe_flat_ears, ears_not_made_out
 from .arbitrate import NETWORK, OTHERS, REGISTRATION, SOURCE_TEXT, combine, describe_sources, rule_from, triggered
 from .align import THOROUGH, Alignment, align_scan, detect_units
 from .cleanup import FRAGMENT_GAP_MM, MIN_SPIKE_MM, find_fragments, find_spikes, remove_vertices
@@ -72,7 +73,6 @@ MISSING_PAST_EDGE_THIN_MM = 10.0
 # the top or the back alone it took 42 and 5, but on the 200 whole test heads it added a
 # superaurale to a postaurale falsely missing.)
 EAR_PAST_EDGE_MM = 2.0
-EAR_NAMES = ("t", "sa", "sba", "pa", "obs")  # one ear's points (with _R or _L), see missing_landmarks
 EAR_ANCHORS = ("sa", "pa")  # the top and the back of the ear: far past the cut when the ear is gone
 # The gonion lies at the face template's edge (fewer than TEMPLATE_SUPPORT_POINTS of its points
 # near it), yet the fitted template places it about as surely as the landmarks inside: on the 200
@@ -572,6 +572,11 @@ def predict(mesh: Mesh, model: Model, snap: str = DEFAULT_SNAP, units: str = "au
     vertex_tree = cKDTree(prep.clean.vertices)  # one search tree for the missing landmarks and both snaps
     missing = missing_landmarks(prep, start, template, mean, vertex_tree, model.metadata["protocol"]["labels"])
     centres, spread = network_answer(prep.tree, model, init, steps, scale, confidence_samples, missing)
+    labels = list(model.metadata["protocol"]["labels"])
+    earless, flat_sides = flat_ears(prep, labels, centres, missing, vertex_tree)
+    if earless.any():  # read the face again without them, as for any landmark the scan lacks
+        missing = missing | earless
+        centres, spread = network_answer(prep.tree, model, init, steps, scale, confidence_samples, missing)
     if samplings > 1:
         answers, spreads = [centres], [spread]
         for seed in range(1, int(samplings)):
@@ -581,7 +586,6 @@ def predict(mesh: Mesh, model: Model, snap: str = DEFAULT_SNAP, units: str = "au
             answers.append(more[0])
             spreads.append(more[1])
         centres, spread = np.mean(answers, axis=0), np.mean(spreads, axis=0)
-    labels = list(model.metadata["protocol"]["labels"])
     status, message = scan_status(prep.alignment, mesh.n_vertices)
     registration = LazyRegistration(prep, template, mean, swap, report)
     centres, sources = arbitrate_with_registration(prep, model, centres, spread, status, template, mean, report,
@@ -604,11 +608,13 @@ def predict(mesh: Mesh, model: Model, snap: str = DEFAULT_SNAP, units: str = "au
     conf = np.where(doubtful, np.minimum(conf, OUT_OF_ORDER_CONFIDENCE), conf)
     gone = tuple(lab for lab, m in zip(labels, missing) if m)
     if gone:
-        note = "{} of {} landmarks missing: no scanned surface where the face puts {} (a cut or a hole?)".format(
-            len(gone), len(labels), ", ".join(gone))
+        no_surface = [lab for lab, m, e in zip(labels, missing, earless) if m and not e]
+        note = "{} of {} landmarks missing".format(len(gone), len(labels))
+        if no_surface:
+            note += ": no scanned surface where the face puts {} (a cut or a hole?)".format(", ".join(no_surface))
         if status == OK:
             status = PARTIAL
-        message = "; ".join(m for m in (message, note) if m)
+        message = "; ".join(m for m in (message, note, describe_flat_ears(labels, earless, flat_sides)) if m)
     if prep.alignment.scale != 1.0:
         message = "; ".join(m for m in (message, sized_note(prep.alignment.scale)) if m)
     if status == NOT_A_FACE and units == "auto":  # a face far smaller or larger in the units its size suggests
@@ -850,6 +856,16 @@ def missing_landmarks(prep: PreparedScan, expected: np.ndarray, template: np.nda
             if min(past[a] for a in anchors) > MISSING_PAST_EDGE_THIN_MM:  # top and back: none of it is here
                 gone[ear] |= on_border[ear]
     return gone
+
+
+def flat_ears(prep: PreparedScan, labels: Sequence[str], centres: np.ndarray, missing: np.ndarray,
+              vertex_tree: cKDTree) -> Tuple[np.ndarray, List[str]]:
+    """The ear points of a side where the scan shows no ear (palnet.auricle), from the answer
+    ``centres`` (canonical mm), judged on the cleaned scan in its own frame: (mask, sides)."""
+    to_file = unit_scale("mm", prep.units)
+    at = prep.alignment.to_scan(centres) * to_file
+    radius = AURICLE_RADIUS_MM * prep.alignment.scale * to_file
+    return ears_not_made_out(labels, at, missing, prep.clean.vertices, prep.clean.triangles, vertex_tree, radius)
 
 
 def _small_rotations(rng: np.random.Generator, n: int, degrees: float) -> np.ndarray:

@@ -16,6 +16,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
+from .auricle import EAR_NAMES  # the landmarks a capture cut in front of the ears lacks
 from .errors import PalnetError
 from .geometry import drop_unused, grid_subsample, vertex_normals
 from .ict_landmarks import LABELS, anatomical_order_violations, ict_landmark_positions
@@ -230,7 +231,6 @@ def _crop_mask(v: np.ndarray, lm: np.ndarray, labels: Sequence[str], rng: np.ran
 
 
 CROPS = SYNTH_CROPS
-EAR_NAMES = ("t", "sa", "sba", "pa", "obs")  # the landmarks a capture cut in front of the ears lacks
 
 
 def _fixed_crop_mask(v: np.ndarray, lm: np.ndarray, labels: Sequence[str], crop: str, rng: np.random.Generator,
