@@ -573,7 +573,7 @@ def predict(mesh: Mesh, model: Model, snap: str = DEFAULT_SNAP, units: str = "au
     missing = missing_landmarks(prep, start, template, mean, vertex_tree, model.metadata["protocol"]["labels"])
     centres, spread = network_answer(prep.tree, model, init, steps, scale, confidence_samples, missing)
     labels = list(model.metadata["protocol"]["labels"])
-    earless, flat_sides = flat_ears(prep, labels, centres, missing, vertex_tree)
+    earless, flat_sides = flat_ears(prep, labels, centres, missing, vertex_tree, template, mean)
     if earless.any():  # read the face again without them, as for any landmark the scan lacks
         missing = missing | earless
         centres, spread = network_answer(prep.tree, model, init, steps, scale, confidence_samples, missing)
@@ -807,8 +807,7 @@ def missing_landmarks(prep: PreparedScan, expected: np.ndarray, template: np.nda
     The network always answers on some surface, so without this a landmark over a hole lands on
     the hole's rim, and an ear the scan does not have on the cut, as confidently as any other.
     ``vertex_tree``: a search tree of ``prep.clean``'s vertices, when one is built already."""
-    near = cKDTree(template).query_ball_point(mean, TEMPLATE_SUPPORT_MM)
-    inside = np.array([len(n) >= TEMPLATE_SUPPORT_POINTS for n in near])
+    inside = inside_template(template, mean)
     limit = np.where(inside, MISSING_SURFACE_MM, MISSING_OUTSIDE_MM)
     firm = inside | (np.array([lab.rsplit("_", 1)[0] in FIRM_EDGE_NAMES for lab in labels], dtype=bool)
                      if labels is not None else False)
@@ -858,14 +857,23 @@ def missing_landmarks(prep: PreparedScan, expected: np.ndarray, template: np.nda
     return gone
 
 
+def inside_template(template: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Mask of the landmarks (at their ``mean`` places) that the face template covers well."""
+    near = cKDTree(template).query_ball_point(mean, TEMPLATE_SUPPORT_MM)
+    return np.array([len(n) >= TEMPLATE_SUPPORT_POINTS for n in near], dtype=bool)
+
+
 def flat_ears(prep: PreparedScan, labels: Sequence[str], centres: np.ndarray, missing: np.ndarray,
-              vertex_tree: cKDTree) -> Tuple[np.ndarray, List[str]]:
+              vertex_tree: cKDTree, template: np.ndarray, mean: np.ndarray) -> Tuple[np.ndarray, List[str]]:
     """The ear points of a side where the scan shows no ear (palnet.auricle), from the answer
-    ``centres`` (canonical mm), judged on the cleaned scan in its own frame: (mask, sides)."""
+    ``centres`` (canonical mm), judged on the cleaned scan in its own frame: (mask, sides). Only
+    points the face template does not cover are judged (the template has no ears: a model whose
+    ear labels lie on its face template names other points by them)."""
     to_file = unit_scale("mm", prep.units)
     at = prep.alignment.to_scan(centres) * to_file
     radius = AURICLE_RADIUS_MM * prep.alignment.scale * to_file
-    return ears_not_made_out(labels, at, missing, prep.clean.vertices, prep.clean.triangles, vertex_tree, radius)
+    skip = missing | inside_template(template, mean)
+    return ears_not_made_out(labels, at, skip, prep.clean.vertices, prep.clean.triangles, vertex_tree, radius)
 
 
 def _small_rotations(rng: np.random.Generator, n: int, degrees: float) -> np.ndarray:
