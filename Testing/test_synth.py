@@ -155,8 +155,56 @@ def test_synth_command_takes_crop_and_spikes(tmp_path, ict_path):
 
 
 @pytest.mark.parametrize("kw,message", [({"crop": "torso"}, "unknown crop 'torso'"),
-                                        ({"spikes": 0.7}, "spikes must be a fraction")])
+                                        ({"spikes": 0.7}, "spikes must be a fraction"),
+                                        ({"closed_lips": 1.5}, "closed lips must be a chance")])
 def test_bad_variant_is_a_clear_error(ict, kw, message):
     from palnet.synth import generate_scan
     with pytest.raises(PalnetError, match=message):
         generate_scan(1000, ict, **kw)
+
+
+def _border_near(scan, point, radius):
+    from palnet.geometry import edges_and_border
+    border = edges_and_border(scan.triangles, scan.n_vertices)[1]
+    return int((np.linalg.norm(scan.vertices[border] - point, axis=1) < radius).sum())
+
+
+def test_closed_lips_meet_in_a_shallow_crease(ict):
+    """A real scanner sees closed lips as two surfaces meeting in a crease; the head model's lips
+    fold 3-7 mm deep into an open mouth. With --closed-lips the mouth has no opening, the crease is
+    about a mm deep, and the stomion (the upper lip's edge) still lies on the surface."""
+    from palnet.synth import generate_scan
+    open_, lo, info_o = generate_scan(1000, ict, pose="canonical")
+    closed, lc, info = generate_scan(1000, ict, pose="canonical", closed_lips=1.0)
+    assert info["closed_lips"] is True
+    sto = lo.points[lo.labels.index("sto")]
+    m = np.asarray(info_o["pose_matrix_mm"])  # head model frame (x left, y up, z out of the face) -> scan
+    assert _border_near(open_, sto, 12.0) > 20 and _border_near(closed, sto, 12.0) == 0
+    # the lips' inner surfaces are gone: nothing lies more than 3 mm behind the stomion near it
+    def deepest(scan):  # how far the surface goes back behind the stomion on the midline
+        d = (scan.vertices - sto) @ m[:3, :3]
+        return d[(np.abs(d[:, 0]) < 1.0) & (np.abs(d[:, 1]) < 6.0) & (np.abs(d[:, 2]) < 15.0), 2].min()
+    assert deepest(open_) < -3.0 and deepest(closed) > -1.5  # 3.3 and 0.6 mm here
+    assert np.linalg.norm(lc.points[lc.labels.index("sto")] - sto) < 0.5
+    assert np.isfinite(lc.points).all()
+    assert np.abs(closest_points_on_surface(closed, lc.points)[0] - lc.points).max() < 1e-6
+
+
+def test_open_lips_stay_open_and_other_scans_are_unchanged(ict):
+    """Lips apart (the jaw opened) are not closed over; a scan the chance leaves open is the scan
+    made without the option."""
+    from palnet.ict_landmarks import mouth_rings
+    from palnet.synth import generate_scan
+    from palnet.variety import CLOSED_LIPS_RINGS, close_lips
+    rings = mouth_rings(CLOSED_LIPS_RINGS)
+    assert close_lips(ict.neutral, ict.triangles, rings, ict.neutral) is not None
+    jaw = ict.neutral + 0.45 * ict.expression[ict.expression_names.index("jawOpen")]
+    assert close_lips(jaw, ict.triangles, rings, ict.neutral) is None
+    for seed in range(1000, 1030):
+        a, _, info_a = generate_scan(seed, ict, closed_lips=0.3)
+        if "closed_lips" not in info_a:
+            b, _, _ = generate_scan(seed, ict)
+            assert np.array_equal(a.vertices, b.vertices) and np.array_equal(a.triangles, b.triangles)
+            break
+    else:
+        pytest.fail("no scan left open at a chance of 0.3")

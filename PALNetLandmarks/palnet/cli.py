@@ -50,6 +50,7 @@ def _cmd_synth(args) -> int:
     t0 = time.monotonic()
     failed = generate_dataset(args.output, args.n, args.seed, args.pose, args.units, args.ict,
                               args.jobs, ProgressBar("synth"), crop=args.crop, spikes=args.spikes,
+                              closed_lips=args.closed_lips,
                               variety=_variety(args.variety))
     print("wrote {} scans to {} in {:.1f} s".format(args.n - len(failed), args.output, time.monotonic() - t0))
     if failed:
@@ -261,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "captures, coarse meshes and hair (see palnet/variety.py)")
     s.add_argument("--spikes", type=float, default=0.0,
                    help="fraction of vertices turned into 3-30 mm scanner spikes (default 0)")
+    s.add_argument("--closed-lips", type=float, default=0.0, metavar="CHANCE",
+                   help="chance that a scan shows the lips closed, a shallow crease where they meet, as "
+                        "real scans do, instead of the head model's fold into the mouth (default 0)")
     s.add_argument("--ict", default=None, help="ICT-FaceKit model file (default: $PALNET_ICT or ../shared/data/ict-facekit/ict_facekit.npz)")
     s.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
     s.set_defaults(func=_cmd_synth)

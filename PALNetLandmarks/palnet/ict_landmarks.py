@@ -519,6 +519,21 @@ def _template(path=None) -> _Template:
     return _template_for(str(path))
 
 
+def mouth_rings(depth: int, ict_path=None) -> np.ndarray:
+    """For each vertex of the head: how many edges it lies from the skin's mouth opening (the
+    inner end of the lips' inner surfaces), counted up to ``depth``; ``depth + 1`` beyond."""
+    tpl = _template(ict_path)
+    v = tpl.neutral
+    adj = tpl._adjacency()
+    boundary = tpl._boundary_vertices()
+    opening = boundary[(np.abs(v[boundary, 0]) < 30) & (v[boundary, 1] < -20) & (v[boundary, 1] > -50)
+                       & (v[boundary, 2] > 80)]
+    rings = np.full(tpl.n_vertices, depth + 1, dtype=np.int64)
+    for k in range(depth, -1, -1):
+        rings[:SKIN_STOP][tpl._rings(adj, opening, k)] = k
+    return rings
+
+
 def _label_slots(tpl: _Template, labels: Optional[Sequence[str]]) -> np.ndarray:
     if labels is None:
         return np.arange(len(LABELS))

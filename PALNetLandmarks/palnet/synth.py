@@ -19,13 +19,13 @@ from scipy.spatial.transform import Rotation
 from .auricle import EAR_NAMES  # the landmarks a capture cut in front of the ears lacks
 from .errors import PalnetError
 from .geometry import drop_unused, grid_subsample, vertex_normals
-from .ict_landmarks import LABELS, anatomical_order_violations, ict_landmark_positions
+from .ict_landmarks import LABELS, anatomical_order_violations, ict_landmark_positions, mouth_rings
 from .mesh_io import write_landmarks, write_mesh
 from .options import SYNTH_CROPS
 from .resources import default_ict_path
 from .snap import closest_points_on_surface
-from .variety import (CLOSED_EYES_BLINK, add_hair, check_families, coarse_target, decimate, draw_expression,
-                      scanner_settings, warp_head)
+from .variety import (CLOSED_EYES_BLINK, CLOSED_LIPS_RINGS, add_hair, check_families, close_lips, coarse_target,
+                      decimate, draw_expression, scanner_settings, warp_head)
 from .datatypes import Landmarks, Mesh, unit_scale
 
 GENERATOR_VERSION = 1
@@ -258,11 +258,13 @@ def _fixed_crop_mask(v: np.ndarray, lm: np.ndarray, labels: Sequence[str], crop:
     return keep
 
 
-def check_variant(crop: str, spikes: float) -> None:
+def check_variant(crop: str, spikes: float, closed_lips: float = 0.0) -> None:
     if crop not in CROPS:
         raise PalnetError("unknown crop {!r} (use {})".format(crop, ", ".join(CROPS)))
     if not 0.0 <= spikes < 0.5:
         raise PalnetError("spikes must be a fraction between 0 and 0.5, not {}".format(spikes))
+    if not 0.0 <= closed_lips <= 1.0:
+        raise PalnetError("closed lips must be a chance between 0 and 1, not {}".format(closed_lips))
 
 
 def shoulders_mesh(rng: np.random.Generator, top_y: float = -150.0, drop: float = 180.0, step: float = 4.0):
@@ -348,7 +350,7 @@ def _pose(rng: np.random.Generator, pose: str):
 
 def generate_scan(seed: int, ict: Optional[IctModel] = None, pose: str = "realistic", units: str = "mm",
                   labels: Optional[Sequence[str]] = None, crop: str = "random", spikes: float = 0.0,
-                  variety: Optional[Sequence[str]] = None):
+                  variety: Optional[Sequence[str]] = None, closed_lips: float = 0.0):
     """One synthetic scan: (Mesh, Landmarks, meta dict), a pure function of its arguments.
 
     ``crop`` "random" (the default mix of forehead, back-of-head and neck cuts) or one
@@ -358,8 +360,12 @@ def generate_scan(seed: int, ict: Optional[IctModel] = None, pose: str = "realis
 
     ``variety``: warp families (see :mod:`palnet.variety`); given (even empty), the head also
     gets a clinical expression or none and a scanner's habits (a face-only capture when
-    ``crop`` is "random", a coarse mesh, hair), all drawn from a stream of their own."""
-    check_variant(crop, spikes)
+    ``crop`` is "random", a coarse mesh, hair), all drawn from a stream of their own.
+
+    ``closed_lips``: the chance that the scanner sees the lips closed, a shallow crease where they
+    meet, not the head model's fold deep into the mouth (:func:`palnet.variety.close_lips`; from a
+    stream of its own: the scans it leaves open are the same as without it)."""
+    check_variant(crop, spikes, closed_lips)
     if variety is not None:
         variety = check_families(variety)
     ict = ict or load_ict()
@@ -394,6 +400,11 @@ def generate_scan(seed: int, ict: Optional[IctModel] = None, pose: str = "realis
             # a face-only capture cut in front of the ears, from a stream of its own (the rest stays)
             if np.random.default_rng(np.random.SeedSequence([int(seed), GENERATOR_VERSION, 4])).random() < 0.2:
                 crop = info["variety"]["crop"] = "front"
+    if closed_lips > 0.0 and np.random.default_rng(
+            np.random.SeedSequence([int(seed), GENERATOR_VERSION, 5])).random() < closed_lips:
+        closed = close_lips(verts, tri, mouth_rings(CLOSED_LIPS_RINGS), ict.neutral)
+        info["closed_lips"] = closed is not None  # False: the lips were apart
+        tri = tri if closed is None else closed
     nrm = vertex_normals(verts, tri)
     # Variants draw from their own stream: the default ("random", no spikes) stays as it always was.
     extra_rng = np.random.default_rng(np.random.SeedSequence([int(seed), GENERATOR_VERSION, 1]))
@@ -483,8 +494,9 @@ def scan_id(seed: int) -> str:
 
 
 def write_scan(out_dir: Path, seed: int, ict: IctModel, pose: str, units: str, crop: str = "random",
-               spikes: float = 0.0, variety: Optional[Sequence[str]] = None) -> Path:
-    scan, lms, info = generate_scan(seed, ict, pose, units, crop=crop, spikes=spikes, variety=variety)
+               spikes: float = 0.0, variety: Optional[Sequence[str]] = None, closed_lips: float = 0.0) -> Path:
+    scan, lms, info = generate_scan(seed, ict, pose, units, crop=crop, spikes=spikes, variety=variety,
+                                    closed_lips=closed_lips)
     folder = Path(out_dir) / scan_id(seed)
     folder.mkdir(parents=True, exist_ok=True)
     write_mesh(scan, folder / "scan.ply")
@@ -498,15 +510,16 @@ def write_scan(out_dir: Path, seed: int, ict: IctModel, pose: str, units: str, c
 _WORKER: dict = {}
 
 
-def _worker_init(ict_path, pose, units, crop="random", spikes=0.0, variety=None):
-    _WORKER.update(ict=load_ict(ict_path), pose=pose, units=units, crop=crop, spikes=spikes, variety=variety)
+def _worker_init(ict_path, pose, units, crop="random", spikes=0.0, variety=None, closed_lips=0.0):
+    _WORKER.update(ict=load_ict(ict_path), pose=pose, units=units, crop=crop, spikes=spikes, variety=variety,
+                   closed_lips=closed_lips)
 
 
 def _worker_run(args):
     out_dir, seed = args
     try:
         write_scan(out_dir, seed, _WORKER["ict"], _WORKER["pose"], _WORKER["units"], _WORKER["crop"],
-                   _WORKER["spikes"], _WORKER["variety"])
+                   _WORKER["spikes"], _WORKER["variety"], _WORKER["closed_lips"])
         return seed, None
     except Exception as exc:  # reported per scan; one bad draw never stops a data set
         return seed, "{}: {}".format(type(exc).__name__, exc)
@@ -514,7 +527,8 @@ def _worker_run(args):
 
 def generate_dataset(out_dir, n: int, seed: int = 0, pose: str = "realistic", units: str = "mm",
                      ict_path=None, jobs: Optional[int] = None, progress=None, crop: str = "random",
-                     spikes: float = 0.0, variety: Optional[Sequence[str]] = None) -> List[int]:
+                     spikes: float = 0.0, variety: Optional[Sequence[str]] = None,
+                     closed_lips: float = 0.0) -> List[int]:
     """Write scans for seeds ``seed .. seed+n-1`` into ``out_dir``; returns the seeds that failed.
     ``variety``: see :func:`generate_scan`."""
     import multiprocessing as mp
@@ -522,7 +536,7 @@ def generate_dataset(out_dir, n: int, seed: int = 0, pose: str = "realistic", un
         raise PalnetError("unknown units {!r} (use mm, cm or m)".format(units))
     if pose not in ("realistic", "any", "canonical"):
         raise PalnetError("unknown pose {!r} (use realistic or any)".format(pose))
-    check_variant(crop, spikes)
+    check_variant(crop, spikes, closed_lips)
     if variety is not None:
         variety = check_families(variety)
     load_ict(ict_path)  # fail early, in this process, with a clear message
@@ -531,12 +545,12 @@ def generate_dataset(out_dir, n: int, seed: int = 0, pose: str = "realistic", un
     jobs = max(1, min(jobs or os.cpu_count() or 1, n))
     failed = []
     if jobs == 1:
-        _worker_init(ict_path, pose, units, crop, spikes, variety)
+        _worker_init(ict_path, pose, units, crop, spikes, variety, closed_lips)
         results = map(_worker_run, tasks)
         pool = None
     else:
         pool = mp.get_context("spawn" if os.name == "nt" else "fork").Pool(
-            jobs, initializer=_worker_init, initargs=(ict_path, pose, units, crop, spikes, variety))
+            jobs, initializer=_worker_init, initargs=(ict_path, pose, units, crop, spikes, variety, closed_lips))
         results = pool.imap_unordered(_worker_run, tasks)
     try:
         for done, (s, err) in enumerate(results, 1):

@@ -193,6 +193,66 @@ def decimate(vertices: np.ndarray, triangles: np.ndarray, target: int) -> Tuple[
     return np.asarray(out.vertices, np.float64), np.asarray(out.triangles, np.int64)
 
 
+CLOSED_LIPS_RINGS = 7  # the lips' inner surfaces a scanner does not see: rings of vertices around the mouth opening
+CLOSED_LIPS_MAX_GAP_MM = 4.0  # lips further apart at the midline than this are open: a scanner sees the gap
+
+
+def close_lips(vertices: np.ndarray, triangles: np.ndarray, rings: np.ndarray, neutral: np.ndarray,
+               depth: int = CLOSED_LIPS_RINGS) -> Optional[np.ndarray]:
+    """The triangles of a head whose lips a surface scanner sees closed: the lips' inner surfaces
+    (vertices fewer than ``depth`` edges from the mouth opening, ``rings``) are not captured, and
+    the slit left between the lips is bridged by a strip of triangles, a shallow crease where the
+    lips meet (real scans show one; the head model's lips fold several mm deep into the mouth).
+    ``neutral``: the neutral head's vertices, which order the slit's rim. None when the lips lie
+    more than CLOSED_LIPS_MAX_GAP_MM apart at the midline (an open mouth) or the rim is not one loop."""
+    t = np.asarray(triangles)
+    kept = t[(rings[t] >= depth).all(axis=1)]
+    # the rim of the slit: edges of one kept triangle whose ends both lie ``depth`` rings out
+    e = np.concatenate([kept[:, [0, 1]], kept[:, [1, 2]], kept[:, [2, 0]]])
+    key = np.sort(e, axis=1)
+    _, inverse, count = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+    rim = e[(count[inverse.ravel()] == 1) & (rings[e] == depth).all(axis=1)]
+    if len(rim) < 4:
+        return None
+    following = dict(zip(rim[:, 0].tolist(), rim[:, 1].tolist()))
+    if len(following) != len(rim):
+        return None
+    loop = [int(rim[0, 0])]
+    while len(loop) <= len(rim):
+        nxt = following.get(loop[-1])
+        if nxt is None:
+            return None
+        if nxt == loop[0]:
+            break
+        loop.append(nxt)
+    if len(loop) != len(rim):
+        return None
+    loop = np.asarray(loop)
+    x = neutral[loop, 0]
+    i0, i1 = int(np.argmin(x)), int(np.argmax(x))
+    turned = np.roll(loop, -i0)
+    j = (i1 - i0) % len(loop)
+    upper, lower = turned[:j + 1], np.r_[turned[j:], turned[0]][::-1]  # both from corner to corner
+    if neutral[upper, 1].mean() < neutral[lower, 1].mean():
+        upper, lower = lower, upper
+    mid_u, mid_l = upper[np.argmin(np.abs(neutral[upper, 0]))], lower[np.argmin(np.abs(neutral[lower, 0]))]
+    if np.linalg.norm(vertices[mid_u] - vertices[mid_l]) > CLOSED_LIPS_MAX_GAP_MM:
+        return None
+    strip, a, b = [], 0, 0
+    while a < len(upper) - 1 or b < len(lower) - 1:
+        if b == len(lower) - 1 or (a < len(upper) - 1 and neutral[upper[a + 1], 0] <= neutral[lower[b + 1], 0]):
+            strip.append((upper[a], lower[b], upper[a + 1]))
+            a += 1
+        else:
+            strip.append((upper[a], lower[b], lower[b + 1]))
+            b += 1
+    strip = np.asarray(strip, dtype=t.dtype)
+    p = neutral[strip]
+    backwards = np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])[:, 2] < 0  # face out of the face (+z)
+    strip[backwards] = strip[backwards][:, [0, 2, 1]]
+    return np.concatenate([kept, strip])
+
+
 def check_families(families: Optional[Sequence[str]]) -> Tuple[str, ...]:
     families = tuple(families or ())
     unknown = [f for f in families if f not in FAMILIES]
