@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -48,6 +50,21 @@ def test_robustness_pairs_compare_the_landmarks_both_placed():
     points[26] = nan  # one missing left point
     lateral, vertical = bench_robust._axes(points, labels)
     assert lateral[0] == 10.0 and vertical[1] == 10.0
+
+
+def test_bench_tools_name_a_missing_or_empty_data_folder_in_one_line(tmp_path):
+    """tools/bench_holes.py and bench_order.py find their scans alike; a folder that is not
+    there, or holds no annotated scan, ends them with one line naming it (no traceback)."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import bench_holes
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    with pytest.raises(SystemExit, match="no such folder") as gone:
+        bench_holes.annotated_folders(tmp_path / "nowhere", 5)
+    assert str(tmp_path / "nowhere") in str(gone.value) and "\n" not in str(gone.value)
+    with pytest.raises(SystemExit, match="no annotated scans"):
+        bench_holes.annotated_folders(tmp_path, 5)
 
 
 def test_holes_are_cut_beside_the_landmarks_and_summarised_with_and_without():

@@ -108,6 +108,8 @@ def summarise(rows):
 def annotated_folders(data, n: int) -> list:
     """The first ``n`` folders DIR/<id> (sorted by id) holding scan.ply + landmarks.mrk.json, as
     ``palnet synth`` writes them; none is an error naming DIR (SystemExit)."""
+    if not Path(data).is_dir():
+        raise SystemExit("{}: no such folder".format(data))
     folders = sorted(str(d) for d in Path(data).iterdir()
                      if (d / "scan.ply").is_file() and (d / "landmarks.mrk.json").is_file())[:n]
     if not folders:
