@@ -481,3 +481,21 @@ def test_find_files_and_pairs(tmp_path, landmarks):
     assert len(find_landmark_files(tmp_path)) == 6
     with pytest.raises(PalnetError):
         find_scan_pairs(tmp_path / "nothing")
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink") or os.name == "nt", reason="folder links need a POSIX file system")
+def test_scan_pairs_follow_linked_folders_once(tmp_path, landmarks):
+    """A data set put together from links to scan folders (train, calibration, a subset) is read
+    like one of real folders: each linked scan once, and a link back up the tree is no loop."""
+    mesh = Mesh(PLY_POINTS, [[0, 1, 2]])
+    for sid in ("S01", "S02"):
+        (tmp_path / "store" / sid).mkdir(parents=True)
+        write_mesh(mesh, tmp_path / "store" / sid / "scan.ply")
+        write_landmarks(landmarks, tmp_path / "store" / sid / "landmarks.mrk.json")
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    os.symlink(tmp_path / "store" / "S02", subset / "S02")
+    os.symlink(tmp_path / "store" / "S01", subset / "p_S01")  # a renamed link: the id is its folder's
+    os.symlink(subset, subset / "S02" / "loop")  # back up the tree
+    pairs = find_scan_pairs(subset)
+    assert [(i, m.parent.name) for i, m, _ in pairs] == [("S02", "S02"), ("p_S01", "p_S01")]

@@ -41,6 +41,8 @@ def main():
         truth = check_labels(read_landmarks(lm_path), labels, lm_path)
         spreads.append(pred.spread_mm)
         errors.append(errors_mm(pred, truth))
+    if not spreads:
+        raise SystemExit("{}: no annotated scans (mesh + landmark file pairs)".format(args.data))
     spreads, errors = np.concatenate(spreads), np.concatenate(errors)
     known = np.isfinite(errors)  # a landmark missing from the scan (or its truth) has no error
     spreads, errors = spreads[known], errors[known]

@@ -54,6 +54,8 @@ def main(argv=None):
     for scan_id, mesh_path, lm_path in find_scan_pairs(args.data)[:args.n]:
         truth = check_labels(read_landmarks(lm_path), labels, lm_path)
         rows.append(canonical_answers(read_mesh(mesh_path), truth, model))
+    if not rows:
+        raise SystemExit("{}: no annotated scans (mesh + landmark file pairs)".format(args.data))
     net, reg, true, spread = (np.stack([r[i] for r in rows]) for i in range(4))
     rule = learn_rule(net, reg, true, spread, swap=mirror_pairs(labels))
     w = np.stack([weights(rule, a, b) for a, b in zip(net, reg)])

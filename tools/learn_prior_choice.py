@@ -99,6 +99,8 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args(argv)
     out = args.out or args.model
+    if not find_scan_pairs(args.calib):
+        raise SystemExit("{}: no annotated scans (mesh + landmark file pairs)".format(args.calib))
     first, second = narrow_priors(args.model, args.plain, Path(args.cache or out + ".plain.cache"), args.jobs)
     model = load_model(args.model)
     meta = copy.deepcopy(model.metadata)

@@ -193,13 +193,20 @@ def find_scan_pairs(directory: PathLike) -> List[Tuple[str, Path, Path]]:
     """(scan_id, mesh_path, landmark_path) for each mesh with a landmark file beside it, by id.
 
     Layouts: ``DIR/<id>/scan.ply + DIR/<id>/landmarks.mrk.json`` or flat
-    ``DIR/<id>.ply + DIR/<id>.mrk.json`` (mixed and nested folders work too).
+    ``DIR/<id>.ply + DIR/<id>.mrk.json`` (mixed and nested folders work too). Linked folders are
+    followed (a data set put together from links), each real folder once.
     """
     root = Path(directory)
     if not root.is_dir():
         raise PalnetError("folder not found", root)
     pairs = {}  # type: Dict[str, Tuple[Path, Path]]
-    for folder, dirs, files in os.walk(root):
+    seen = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back up the tree, or a second link to one folder
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         paths = [Path(folder) / f for f in files if not f.startswith(".")]
         meshes = _preferred([p for p in paths if p.suffix.lower() in MESH_EXTENSIONS],
