@@ -197,9 +197,13 @@ def test_ear_points_on_a_flat_surface_are_flagged_side_by_side():
     missing = np.zeros(len(labels), dtype=bool)
     flat, sides = ears_not_made_out(labels, points, missing, plane, tri, cKDTree(plane), 18.0)
     assert sides == ["R", "L"] and flat[:10].all() and not flat[10]
-    missing[[5, 6, 7]] = True  # two left points left: that side is not judged
+    missing[[5, 6, 7]] = True  # skipped (a model that names other points so): two left points, not judged
     flat, sides = ears_not_made_out(labels, points, missing, plane, tri, cKDTree(plane), 18.0)
     assert sides == ["R"] and flat[:5].all() and not flat[5:].any()
+    # missing already (past a cut): they still place the ear, and the two others are flagged
+    flat, sides = ears_not_made_out(labels, points, np.zeros(len(labels), bool), plane, tri, cKDTree(plane), 18.0,
+                                    missing=missing)
+    assert sides == ["R", "L"] and flat[:5].all() and flat[8:10].all() and not flat[5:8].any()
     shell, shell_tri = _cylinder(1.0)  # folded all round: an ear
     points[:10] = [0.0, 10.0, 15.0]
     flat, sides = ears_not_made_out(labels, points, np.zeros(len(labels), bool), shell, shell_tri,

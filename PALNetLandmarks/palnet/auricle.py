@@ -17,7 +17,7 @@ sides of a stereo-photogrammetry head 0.03 and 0.11; the cheeks of face-only cap
 only ear points outside the face template (which has no ears), so a model whose labels ``t_R``
 etc. name points on the face is left alone.
 """
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -46,22 +46,26 @@ def surface_folding(vertices: np.ndarray, triangles: np.ndarray, near: np.ndarra
 
 
 def ears_not_made_out(labels: Sequence[str], points: np.ndarray, skip: np.ndarray, vertices: np.ndarray,
-                      triangles: np.ndarray, tree, radius: float) -> Tuple[np.ndarray, List[str]]:
+                      triangles: np.ndarray, tree, radius: float,
+                      missing: Optional[np.ndarray] = None) -> Tuple[np.ndarray, List[str]]:
     """Mask of the ear points (of ``labels``; ``points`` in the scan's frame, like ``vertices``,
     whose search tree is ``tree``) on a side whose surface within ``radius`` (the scan's units for
     AURICLE_RADIUS_MM) of their centre folds less than AURICLE_MIN_FOLDING, and those sides ("R",
-    "L"). Points marked in ``skip`` (those already missing) are neither judged nor counted."""
+    "L"). Points marked in ``skip`` are neither judged nor counted; those ``missing`` already (a cut,
+    a hole) still place the ear, and the side's others are flagged."""
     index = {lab: i for i, lab in enumerate(labels)}
+    missing = np.zeros(len(labels), dtype=bool) if missing is None else np.asarray(missing, dtype=bool)
     flat = np.zeros(len(labels), dtype=bool)
     sides = []
     for side in ("R", "L"):
         ear = [index[n + "_" + side] for n in EAR_NAMES if n + "_" + side in index]
-        seen = [i for i in ear if not skip[i] and np.isfinite(points[i]).all()]
-        if len(seen) < AURICLE_MIN_POINTS:
+        placed = [i for i in ear if not skip[i] and np.isfinite(points[i]).all()]
+        left = [i for i in placed if not missing[i]]
+        if len(placed) < AURICLE_MIN_POINTS or not left:
             continue
-        near = tree.query_ball_point(np.mean(points[seen], axis=0), radius)
+        near = tree.query_ball_point(np.mean(points[placed], axis=0), radius)
         if surface_folding(vertices, triangles, np.asarray(near, dtype=np.int64)) < AURICLE_MIN_FOLDING:
-            flat[seen] = True
+            flat[left] = True
             sides.append(side)
     return flat, sides
 

@@ -872,8 +872,8 @@ def flat_ears(prep: PreparedScan, labels: Sequence[str], centres: np.ndarray, mi
     to_file = unit_scale("mm", prep.units)
     at = prep.alignment.to_scan(centres) * to_file
     radius = AURICLE_RADIUS_MM * prep.alignment.scale * to_file
-    skip = missing | inside_template(template, mean)
-    return ears_not_made_out(labels, at, skip, prep.clean.vertices, prep.clean.triangles, vertex_tree, radius)
+    return ears_not_made_out(labels, at, inside_template(template, mean), prep.clean.vertices, prep.clean.triangles,
+                             vertex_tree, radius, missing)
 
 
 def _small_rotations(rng: np.random.Generator, n: int, degrees: float) -> np.ndarray:
