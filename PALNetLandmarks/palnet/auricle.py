@@ -12,8 +12,8 @@ for an ear). It does not depend on the scan's pose, units or size. Measured with
 ``AURICLE_RADIUS_MM`` of the centre of one side's answered ear points: the scanned ears of 470
 synthetic scans (plain, warped, coarse, with hair; 808 sides judged) fold 0.27 or more (the
 coarse meshes lowest); real scanned ears 0.22-0.71 (a partly captured one 0.22); the smooth
-sides of a stereo-photogrammetry head 0.03 and 0.11; the cheeks of face-only captures whose ear points were not found past the cut
-0.07-0.19. Below ``AURICLE_MIN_FOLDING`` that side's ear points are missing. Prediction judges
+sides of a stereo-photogrammetry head 0.03 and 0.11; the cheeks of face-only captures whose ear
+points were not found past the cut 0.07-0.19. Below ``AURICLE_MIN_FOLDING`` that side's ear points are missing. Prediction judges
 only ear points outside the face template (which has no ears), so a model whose labels ``t_R``
 etc. name points on the face is left alone.
 """
@@ -24,7 +24,7 @@ import numpy as np
 EAR_NAMES = ("t", "sa", "sba", "pa", "obs")  # one ear's points (with _R or _L)
 AURICLE_RADIUS_MM = 18.0
 AURICLE_MIN_FOLDING = 0.15
-AURICLE_MIN_POINTS = 3  # answered (not missing) ear points needed to judge a side
+AURICLE_MIN_POINTS = 3  # answered ear points (missing ones too) needed to judge a side
 AURICLE_MIN_TRIANGLES = 12  # fewer triangles near the ear: too little surface to judge
 
 

@@ -239,6 +239,12 @@ class _Template:
             seen |= (adj @ seen.astype(np.int8)) > 0
         return seen
 
+    def _mouth_opening(self, boundary: np.ndarray) -> np.ndarray:
+        """The skin's border vertices around the mouth opening (the lips' inner surfaces end there)."""
+        v = self.neutral
+        return boundary[(np.abs(v[boundary, 0]) < 30) & (v[boundary, 1] < -20) & (v[boundary, 1] > -50)
+                        & (v[boundary, 2] > 80)]
+
     def _boundary_vertices(self) -> np.ndarray:
         return np.flatnonzero(edges_and_border(self.skin_triangles, len(self.neutral))[1])
 
@@ -251,9 +257,7 @@ class _Template:
 
         # Midline of the outer face: x = 0 on the neutral head, less the lips' inner surfaces
         # (the first 7 rings of vertices around the skin's mouth opening).
-        mouth_open = boundary[(np.abs(v[boundary, 0]) < 30) & (v[boundary, 1] < -20)
-                              & (v[boundary, 1] > -50) & (v[boundary, 2] > 80)]
-        inner_lip = self._rings(adj, mouth_open, 6)
+        inner_lip = self._rings(adj, self._mouth_opening(boundary), 6)
         sets = {"midline": skin[(np.abs(x) < 1e-3) & ~inner_lip]}
         # The facial profile below the nose as an ordered chain (top to bottom on the neutral
         # head, where it is a function of height), for rules that need the curve's order.
@@ -521,16 +525,20 @@ def _template(path=None) -> _Template:
 
 def mouth_rings(depth: int, ict_path=None) -> np.ndarray:
     """For each vertex of the head: how many edges it lies from the skin's mouth opening (the
-    inner end of the lips' inner surfaces), counted up to ``depth``; ``depth + 1`` beyond."""
-    tpl = _template(ict_path)
-    v = tpl.neutral
+    inner end of the lips' inner surfaces), counted up to ``depth``; ``depth + 1`` beyond
+    (read-only; computed once per model file and depth)."""
+    return _mouth_rings(str(ict_path or default_ict_path()), int(depth))
+
+
+@functools.lru_cache(maxsize=4)
+def _mouth_rings(path: str, depth: int) -> np.ndarray:
+    tpl = _template(path)
     adj = tpl._adjacency()
-    boundary = tpl._boundary_vertices()
-    opening = boundary[(np.abs(v[boundary, 0]) < 30) & (v[boundary, 1] < -20) & (v[boundary, 1] > -50)
-                       & (v[boundary, 2] > 80)]
+    opening = tpl._mouth_opening(tpl._boundary_vertices())
     rings = np.full(tpl.n_vertices, depth + 1, dtype=np.int64)
     for k in range(depth, -1, -1):
         rings[:SKIN_STOP][tpl._rings(adj, opening, k)] = k
+    rings.flags.writeable = False
     return rings
 
 

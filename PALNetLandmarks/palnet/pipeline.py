@@ -570,10 +570,11 @@ def predict(mesh: Mesh, model: Model, snap: str = DEFAULT_SNAP, units: str = "au
     steps = refine_steps if refine_steps is not None else int(model.metadata.get("refine_steps", 1))
     report("network", 0.6)
     vertex_tree = cKDTree(prep.clean.vertices)  # one search tree for the missing landmarks and both snaps
-    missing = missing_landmarks(prep, start, template, mean, vertex_tree, model.metadata["protocol"]["labels"])
+    inside = inside_template(template, mean)  # the landmarks the face template covers well
+    missing = missing_landmarks(prep, start, inside, vertex_tree, model.metadata["protocol"]["labels"])
     centres, spread = network_answer(prep.tree, model, init, steps, scale, confidence_samples, missing)
     labels = list(model.metadata["protocol"]["labels"])
-    earless, flat_sides = flat_ears(prep, labels, centres, missing, vertex_tree, template, mean)
+    earless, flat_sides = flat_ears(prep, labels, centres, missing, vertex_tree, inside)
     if earless.any():  # read the face again without them, as for any landmark the scan lacks
         missing = missing | earless
         centres, spread = network_answer(prep.tree, model, init, steps, scale, confidence_samples, missing)
@@ -787,7 +788,7 @@ def arbitrate_with_registration(prep: PreparedScan, model: Model, centres: np.nd
     return combine(rule, centres, registration())
 
 
-def missing_landmarks(prep: PreparedScan, expected: np.ndarray, template: np.ndarray, mean: np.ndarray,
+def missing_landmarks(prep: PreparedScan, expected: np.ndarray, inside: np.ndarray,
                       vertex_tree: Optional[cKDTree] = None, labels: Optional[Sequence[str]] = None) -> np.ndarray:
     """Mask of the landmarks the scan lacks, where the fitted face (the aligner's shape-fitted
     start ``expected``, canonical mm) puts them and the scan's border is the nearest surface:
@@ -806,8 +807,8 @@ def missing_landmarks(prep: PreparedScan, expected: np.ndarray, template: np.nda
 
     The network always answers on some surface, so without this a landmark over a hole lands on
     the hole's rim, and an ear the scan does not have on the cut, as confidently as any other.
-    ``vertex_tree``: a search tree of ``prep.clean``'s vertices, when one is built already."""
-    inside = inside_template(template, mean)
+    ``inside``: the landmarks the face template covers well (inside_template); ``vertex_tree``: a
+    search tree of ``prep.clean``'s vertices, when one is built already."""
     limit = np.where(inside, MISSING_SURFACE_MM, MISSING_OUTSIDE_MM)
     firm = inside | (np.array([lab.rsplit("_", 1)[0] in FIRM_EDGE_NAMES for lab in labels], dtype=bool)
                      if labels is not None else False)
@@ -864,16 +865,17 @@ def inside_template(template: np.ndarray, mean: np.ndarray) -> np.ndarray:
 
 
 def flat_ears(prep: PreparedScan, labels: Sequence[str], centres: np.ndarray, missing: np.ndarray,
-              vertex_tree: cKDTree, template: np.ndarray, mean: np.ndarray) -> Tuple[np.ndarray, List[str]]:
+              vertex_tree: cKDTree, inside: np.ndarray) -> Tuple[np.ndarray, List[str]]:
     """The ear points of a side where the scan shows no ear (palnet.auricle), from the answer
     ``centres`` (canonical mm), judged on the cleaned scan in its own frame: (mask, sides). Only
-    points the face template does not cover are judged (the template has no ears: a model whose
-    ear labels lie on its face template names other points by them)."""
+    points the face template does not cover (``inside``, see inside_template) are judged (the
+    template has no ears: a model whose ear labels lie on its face template names other points by
+    them)."""
     to_file = unit_scale("mm", prep.units)
     at = prep.alignment.to_scan(centres) * to_file
     radius = AURICLE_RADIUS_MM * prep.alignment.scale * to_file
-    return ears_not_made_out(labels, at, inside_template(template, mean), prep.clean.vertices, prep.clean.triangles,
-                             vertex_tree, radius, missing)
+    return ears_not_made_out(labels, at, inside, prep.clean.vertices, prep.clean.triangles, vertex_tree, radius,
+                             missing)
 
 
 def _small_rotations(rng: np.random.Generator, n: int, degrees: float) -> np.ndarray:
